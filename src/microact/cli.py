@@ -1,0 +1,241 @@
+"""The ``microact`` command line: thin subcommands over the library.
+
+Each subcommand parses its arguments here and calls one function elsewhere in the package
+(``module:function`` in ``_HANDLERS``), imported only when that subcommand runs, so
+``microact --help`` is instant and a missing optional dependency only affects the command that
+needs it.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from microact import __version__
+from microact.errors import MicroactError
+
+# subcommand -> "module:function"; the function takes the parsed argparse.Namespace and returns an exit code.
+_HANDLERS = {
+    "synth": "microact.data.synth:cli_main",
+    "crop": "microact.data.crop.run:cli_main",
+    "data check": "microact.data.check:cli_main",
+    "train": "microact.engine.train:cli_main",
+    "test": "microact.engine.evaluate:cli_main",
+    "ensemble": "microact.results:cli_ensemble",
+    "submit": "microact.results:cli_submit",
+    "predict": "microact.predict:cli_main",
+    "convert": "microact.models.checkpoints:cli_convert",
+    "bench backbone": "microact.bench.backbone:cli_main",
+    "bench train": "microact.bench.train:cli_main",
+    "bench data": "microact.bench.data:cli_main",
+    "bench e2e": "microact.bench.e2e:cli_main",
+    "demo": "microact.demo:cli_main",
+    "info": "microact.info:cli_main",
+}
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def _sub(subparsers, name: str, help_text: str, description: str | None = None) -> argparse.ArgumentParser:
+    return subparsers.add_parser(name, help=help_text, description=description or help_text, formatter_class=_Formatter)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="microact",
+        description="Micro-action recognition toolkit (MA-52 / MAC 2024). Run 'microact COMMAND --help' for details.",
+        formatter_class=_Formatter,
+    )
+    parser.add_argument("--version", action="version", version=f"microact {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    # synth ----------------------------------------------------------------------------------
+    p = _sub(sub, "synth", "write a synthetic MA-52-style dataset of real H.264 clips",
+             "Render seated figures doing subtle fine actions (grouped into MA-52's 7 body parts) as H.264 mp4 clips, "
+             "with MA-52 list files, label_name.txt and ground-truth person boxes (boxes.json).")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--num-classes", type=int, default=12, help="number of fine classes (taken from MA-52's 52, spread over the body parts)")
+    p.add_argument("--clips-per-class", type=int, default=30, help="clips per class (the mean, with --long-tail)")
+    p.add_argument("--seed", type=int, default=0, help="random seed: the same seed writes the same files")
+    p.add_argument("--frames", type=int, default=32, help="frames per clip")
+    p.add_argument("--fps", type=int, default=15, help="frames per second")
+    p.add_argument("--width", type=int, default=256, help="frame width in pixels")
+    p.add_argument("--height", type=int, default=192, help="frame height in pixels")
+    p.add_argument("--long-tail", action="store_true", help="MA-52-like long-tailed class distribution")
+    p.add_argument("--subject-variation", type=float, default=1.0, help="0 = identical subjects, 1 = full variation in size, position, colour")
+    p.add_argument("--val-fraction", type=float, default=0.2, help="share of clips in the val list")
+    p.add_argument("--test-fraction", type=float, default=0.2, help="share of clips in the test list")
+    p.add_argument("--workers", type=int, default=0, help="parallel writer processes (0 = all cores)")
+
+    # crop -----------------------------------------------------------------------------------
+    p = _sub(sub, "crop", "person-crop every video of a folder with one static box per video",
+             "Detect the person on sampled frames, unite the boxes, add margins, pad to w/h >= min-aspect, and write "
+             "cropped H.264 videos with the same names plus OUT_DIR/boxes.json. Resumable: finished files are skipped.")
+    p.add_argument("in_dir", help="folder of input videos (list files are copied along)")
+    p.add_argument("out_dir", help="output folder")
+    p.add_argument("--detector", default="auto", choices=["auto", "mediapipe", "haar", "yolo", "onnx", "none"],
+                   help="person detector; auto = mediapipe if installed, else Haar face")
+    p.add_argument("--weights", default=None, help="weights file for --detector yolo/onnx")
+    p.add_argument("--margins", type=int, nargs=4, default=[-60, -100, 80, 60], metavar=("X0", "Y0", "X1", "Y1"),
+                   help="box margins in pixels at 1080p (scaled with the frame height)")
+    p.add_argument("--min-aspect", type=float, default=0.6, help="minimum width/height of the box")
+    p.add_argument("--sample-frames", type=int, default=8, help="frames per video given to the detector")
+    p.add_argument("--short-side", type=int, default=320, help="downscale the cropped video's short side (0 = keep)")
+    p.add_argument("--workers", type=int, default=0, help="parallel processes (0 = all cores)")
+    p.add_argument("--preview", type=int, default=8, help="videos shown in the preview image (0 = none)")
+    p.add_argument("--overwrite", action="store_true", help="redo videos that are already cropped")
+
+    # data check -----------------------------------------------------------------------------
+    p = _sub(sub, "data", "dataset utilities")
+    data_sub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    data_sub.required = True
+    p = _sub(data_sub, "check", "scan a dataset: list files and videos; exit 1 when anything is wrong")
+    p.add_argument("root", help="dataset folder with the list files")
+    p.add_argument("--lists", nargs="*", default=None, help="list files to check (default: every *_list_videos.txt)")
+    p.add_argument("--video-dir", default="", help="folder of the videos, relative to root")
+    p.add_argument("--num-classes", type=int, default=52, help="labels must lie in [0, num-classes)")
+    p.add_argument("--decoder", default="pyav", choices=["pyav", "decord"], help="decoder used to open the videos")
+    p.add_argument("--no-decode", action="store_true", help="check list files and file presence only")
+    p.add_argument("--workers", type=int, default=0, help="parallel processes (0 = all cores)")
+    p.add_argument("--json", default=None, help="also write the report to this JSON file")
+
+    # train ----------------------------------------------------------------------------------
+    p = _sub(sub, "train", "train a model from a recipe (one process, or under torchrun for several GPUs/nodes)",
+             "Examples:\n  microact train configs/tiny_synth.yaml data.root=demo_out/data_cropped --out runs/tiny\n"
+             "  torchrun --nproc_per_node=8 -m microact.cli train configs/videomae_b_k710_frame_coarse_tsn_trainval.yaml "
+             "data.root=/data/ma52 --out runs/best")
+    p.add_argument("config", help="YAML recipe (see configs/)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides such as train.epochs=2 data.root=/data/ma52")
+    p.add_argument("--out", required=True, help="run directory (checkpoints, logs, plots)")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+
+    # test -----------------------------------------------------------------------------------
+    p = _sub(sub, "test", "multi-clip testing: averaged probabilities, metrics, dumps")
+    p.add_argument("config", help="YAML recipe used for training (or any recipe with the same model)")
+    p.add_argument("checkpoint", help="weights: a run's model_final.safetensors / model_best.safetensors, or a checkpoint")
+    p.add_argument("overrides", nargs="*", help="dotted overrides such as eval.test_clips=3")
+    p.add_argument("--split", default="test", choices=["test", "val"], help="which list to evaluate")
+    p.add_argument("--list", default=None, help="evaluate this list file instead of the split's")
+    p.add_argument("--dump", default=None, help="write the mmaction2-style result pickle here (a .npz copy is written beside it)")
+    p.add_argument("--out", default=None, help="folder for metrics.json and plots (default: beside the checkpoint)")
+
+    # ensemble -------------------------------------------------------------------------------
+    p = _sub(sub, "ensemble", "weighted ensemble of several models' result dumps")
+    p.add_argument("dumps", nargs="+", help="result dumps (.pkl from microact or mmaction2, or .npz)")
+    p.add_argument("--weights", type=float, nargs="*", default=None, help="one weight per dump (default: equal)")
+    p.add_argument("--search-on", nargs="*", default=None, help="validation dumps (same models, same order) to search weights on")
+    p.add_argument("--grid", type=float, nargs="*", default=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0], help="weight values tried by the search")
+    p.add_argument("--out", required=True, help="output folder: dump, metrics, submission")
+
+    # submit ---------------------------------------------------------------------------------
+    p = _sub(sub, "submit", "write challenge submission files from a result dump")
+    p.add_argument("dump", help="result dump (.pkl or .npz)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--list", default=None, help="test list file giving the video names (when the dump has none)")
+    p.add_argument("--format", default="all", choices=["mac2024", "ma52", "all"], help="which submission files to write")
+    p.add_argument("--coarse-rule", default="map_top1", choices=["map_top1", "sum_probs"], help="how body parts are predicted")
+
+    # predict --------------------------------------------------------------------------------
+    p = _sub(sub, "predict", "recognise micro-actions in any video: crop, test pipeline, top-k classes")
+    p.add_argument("videos", nargs="+", help="video files")
+    p.add_argument("--model", default=None, help="preset name (default: the config's, else the best seed model)")
+    p.add_argument("--config", default=None, help="recipe the checkpoint was trained with")
+    p.add_argument("--checkpoint", default=None, help="trained weights (.safetensors); without it the model is untrained")
+    p.add_argument("--detector", default="auto", choices=["auto", "mediapipe", "haar", "none"], help="person detector for the crop")
+    p.add_argument("--top-k", type=int, default=5, help="classes shown per video")
+    p.add_argument("--json", default=None, help="write the predictions to this JSON file")
+    p.add_argument("--annotate", default=None, help="write an annotated video (.mp4) or GIF (.gif) here (one video only, or a folder)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+
+    # convert --------------------------------------------------------------------------------
+    p = _sub(sub, "convert", "convert a pretrained checkpoint (official, InternVideo, mmaction2, HF) to microact's layout")
+    p.add_argument("input", help="checkpoint file or HuggingFace save_pretrained folder")
+    p.add_argument("output", help="output .safetensors file")
+    p.add_argument("--backbone", default=None, help="backbone name to check shapes against (default: guessed from the weights)")
+    p.add_argument("--keep-head", action="store_true", help="keep the classifier head weights")
+    p.add_argument("--allow-pickle-classes", action="store_true", help="(refused) arbitrary pickles are never loaded")
+
+    # bench ----------------------------------------------------------------------------------
+    p = _sub(sub, "bench", "benchmarks (figures are printed, never asserted)")
+    bench_sub = p.add_subparsers(dest="bench_command", metavar="SUBCOMMAND")
+    bench_sub.required = True
+    q = _sub(bench_sub, "backbone", "ViT forward / forward+backward: ours vs HuggingFace VideoMAE (sdpa, eager)")
+    q.add_argument("--model", default="videomae_base", help="backbone name")
+    q.add_argument("--batch", type=int, nargs="*", default=[1, 4], help="batch sizes")
+    q.add_argument("--precision", nargs="*", default=["fp32", "bf16"], help="precisions")
+    q.add_argument("--repeats", type=int, default=3, help="timed repeats per cell (median)")
+    q.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    q.add_argument("--json", default=None, help="also write the figures here")
+    q = _sub(bench_sub, "train", "full recognizer training step: clips/s, peak memory, MFU; HF VideoMAE as the peer")
+    q.add_argument("--preset", default="videomae_b_k710_frame_coarse_tsn", help="model preset")
+    q.add_argument("--batch", type=int, default=None, help="clips per step (default: a size that fits the device)")
+    q.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"])
+    q.add_argument("--compile", action="store_true", help="torch.compile the model")
+    q.add_argument("--grad-checkpointing", action="store_true", help="activation checkpointing")
+    q.add_argument("--steps", type=int, default=5, help="timed steps")
+    q.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    q.add_argument("--json", default=None, help="also write the figures here")
+    q = _sub(bench_sub, "data", "training data pipeline throughput: raw vs cropped clips, ours vs decord+numpy")
+    q.add_argument("--workers", type=int, nargs="*", default=[0, 2], help="DataLoader workers to try")
+    q.add_argument("--clips", type=int, default=16, help="clips per measurement")
+    q.add_argument("--json", default=None, help="also write the figures here")
+    q = _sub(bench_sub, "e2e", "decoded synthetic clips through the loader into the training step")
+    q.add_argument("--preset", default="videomae_tiny_frame_coarse_tsn", help="model preset")
+    q.add_argument("--workers", type=int, default=2)
+    q.add_argument("--batch", type=int, default=4)
+    q.add_argument("--steps", type=int, default=10)
+    q.add_argument("--device", default="auto")
+    q.add_argument("--json", default=None, help="also write the figures here")
+
+    # demo -----------------------------------------------------------------------------------
+    p = _sub(sub, "demo", "end to end on a synthetic dataset: synth, crop, train, test, submit, plots, predict")
+    p.add_argument("--out", default="demo_out", help="output folder")
+    p.add_argument("--config", default=None, help="recipe (default: configs/tiny_synth.yaml shipped with microact)")
+    p.add_argument("--num-classes", type=int, default=12, help="fine classes in the synthetic dataset")
+    p.add_argument("--clips-per-class", type=int, default=30, help="clips per class")
+    p.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
+    p.add_argument("--seed", type=int, default=0)
+
+    # info -----------------------------------------------------------------------------------
+    p = _sub(sub, "info", "versions, device, decoders and detectors available")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    return parser
+
+
+def _handler_key(args: argparse.Namespace) -> str:
+    if args.command == "data":
+        return f"data {args.data_command}"
+    if args.command == "bench":
+        return f"bench {args.bench_command}"
+    return args.command
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    key = _handler_key(args)
+    module_name, func_name = _HANDLERS[key].split(":")
+    try:
+        module = importlib.import_module(module_name)
+        handler = getattr(module, func_name)
+    except (ImportError, AttributeError) as e:
+        if isinstance(e, ImportError) and e.name and not e.name.startswith("microact"):
+            print(f"microact {key}: needs the package {e.name!r}, which is not installed ({e})", file=sys.stderr)
+            return 2
+        print(f"microact {key}: not available yet in this version ({module_name}.{func_name} is missing)", file=sys.stderr)
+        return 2
+    try:
+        return int(handler(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except MicroactError as e:
+        print(f"microact {key}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,489 @@
+"""Typed run configuration: nested dataclasses loaded from YAML recipes, with dotted overrides.
+
+A recipe in ``configs/`` is plain data. ``load_config(path, overrides)`` reads it, applies
+``section.key=value`` overrides from the command line, validates every value (type, allowed
+choices, ranges) and returns a :class:`Config`. Anything wrong is reported with the offending
+key and what would have been accepted, e.g.::
+
+    config error: optim.lrr: unknown key; valid keys in 'optim': lr, backbone_lr_mult, ...
+
+Switch names follow SEED.md §12 (``frame_head.layout``, ``arcface.margin_mode``,
+``backbone.load_final_norm``, ``train.global_batch`` ...). Defaults reproduce the MAC 2024 seed's
+best model; every corrected behaviour is a named switch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from microact.errors import MicroactError
+
+
+class ConfigError(MicroactError, ValueError):
+    """A configuration value or key is invalid; the message names the key."""
+
+
+# --------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DataConfig:
+    root: str = "data/ma52"  # dataset folder holding the list files (and videos, unless video_dir says otherwise)
+    video_dir: str = ""  # folder of the videos, relative to root ("" = root itself); cropped videos live here
+    train_lists: list[str] = field(default_factory=lambda: ["train_list_videos.txt", "val_list_videos.txt"])
+    val_list: Optional[str] = None  # validated during training when set (train-only recipes use val_list_videos.txt)
+    test_list: str = "test_list_videos.txt"
+    label_file: str = "label_name.txt"
+    num_classes: int = 52
+    clip_len: int = 16  # frames per clip (UniformSample)
+    img_size: int = 224  # square network input after the transforms
+    decoder: Literal["pyav", "decord"] = "pyav"  # SEED.md §12 row 21
+    decode_timeout: float = 60.0  # seconds per clip before a video counts as bad
+    num_workers: int = 4
+    allow_absolute_paths: bool = False  # list files may not point outside root unless this is set
+    check_files: bool = True  # verify every listed video exists before training starts
+    cache_dir: Optional[str] = None  # decode-once cache of sampled frames (off by default)
+
+    def validate(self):
+        _positive(self, "num_classes", "clip_len", "img_size", "decode_timeout")
+        _non_negative(self, "num_workers")
+        if not self.train_lists:
+            raise ConfigError("data.train_lists: needs at least one list file")
+
+
+@dataclass
+class AugConfig:
+    """Training augmentation of SEED.md §5.4-§5.6."""
+
+    rrc_area: tuple[float, float] = (0.6, 1.0)  # RandomResizedCrop area fraction
+    rrc_aspect: tuple[float, float] = (1 / 3, 1.0)  # RandomResizedCrop w/h range (log-uniform)
+    color_jitter: bool = True
+    cj_fixed_order: bool = True  # op order drawn once per run (seed) vs per clip (torchvision style)
+    erase_prob: float = 0.5
+    erase_area: tuple[float, float] = (0.02, 0.2)
+    flip_prob: float = 0.5
+    resize_backend: Literal["cv2", "torch"] = "cv2"
+
+    def validate(self):
+        _range_pair(self, "rrc_area", 0.0, 1.0)
+        _range_pair(self, "rrc_aspect", 0.0, math.inf)
+        _range_pair(self, "erase_area", 0.0, 1.0)
+        _probability(self, "erase_prob", "flip_prob")
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "videomae_b_k710_frame_coarse_tsn"  # a name from microact.models.list_models()
+    pretrained: Optional[str] = None  # checkpoint to initialise from (any supported layout)
+    num_classes: int = 52
+    drop_path_rate: float = 0.0
+    head_dropout: float = 0.5
+    grad_checkpointing: bool = False
+    attn_impl: Literal["sdpa", "manual"] = "sdpa"
+    overrides: dict[str, Any] = field(default_factory=dict)  # extra create_model(...) keyword arguments
+
+    def validate(self):
+        _positive(self, "num_classes")
+        _probability(self, "drop_path_rate", "head_dropout")
+
+
+@dataclass
+class BackboneConfig:
+    load_final_norm: bool = False  # seed: the pre-trained final LayerNorm is dropped by a rename (SEED.md §2.2)
+
+
+@dataclass
+class FrameHeadConfig:
+    layout: Literal["channel_group", "temporal"] = "channel_group"  # SEED.md §2.5 / §12 row 1
+    se_mode: Literal["replace", "gate"] = "replace"  # SEED.md §12 row 2
+
+
+@dataclass
+class ArcFaceConfig:
+    margin_mode: Literal["all", "target"] = "all"  # SEED.md §12 row 3
+    scale: float = 30.0
+    margin: float = 0.5
+
+    def validate(self):
+        _positive(self, "scale")
+
+
+@dataclass
+class LossConfig:
+    # "auto" picks the preset's loss (seed: CE+F1 on lead/frame/coarse heads, CE for TimeSformer rows).
+    name: Literal["auto", "ce", "cef1", "cef1_double", "cef1_fine_coarse_double"] = "auto"
+    f1_sync: Literal["local", "global"] = "local"  # SEED.md §12 row 7
+    label_smoothing: float = 0.0
+    class_weights: Optional[list[float]] = None
+
+    def validate(self):
+        _probability(self, "label_smoothing")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-4
+    backbone_lr_mult: float = 0.1
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    norm_no_decay: bool = True  # seed: names containing "norm" get no weight decay (SEED.md §6.3)
+    layer_decay: Optional[float] = None  # official VideoMAE layer-wise lr decay (e.g. 0.75); off in the seed
+    grad_clip: Optional[float] = None
+    fused: bool = True  # fused AdamW where the device supports it
+
+    def validate(self):
+        _positive(self, "lr", "eps")
+        _non_negative(self, "weight_decay", "backbone_lr_mult")
+        if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
+            raise ConfigError(f"optim.layer_decay: must be in (0, 1], got {self.layer_decay}")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ConfigError(f"optim.grad_clip: must be > 0 or null, got {self.grad_clip}")
+
+
+@dataclass
+class SchedConfig:
+    """lr = base * warmup(it) * cosine(epoch) (SEED.md §6.2)."""
+
+    warmup_epochs: float = 2.0
+    warmup_start_factor: float = 0.1
+    cosine_t_max: Optional[float] = None  # epochs; default = epochs + 1 as in the seed (42 epochs, T_max 43)
+    cosine_step: Literal["epoch", "iter"] = "epoch"  # SEED.md §12 row 14
+    eta_min: float = 0.0
+
+    def validate(self):
+        _non_negative(self, "warmup_epochs", "eta_min")
+        _probability(self, "warmup_start_factor")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 42
+    global_batch: int = 24  # clips per optimiser step, all GPUs and accumulation steps together
+    micro_batch: int = 24  # clips per forward pass on one process
+    precision: Literal["fp16", "bf16", "fp32"] = "fp16"
+    seed: int = 0
+    select: Literal["last", "best_val"] = "last"  # which weights become the run's answer (SEED.md §12 row 15)
+    val_every: int = 1  # epochs between validations when data.val_list is set
+    checkpoint_every: int = 1  # epochs between resumable checkpoints
+    checkpoint_every_steps: int = 0  # also checkpoint every N optimiser steps (0 = off)
+    keep_checkpoints: int = 2
+    log_every: int = 10  # steps between log lines
+    ema_decay: Optional[float] = None
+    nan_policy: Literal["stop", "skip"] = "stop"  # what a NaN/inf loss does
+    compile: bool = False
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    max_steps: Optional[int] = None  # stop early (smoke tests, benchmarks)
+    tensorboard: bool = True
+
+    def validate(self):
+        _positive(self, "epochs", "global_batch", "micro_batch", "val_every", "checkpoint_every", "log_every")
+        _non_negative(self, "checkpoint_every_steps", "keep_checkpoints")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ConfigError(f"train.ema_decay: must be in (0, 1) or null, got {self.ema_decay}")
+
+
+@dataclass
+class EvalConfig:
+    view: Literal["portrait373", "center224", "three_crop"] = "portrait373"  # SEED.md §12 row 10
+    val_clips: int = 2
+    test_clips: int = 3
+    average: Literal["prob", "logit"] = "prob"
+    resize_short: int = 256
+    crop_height: int = 373  # portrait373 view: crop (h, w) = (min(H, crop_height), img_size)
+    batch_size: int = 8  # videos per forward pass at test time
+    flip_tta: bool = False
+
+    def validate(self):
+        _positive(self, "val_clips", "test_clips", "resize_short", "crop_height", "batch_size")
+
+
+@dataclass
+class PredictConfig:
+    coarse_rule: Literal["map_top1", "sum_probs", "coarse_head"] = "map_top1"  # SEED.md §12 row 12
+    top_k: int = 5
+
+
+@dataclass
+class MetricConfig:
+    macro_labels: Literal["present", "all"] = "present"  # SEED.md §12 row 13
+
+
+@dataclass
+class CropConfig:
+    detector: Literal["auto", "mediapipe", "haar", "yolo", "onnx", "none"] = "auto"
+    margins: tuple[int, int, int, int] = (-60, -100, 80, 60)  # x0, y0, x1, y1 offsets in px at 1080p
+    min_aspect: float = 0.6  # width / height of the final box
+    sample_frames: int = 8  # frames per video given to the detector
+    short_side: Optional[int] = 320  # downscale cropped videos so training decodes fast (None = keep)
+    weights: Optional[str] = None  # YOLO (.pt) or ONNX weights, when the detector needs them
+
+    def validate(self):
+        _positive(self, "min_aspect", "sample_frames")
+
+
+@dataclass
+class Config:
+    """A whole run: every section of a recipe."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    aug: AugConfig = field(default_factory=AugConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    frame_head: FrameHeadConfig = field(default_factory=FrameHeadConfig)
+    arcface: ArcFaceConfig = field(default_factory=ArcFaceConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sched: SchedConfig = field(default_factory=SchedConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
+    metric: MetricConfig = field(default_factory=MetricConfig)
+    crop: CropConfig = field(default_factory=CropConfig)
+    description: str = ""  # one line shown in logs and the recipes table
+
+    def validate(self) -> "Config":
+        for f in dataclasses.fields(self):
+            section = getattr(self, f.name)
+            if hasattr(section, "validate"):
+                section.validate()
+        t = self.train
+        if t.global_batch % t.micro_batch:
+            raise ConfigError(
+                f"train.global_batch ({t.global_batch}) must be a multiple of train.micro_batch ({t.micro_batch})"
+            )
+        if self.model.num_classes != self.data.num_classes:
+            raise ConfigError(
+                f"model.num_classes ({self.model.num_classes}) differs from data.num_classes ({self.data.num_classes})"
+            )
+        return self
+
+    def to_dict(self) -> dict:
+        return _to_plain(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML recipe (or start from defaults), apply ``key=value`` overrides and validate.
+
+    Args:
+        path: YAML file; ``None`` starts from the defaults.
+        overrides: dotted assignments such as ``"train.epochs=2"`` or ``"data.root=/data/ma52"``.
+            Values are parsed as YAML (``3e-4``, ``true``, ``[1, 2]``, ``null``).
+
+    Raises:
+        ConfigError: naming the file, key and the valid choices.
+    """
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(raw).__name__}")
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_dotted(raw, key, value)
+    try:
+        return config_from_dict(raw).validate()
+    except ConfigError as e:
+        where = f"{path}: " if path is not None else ""
+        raise ConfigError(f"{where}{e}") from None
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """Split ``"a.b=value"`` into ``("a.b", parsed value)``."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r}: expected key=value, e.g. train.epochs=2")
+    key, text = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {item!r}: empty key")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    return key, value
+
+
+def config_from_dict(raw: dict) -> Config:
+    """Build a validated-typed :class:`Config` from nested plain data."""
+    return _build(Config, raw, "")
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(cfg.to_yaml())
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers: typed construction with precise messages
+# --------------------------------------------------------------------------------------------
+
+
+def _set_dotted(raw: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = raw
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {key}: {part!r} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _build(cls, raw: Any, prefix: str):
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in raw if k not in names]
+    if unknown:
+        section = prefix.rstrip(".") or "the top level"
+        raise ConfigError(
+            f"{prefix}{unknown[0]}: unknown key; valid keys in {section!r}: {', '.join(names)}"
+            + (_did_you_mean(unknown[0], names))
+        )
+    kwargs = {}
+    for name in names:
+        if name in raw:
+            kwargs[name] = _coerce(raw[name], hints[name], f"{prefix}{name}")
+    obj = cls(**kwargs)
+    return obj
+
+
+def _did_you_mean(word: str, options: list[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(word, options, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key + ".")
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not a valid choice; choose one of: {', '.join(map(str, args))}")
+        return value
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "3e-4" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list of {len(args)} values, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}: {value!r}")
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    raise ConfigError(f"{key}: unsupported type {tp}")  # pragma: no cover - programming error
+
+
+def _section_name(obj) -> str:
+    return {
+        DataConfig: "data", AugConfig: "aug", ModelConfig: "model", ArcFaceConfig: "arcface", LossConfig: "loss",
+        OptimConfig: "optim", SchedConfig: "sched", TrainConfig: "train", EvalConfig: "eval", CropConfig: "crop",
+    }.get(type(obj), type(obj).__name__)
+
+
+def _positive(obj, *names):
+    for n in names:
+        v = getattr(obj, n)
+        if not v > 0:
+            raise ConfigError(f"{_section_name(obj)}.{n}: must be > 0, got {v}")
+
+
+def _non_negative(obj, *names):
+    for n in names:
+        v = getattr(obj, n)
+        if v < 0:
+            raise ConfigError(f"{_section_name(obj)}.{n}: must be >= 0, got {v}")
+
+
+def _probability(obj, *names):
+    for n in names:
+        v = getattr(obj, n)
+        if not 0 <= v <= 1:
+            raise ConfigError(f"{_section_name(obj)}.{n}: must be in [0, 1], got {v}")
+
+
+def _range_pair(obj, name, lo, hi):
+    a, b = getattr(obj, name)
+    if not (lo <= a <= b <= hi) or b <= 0:
+        raise ConfigError(f"{_section_name(obj)}.{name}: expected [min, max] with {lo} <= min <= max <= {hi}, got {[a, b]}")
+
+
+def _to_plain(obj):
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [_to_plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _to_plain(v) for k, v in obj.items()}
+    return obj

