@@ -1,0 +1,63 @@
+"""The `microact` command line: every subcommand has help with defaults; info works; errors are one line."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from microact.cli import _HANDLERS, build_parser, main
+
+COMMANDS = [key.split() for key in _HANDLERS]
+
+
+@pytest.mark.parametrize("words", COMMANDS, ids=[" ".join(w) for w in COMMANDS])
+def test_every_subcommand_has_help_with_defaults(words, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(words + ["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: microact " + " ".join(words) in out
+    # options that take a value show their default
+    parser_help_has_default = "(default:" in out
+    takes_options = any(action.option_strings and action.nargs != 0
+                        for action in _subparser(words)._actions if action.dest != "help")
+    assert parser_help_has_default or not takes_options
+
+
+def _subparser(words):
+    parser = build_parser()
+    for word in words:
+        sub_action = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+        parser = sub_action.choices[word]
+    return parser
+
+
+def test_every_handler_is_importable():
+    import importlib
+
+    for key, target in _HANDLERS.items():
+        module_name, func = target.split(":")
+        module = importlib.import_module(module_name)
+        assert callable(getattr(module, func)), key
+
+
+def test_info_json(capsys):
+    assert main(["info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["decoders"]["pyav"]["available"] is True
+    assert info["torch"]
+    assert any(d["type"] == "cpu" for d in info["devices"])
+
+
+def test_console_script_runs():
+    out = subprocess.run([sys.executable, "-m", "microact.cli", "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("microact ")
+
+
+def test_config_error_is_one_clear_line(tmp_path, capsys):
+    code = main(["train", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "nope.yaml" in err and "Traceback" not in err
