@@ -10,11 +10,12 @@ import numpy as np
 
 
 def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: float = 30.0, crf: int = 23,
-                preset: str = "veryfast", codec: str = "libx264") -> int:
+                preset: str = "veryfast", codec: str = "libx264", options: dict | None = None) -> int:
     """Encode RGB uint8 frames ``[H, W, 3]`` to an H.264 mp4 and return the number of frames written.
 
     The file is written under a temporary name and renamed at the end, so an interrupted write never
     leaves a truncated video behind. Odd frame sizes are padded by one pixel (yuv420p needs even sizes).
+    ``options`` are extra encoder options (e.g. ``{"threads": "1"}`` for byte-identical output).
     """
     import av
 
@@ -36,7 +37,7 @@ def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: floa
                     stream = container.add_stream(codec, rate=rate)
                     stream.width, stream.height = frame.shape[1], frame.shape[0]
                     stream.pix_fmt = "yuv420p"
-                    stream.options = {"crf": str(crf), "preset": preset}
+                    stream.options = {"crf": str(crf), "preset": preset, **(options or {})}
                 for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
                     container.mux(packet)
                 count += 1

@@ -1,0 +1,220 @@
+"""``microact bench backbone``: our VideoMAE vs Hugging Face ``VideoMAEModel`` (sdpa and eager), same weights.
+
+Every cell (mode x precision x batch) times the three implementations round-robin in the same run, so
+drift of a shared machine hits all of them alike; the median of ``--repeats`` timed runs is reported
+after one warm-up. Both models compute the same function (token map after the final LayerNorm); the
+script checks that before timing. Figures are printed, never asserted.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import statistics
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from microact.errors import MicroactError
+from microact.models.checkpoints import load_pretrained
+from microact.models.videomae import VideoMAE, create_backbone, flops_per_clip
+
+# Dense peak FLOP/s per precision (vendor data sheets, SXM parts unless named); fp32 = no TF32.
+PEAK_FLOPS = {
+    "H200": {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12},
+    "H100 PCIe": {"bf16": 756e12, "fp16": 756e12, "fp32": 51e12},
+    "H100": {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12},
+    "A100": {"bf16": 312e12, "fp16": 312e12, "fp32": 19.5e12},
+}
+
+IMPLS = ("ours", "hf_sdpa", "hf_eager")
+
+
+def peak_flops(device: torch.device, precision: str) -> Optional[float]:
+    """Peak dense FLOP/s of a known CUDA GPU for ``precision``; None when unknown (CPU, other GPUs)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, table in PEAK_FLOPS.items():  # "H100 PCIe" is tested before "H100"
+        if key in name:
+            return table.get(precision)
+    return None
+
+
+def _resolve_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec.startswith("cuda") and not torch.cuda.is_available():
+        raise MicroactError(f"--device {spec}: CUDA is not available on this machine")
+    return torch.device(spec)
+
+
+def build_models(name: str, device: torch.device) -> dict[str, torch.nn.Module]:
+    """Our backbone and two HF ``VideoMAEModel`` copies (sdpa, eager) holding the same random weights."""
+    try:
+        from transformers import VideoMAEConfig, VideoMAEModel
+    except ImportError as e:  # pragma: no cover - transformers is an optional extra
+        raise MicroactError("bench backbone needs the 'transformers' package (pip install microact[hf])") from e
+    ours = create_backbone(name, output="map")
+    cfg = VideoMAEConfig(
+        image_size=ours.img_size, patch_size=ours.patch_size, num_channels=3, num_frames=ours.num_frames,
+        tubelet_size=ours.tubelet_size, hidden_size=ours.embed_dim, num_hidden_layers=ours.depth,
+        num_attention_heads=ours.num_heads, intermediate_size=int(ours.embed_dim * ours.mlp_ratio),
+        layer_norm_eps=1e-6, use_mean_pooling=False, qkv_bias=True)
+    torch.manual_seed(0)
+    # Each model gets its own config: HF reads `config._attn_implementation` at call time, and `_from_config`
+    # writes it into the config object it is given (a shared config would turn both models eager).
+    hf_sdpa = VideoMAEModel._from_config(copy.deepcopy(cfg), attn_implementation="sdpa")
+    with torch.no_grad():  # non-zero q/v biases so the bias path is part of the comparison
+        for layer in hf_sdpa.encoder.layer:
+            layer.attention.attention.query.bias.normal_(0, 0.02)
+            layer.attention.attention.value.bias.normal_(0, 0.02)
+    hf_eager = VideoMAEModel._from_config(copy.deepcopy(cfg), attn_implementation="eager")
+    hf_eager.load_state_dict(hf_sdpa.state_dict())
+    load_pretrained(ours, hf_sdpa.state_dict(), load_final_norm=True)
+    models = {"ours": ours, "hf_sdpa": hf_sdpa, "hf_eager": hf_eager}
+    for impl, model in (("hf_sdpa", hf_sdpa), ("hf_eager", hf_eager)):
+        got = model.config._attn_implementation
+        if got != impl[3:]:
+            raise MicroactError(f"bench backbone: HF model {impl} runs attention {got!r}, expected {impl[3:]!r}")
+    return {k: m.to(device).eval() for k, m in models.items()}
+
+
+def _runner(impl: str, model: torch.nn.Module, x: torch.Tensor, backward: bool) -> Callable[[], None]:
+    # HF takes [B, T, C, H, W]; the permuted view is what its users pass (it permutes back internally).
+    inp = x if impl == "ours" else x.permute(0, 2, 1, 3, 4)
+
+    def run():
+        if backward:
+            out = model(inp) if impl == "ours" else model(pixel_values=inp).last_hidden_state
+            out.float().mean().backward()
+            for p in model.parameters():
+                p.grad = None
+        else:
+            with torch.no_grad():
+                model(inp) if impl == "ours" else model(pixel_values=inp)
+
+    return run
+
+
+def _time(run: Callable[[], None], device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    run()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
+
+
+def check_parity(models: dict, device: torch.device) -> float:
+    """Max |ours - HF sdpa| on one fp32 clip (both return the normalised token map)."""
+    ours = models["ours"]
+    x = torch.randn(1, 3, ours.num_frames, ours.img_size, ours.img_size, device=device)
+    with torch.no_grad():
+        a = ours(x).flatten(2).transpose(1, 2)  # [B, D, T', H', W'] -> [B, N, D]
+        b = models["hf_sdpa"](pixel_values=x.permute(0, 2, 1, 3, 4)).last_hidden_state
+    return (a - b).abs().max().item()
+
+
+def run_benchmark(name: str, batches: list[int], precisions: list[str], repeats: int, device: torch.device,
+                  progress: bool = True) -> dict:
+    """Time forward and forward+backward of every implementation; returns the figures as a dict."""
+    for p in precisions:
+        if p not in ("fp32", "bf16", "fp16"):
+            raise MicroactError(f"--precision: unknown precision {p!r} (fp32, bf16, fp16)")
+    if device.type == "cpu" and "fp16" in precisions:
+        raise MicroactError("--precision fp16: not supported on CPU (use bf16)")
+    models = build_models(name, device)
+    parity = check_parity(models, device)
+    ours: VideoMAE = models["ours"]
+    cells = []
+    plan = [(mode, prec, b) for mode in ("forward", "forward+backward") for prec in precisions for b in batches]
+    try:
+        from tqdm import tqdm
+        plan_iter = tqdm(plan, desc="bench backbone", disable=not progress)
+    except ImportError:  # pragma: no cover
+        plan_iter = plan
+    for mode, prec, b in plan_iter:
+        backward = mode == "forward+backward"
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(prec)
+        amp = torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
+        x = torch.randn(b, 3, ours.num_frames, ours.img_size, ours.img_size, device=device)
+        runs = {impl: _runner(impl, models[impl], x, backward) for impl in IMPLS}
+        times = {impl: [] for impl in IMPLS}
+        peak_mem = {}
+        with amp:
+            for impl in IMPLS:  # warm-up (kernel selection, allocator), also measures peak memory
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                    torch.cuda.reset_peak_memory_stats(device)
+                try:
+                    _time(runs[impl], device)
+                except torch.OutOfMemoryError:
+                    times[impl] = None
+                    continue
+                if device.type == "cuda":
+                    peak_mem[impl] = torch.cuda.max_memory_allocated(device) / 2 ** 30
+            for _ in range(repeats):  # round-robin so machine drift hits every implementation alike
+                for impl in IMPLS:
+                    if times[impl] is not None:
+                        times[impl].append(_time(runs[impl], device))
+        ms = {impl: (statistics.median(t) * 1e3 if t else None) for impl, t in times.items()}
+        cell = {"mode": mode, "precision": prec, "batch": b, "ms": ms}
+        if ms["ours"]:
+            cell["speedup_vs_hf_sdpa"] = ms["hf_sdpa"] / ms["ours"] if ms["hf_sdpa"] else None
+            cell["speedup_vs_hf_eager"] = ms["hf_eager"] / ms["ours"] if ms["hf_eager"] else None
+            cell["clips_per_s"] = b / (ms["ours"] / 1e3)
+            flops = flops_per_clip(ours, train=backward) * b
+            peak = peak_flops(device, prec)
+            cell["mfu"] = flops / (ms["ours"] / 1e3) / peak if peak else None
+        if peak_mem:
+            cell["peak_mem_gib"] = peak_mem
+        cells.append(cell)
+    return {
+        "model": name, "clip": f"{ours.num_frames}x{ours.img_size}", "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "threads": torch.get_num_threads(), "torch": torch.__version__, "repeats": repeats,
+        "parity_max_abs_diff_fp32": parity, "gflops_fwd_per_clip": flops_per_clip(ours) / 1e9, "cells": cells,
+    }
+
+
+def format_table(res: dict) -> str:
+    """Markdown table of :func:`run_benchmark` figures."""
+    cuda = res["device"].startswith("cuda")
+    head = ["mode", "prec", "batch", "ours ms", "HF sdpa ms", "HF eager ms", "vs HF sdpa", "vs HF eager"]
+    if cuda:
+        head += ["clips/s", "peak GiB ours / sdpa / eager", "MFU"]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def f(v, fmt="{:.0f}"):
+        return "OOM" if v is None else fmt.format(v)
+
+    for c in res["cells"]:
+        ms = c["ms"]
+        row = [c["mode"], c["precision"], str(c["batch"]), f(ms["ours"]), f(ms["hf_sdpa"]), f(ms["hf_eager"]),
+               f(c.get("speedup_vs_hf_sdpa"), "{:.2f}x"), f(c.get("speedup_vs_hf_eager"), "{:.2f}x")]
+        if cuda:
+            mem = c.get("peak_mem_gib", {})
+            row += [f(c.get("clips_per_s"), "{:.1f}"),
+                    " / ".join(f(mem.get(i), "{:.2f}") for i in IMPLS),
+                    "unknown" if c.get("mfu") is None else f"{100 * c['mfu']:.1f} %"]
+        rows.append("| " + " | ".join(row) + " |")
+    title = (f"{res['model']} {res['clip']} on {res['device_name']} ({res['threads']} threads, torch {res['torch']}), "
+             f"median of {res['repeats']}; max |ours - HF| fp32 = {res['parity_max_abs_diff_fp32']:.1e}; "
+             f"speed-ups = HF ms / ours ms")
+    return title + "\n\n" + "\n".join(rows)
+
+
+def cli_main(args) -> int:
+    """``microact bench backbone``."""
+    device = _resolve_device(args.device)
+    res = run_benchmark(args.model, list(args.batch), list(args.precision), args.repeats, device)
+    print(format_table(res))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(res, indent=2))
+        print(f"figures written to {args.json}")
+    return 0

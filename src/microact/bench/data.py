@@ -1,0 +1,222 @@
+"""``microact bench data``: training data pipeline throughput (figures are printed, never asserted).
+
+Writes two kinds of short H.264 clips into a temporary folder: raw camera-like 1920x1080 clips and
+person-cropped, downscaled portrait clips (320 px short side), then measures, for each kind:
+
+- decode only: ours (PyAV sequential, or decord through microact) vs decord ``get_batch``;
+- transforms only on already decoded frames: ours (vectorised, :class:`TrainTransform`) vs a straightforward
+  per-frame numpy/cv2 implementation of the same ops;
+- the whole pipeline through a DataLoader with N workers: clips/s and clips/s per worker, ours vs the
+  straightforward decord + numpy/cv2 pipeline.
+
+Decode and transform times tell which one limits the pipeline.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from microact.config import AugConfig
+from microact.data.annotations import VideoRecord
+from microact.data.dataset import VideoDataset, build_loader
+from microact.data.decode import read_frames
+from microact.data.sampling import uniform_sample
+from microact.data.transforms import TrainTransform
+from microact.data.video_writer import write_video
+
+KINDS = {"raw1080p": (1080, 1920), "crop320": (534, 320)}  # (H, W); 320x534 is w/h 0.6, the seed's crop aspect
+FPS = 30
+SECONDS = 3
+CLIP_LEN = 16
+IMG_SIZE = 224
+
+
+def _frames(height: int, width: int, n: int, seed: int) -> np.ndarray:
+    """Smooth moving content with mild noise: compresses like camera footage, not like pure noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    out = np.empty((n, height, width, 3), dtype=np.uint8)
+    for t in range(n):
+        base = 128 + 60 * np.sin((xx + 7 * t) / 90.0) * np.cos((yy - 5 * t) / 70.0)
+        noise = rng.integers(0, 12, size=(height // 8, width // 8), dtype=np.uint8)
+        noise = cv2.resize(noise, (width, height), interpolation=cv2.INTER_NEAREST)
+        g = np.clip(base + noise, 0, 255).astype(np.uint8)
+        out[t] = np.stack([g, np.roll(g, t, axis=1), 255 - g], axis=-1)
+    return out
+
+
+def _write_clips(folder: Path, kind: str, count: int) -> list[Path]:
+    h, w = KINDS[kind]
+    paths = []
+    for i in range(count):
+        path = folder / f"{kind}_{i}.mp4"
+        write_video(path, _frames(h, w, FPS * SECONDS, seed=i), fps=FPS, preset="ultrafast")
+        paths.append(path)
+    return paths
+
+
+# --------------------------------------------------------------------------------------------
+# The straightforward peer: decord get_batch + per-frame numpy/cv2
+# --------------------------------------------------------------------------------------------
+
+
+def _plain_transform(frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The seed's training ops written frame by frame (crop: the centred square, the RRC fallback on 16:9)."""
+    h, w = frames.shape[1:3]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    b, c, s = rng.uniform(0.5, 1.5, size=3)
+    hue = int(rng.uniform(-0.1, 0.1) * 255)
+    do_flip = rng.random() < 0.5
+    out = []
+    for f in frames:
+        x = cv2.resize(f[top:top + side, left:left + side], (IMG_SIZE, IMG_SIZE), interpolation=cv2.INTER_LINEAR)
+        x = x.astype(np.float32) * b
+        grey = x @ np.array([0.2989, 0.587, 0.114], dtype=np.float32)
+        x = x * c + grey.mean() * (1 - c)
+        grey = x @ np.array([0.2989, 0.587, 0.114], dtype=np.float32)
+        x = x * s + grey[..., None] * (1 - s)
+        hsv = cv2.cvtColor(np.clip(x, 0, 255).astype(np.uint8), cv2.COLOR_RGB2HSV)
+        hsv[..., 0] = ((hsv[..., 0].astype(np.int16) + hue) % 180).astype(np.uint8)
+        x = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+        x[80:140, 60:120] = 128
+        if do_flip:
+            x = x[:, ::-1]
+        out.append(x)
+    return np.stack(out).transpose(3, 0, 1, 2).copy()  # [T,H,W,3] -> [3,T,H,W]
+
+
+def _decord_batch(path: Path, rng: np.random.Generator) -> np.ndarray:
+    import decord
+
+    vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+    return vr.get_batch(uniform_sample(len(vr), CLIP_LEN, rng=rng).tolist()).asnumpy()
+
+
+class _PlainDataset(Dataset):
+    def __init__(self, paths: list[Path]):
+        self.paths = paths
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        rng = np.random.default_rng(i)
+        return {"video": torch.from_numpy(_plain_transform(_decord_batch(self.paths[i], rng), rng)), "label": 0}
+
+
+def _worker_init(_):
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+
+
+# --------------------------------------------------------------------------------------------
+# Measurements
+# --------------------------------------------------------------------------------------------
+
+
+def _median_ms(fn, items) -> float:
+    times = []
+    for item in items:
+        t = time.perf_counter()
+        fn(item)
+        times.append(time.perf_counter() - t)
+    return 1000 * statistics.median(times)
+
+
+def _loader_rate(loader) -> float:
+    """Clips/s of the second pass: the first starts the (persistent) workers and warms caches."""
+    for _ in loader:
+        pass
+    if hasattr(loader.sampler, "set_epoch"):
+        loader.sampler.set_epoch(1)
+    t = time.perf_counter()
+    seen = sum(len(batch["video"]) for batch in loader)
+    return seen / (time.perf_counter() - t)
+
+
+def run(workers: list[int], clips: int, progress=print) -> dict:
+    """Run every measurement and return the figures (see the module docstring)."""
+    import decord  # noqa: F401  (the peer needs it; fail early with a clear ImportError)
+
+    cv2.setNumThreads(1)
+    aug = AugConfig()
+    ours_tf = TrainTransform(aug, IMG_SIZE, rng=0)
+    results: dict = {"clip": f"{SECONDS} s at {FPS} fps, {CLIP_LEN} frames sampled, {IMG_SIZE}² output",
+                     "kinds": {}}
+    with tempfile.TemporaryDirectory(prefix="microact_bench_data_") as tmp:
+        folder = Path(tmp)
+        for kind in KINDS:
+            progress(f"writing {kind} clips ...")
+            paths = _write_clips(folder, kind, 2)
+            items = [(paths[i % len(paths)], np.random.default_rng(i)) for i in range(max(4, clips // 4))]
+            r: dict = {}
+            r["decode_ms_pyav"] = _median_ms(
+                lambda it: read_frames(it[0], uniform_sample(FPS * SECONDS, CLIP_LEN, rng=it[1])), items)
+            r["decode_ms_decord"] = _median_ms(lambda it: _decord_batch(it[0], it[1]), items)
+            frames = read_frames(paths[0], uniform_sample(FPS * SECONDS, CLIP_LEN, rng=np.random.default_rng(0)))
+            rngs = [np.random.default_rng(i) for i in range(len(items))]
+            r["transform_ms_ours"] = _median_ms(lambda g: ours_tf(frames, g), rngs)
+            r["transform_ms_plain"] = _median_ms(lambda g: _plain_transform(frames, g), rngs)
+            records = [VideoRecord(p.name, 0, f"bench:{i}") for i, p in enumerate(paths)]
+            records = [records[i % len(records)] for i in range(clips)]
+            for w in workers:
+                progress(f"{kind}: loaders with {w} worker(s) ...")
+                ds = VideoDataset(records, folder, clip_len=CLIP_LEN, transform=ours_tf, seed=0)
+                loader = build_loader(ds, batch_size=4, shuffle=False, num_workers=w, seed=0, pin_memory=False)
+                r[f"clips_per_s_ours_w{w}"] = _loader_rate(loader)
+                plain = DataLoader(_PlainDataset([folder / rec.path for rec in records]), batch_size=4,
+                                   num_workers=w, worker_init_fn=_worker_init if w else None, persistent_workers=w > 0,
+                                   multiprocessing_context="forkserver" if w else None)
+                r[f"clips_per_s_plain_w{w}"] = _loader_rate(plain)
+            results["kinds"][kind] = r
+    return results
+
+
+def format_results(res: dict, workers: list[int]) -> str:
+    """Readable table; every ratio is a speed ratio (> 1: the first named is faster)."""
+    lines = [f"data pipeline benchmark ({res['clip']}); ratios are speed ratios, > 1 = the first named is faster"]
+    for kind, r in res["kinds"].items():
+        dec, tf = r["decode_ms_pyav"], r["transform_ms_ours"]
+        limit = "decode" if dec > tf else "transforms"
+        lines += [
+            f"{kind}:",
+            f"  decode     PyAV (ours) {dec:7.1f} ms/clip   decord get_batch {r['decode_ms_decord']:7.1f} ms/clip"
+            f"   PyAV/decord {r['decode_ms_decord'] / dec:.2f}x",
+            f"  transforms ours        {tf:7.1f} ms/clip   plain per-frame  {r['transform_ms_plain']:7.1f} ms/clip"
+            f"   ours/plain  {r['transform_ms_plain'] / tf:.2f}x",
+            f"  one process is limited by {limit}: {max(dec, tf) / (dec + tf):.0%} of decode + transform time",
+        ]
+        for w in workers:
+            ours, plain = r[f"clips_per_s_ours_w{w}"], r[f"clips_per_s_plain_w{w}"]
+            lines.append(f"  loader, {w} worker(s): ours {ours:6.2f} clips/s ({ours / max(w, 1):6.2f}/worker)   "
+                         f"decord+numpy {plain:6.2f} clips/s ({plain / max(w, 1):6.2f}/worker)   "
+                         f"ours/plain {ours / plain:.2f}x")
+    kinds = list(res["kinds"])
+    if len(kinds) == 2:
+        a, b = (res["kinds"][k] for k in kinds)
+        for w in workers:
+            lines.append(f"{kinds[1]}/{kinds[0]} ({w} worker(s)): ours "
+                         f"{b[f'clips_per_s_ours_w{w}'] / a[f'clips_per_s_ours_w{w}']:.1f}x, decord+numpy "
+                         f"{b[f'clips_per_s_plain_w{w}'] / a[f'clips_per_s_plain_w{w}']:.1f}x the clips/s")
+    return "\n".join(lines)
+
+
+def cli_main(args) -> int:
+    """Handler of ``microact bench data``."""
+    workers = list(args.workers) or [0]
+    res = run(workers, max(4, args.clips))
+    res["workers"] = workers
+    res["torch_threads"] = torch.get_num_threads()
+    print(format_results(res, workers))
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2))
+    return 0

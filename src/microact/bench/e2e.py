@@ -1,0 +1,138 @@
+"""``microact bench e2e``: real decoded clips through the loader into the training step.
+
+Three numbers decide whether training is compute-bound or data-bound:
+
+1. the loader alone (clips/s delivered by N workers from person-cropped H.264 clips),
+2. the training step alone on one fixed batch already on the device (clips/s),
+3. both together, with the time the step loop spends waiting for the next batch.
+
+When (3) waits more than a few percent of the time, more workers, smaller (cropped, downscaled)
+videos or the decode cache help; otherwise the GPU is the limit. Figures are printed, never asserted.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from microact.config import AugConfig
+from microact.data.annotations import VideoRecord
+from microact.data.dataset import VideoDataset, build_loader
+from microact.data.transforms import TrainTransform, normalize_batch
+from microact.losses import build_loss
+from microact.models import create_model
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run(preset: str, workers: int, batch: int, steps: int, device_name: str = "auto", clips: int | None = None,
+        num_frames: int = 16, img_size: int = 224, progress=print) -> dict:
+    """Measure loader, step and end-to-end throughput; return the figures as a dict."""
+    from microact.bench.data import _write_clips  # the data benchmark's portrait, person-cropped-like clips
+
+    device = _device(device_name)
+    on_cpu = device.type == "cpu"
+    if on_cpu and preset.startswith("videomae_tiny"):
+        num_frames, img_size = 8, 96  # the tiny synthetic recipe's input
+    precision = torch.bfloat16
+    with tempfile.TemporaryDirectory(prefix="microact-e2e-") as tmp:
+        folder = Path(tmp)
+        n_clips = clips or max(batch * (steps + 2), 8)
+        progress(f"writing {min(n_clips, 32)} person-cropped clips (320x534, 3 s)...")
+        paths = _write_clips(folder, "crop320", min(n_clips, 32))
+        records = [VideoRecord(path=p.name, label=i % 52, source=f"bench:{i}") for i, p in enumerate(paths)]
+        records = (records * (n_clips // len(records) + 1))[:n_clips]
+        dataset = VideoDataset(records, folder, clip_len=num_frames, transform=TrainTransform(AugConfig(), img_size, rng=0))
+        loader = build_loader(dataset, batch_size=batch, shuffle=True, num_workers=workers, seed=0, drop_last=True)
+
+        model = create_model(preset, num_frames=num_frames, img_size=img_size).to(device).train()
+        criterion = build_loss(model.preset.loss, num_classes=52)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+
+        def step(video_uint8, labels):
+            x = normalize_batch(video_uint8.to(device, non_blocking=True))
+            with torch.autocast(device.type, dtype=precision):
+                out = model(x)
+            loss = criterion(out.as_seed_tuple(), labels.to(device, non_blocking=True))
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            return loss.detach()
+
+        # 1. loader alone
+        loader.sampler.set_epoch(0)
+        it = iter(loader)
+        next(it)  # workers start up
+        start, delivered = time.perf_counter(), 0
+        for batch_data in it:
+            delivered += len(batch_data["label"])
+        loader_rate = delivered / (time.perf_counter() - start)
+        progress(f"loader: {loader_rate:.1f} clips/s with {workers} workers")
+
+        # 2. step alone on a fixed batch
+        loader.sampler.set_epoch(1)
+        fixed = next(iter(loader))
+        step(fixed["video"], fixed["label"])  # warm-up
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            step(fixed["video"], fixed["label"])
+        _sync(device)
+        step_rate = batch * steps / (time.perf_counter() - start)
+        progress(f"training step: {step_rate:.1f} clips/s ({preset}, batch {batch}, bf16, {device})")
+
+        # 3. together: how long the loop waits for data
+        loader.sampler.set_epoch(2)
+        wait, done = 0.0, 0
+        start = time.perf_counter()
+        it = iter(loader)
+        while done < steps:
+            t0 = time.perf_counter()
+            try:
+                batch_data = next(it)
+            except StopIteration:
+                break
+            wait += time.perf_counter() - t0
+            step(batch_data["video"], batch_data["label"])
+            done += 1
+        _sync(device)
+        total = time.perf_counter() - start
+        e2e_rate = done * batch / total
+    result = {
+        "preset": preset, "device": str(device), "workers": workers, "batch": batch, "num_frames": num_frames,
+        "img_size": img_size, "loader_clips_per_s": loader_rate, "step_clips_per_s": step_rate,
+        "e2e_clips_per_s": e2e_rate, "data_wait_fraction": wait / total if total else 0.0,
+        "bound": "data" if wait / total > 0.1 else "compute",
+    }
+    return result
+
+
+def format_result(r: dict) -> str:
+    return "\n".join([
+        f"e2e benchmark: {r['preset']} on {r['device']}, batch {r['batch']}, {r['num_frames']}x{r['img_size']}², "
+        f"{r['workers']} workers",
+        f"  loader alone        {r['loader_clips_per_s']:8.1f} clips/s",
+        f"  training step alone {r['step_clips_per_s']:8.1f} clips/s",
+        f"  end to end          {r['e2e_clips_per_s']:8.1f} clips/s  (waiting for data {100 * r['data_wait_fraction']:.0f}% "
+        f"of the time: {r['bound']}-bound)",
+    ])
+
+
+def cli_main(args) -> int:
+    result = run(args.preset, args.workers, args.batch, args.steps, args.device)
+    print(format_result(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0

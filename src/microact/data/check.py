@@ -1,0 +1,153 @@
+"""``microact data check ROOT``: scan list files and videos, print a report, exit 1 when anything is wrong.
+
+Checks every line of the list files (format, labels, duplicates, missing files) and opens every listed
+video in parallel: frame count (demuxed packets), resolution, fps, duration, and one decoded frame.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Optional
+
+from microact.data.annotations import scan_list
+from microact.data.decode import VideoDecodeError, probe_video, read_frames
+
+
+def _probe_one(job: tuple[str, str]) -> dict:
+    path, decoder = job
+    try:
+        info = probe_video(path, decoder=decoder)
+        read_frames(path, [0], decoder=decoder)  # demuxing alone does not prove the stream decodes
+        return {"path": path, "num_frames": info.num_frames, "width": info.width, "height": info.height,
+                "fps": info.fps, "duration": info.duration, "rotation": info.rotation}
+    except VideoDecodeError as e:
+        return {"path": path, "error": e.reason}
+    except Exception as e:  # report, never crash the scan
+        return {"path": path, "error": f"{type(e).__name__}: {e}"}
+
+
+def _stats(values: list[float]) -> Optional[dict]:
+    if not values:
+        return None
+    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
+
+
+def check_dataset(root: str | os.PathLike, lists: Optional[list[str]] = None, video_dir: str = "",
+                  num_classes: int = 52, decoder: str = "pyav", decode: bool = True, workers: int = 0,
+                  progress: bool = True) -> dict:
+    """Scan a dataset folder and return the report as a dict (``report["problems"]`` empty when all is well).
+
+    Args:
+        root: dataset folder with the list files.
+        lists: list files (relative to ``root`` or absolute); default every ``*_list_videos.txt`` in root.
+        video_dir: folder of the videos relative to root.
+        num_classes: labels must lie in ``[0, num_classes)``.
+        decoder: library used to open the videos.
+        decode: open every video (otherwise only the lists and file presence are checked).
+        workers: parallel processes (0 = all cores).
+        progress: show a progress bar.
+    """
+    from tqdm import tqdm
+
+    root = Path(root)
+    if lists is None:
+        list_files = sorted(root.glob("*_list_videos.txt"))
+    else:
+        list_files = [Path(p) if Path(p).is_absolute() else root / p for p in lists]
+    videos_root = root / video_dir
+    problems: list[str] = []
+    if not list_files:
+        problems.append(f"{root}: no list files (*_list_videos.txt)")
+    per_list = {}
+    records = []
+    seen: dict[str, str] = {}  # shared: a video listed in two lists (e.g. train and val) is a problem too
+    for lf in list_files:
+        # presence is checked here, not by scan_list, so that lines naming missing videos still count per class
+        recs, probs = scan_list(lf, video_dir=videos_root, num_classes=num_classes, check_files=False, seen=seen)
+        missing = [r for r in recs if not (videos_root / r.path).is_file()]
+        probs += [f"{r.source}: video not found: {videos_root / r.path}" for r in missing]
+        problems += probs
+        records += [r for r in recs if (videos_root / r.path).is_file()]
+        per_list[lf.name] = {"lines": len(recs), "missing_videos": len(missing), "problems": len(probs),
+                             "class_counts": dict(sorted(Counter(r.label for r in recs).items()))}
+    videos = {}
+    if decode and records:
+        jobs = sorted({str(videos_root / r.path) for r in records})
+        n_workers = workers or os.cpu_count() or 1
+        bar = tqdm(total=len(jobs), desc="probing videos", unit="video", disable=not progress)
+        if n_workers == 1 or len(jobs) < 4:
+            results = []
+            for job in jobs:
+                results.append(_probe_one((job, decoder)))
+                bar.update()
+        else:
+            with ProcessPoolExecutor(n_workers) as pool:
+                results = []
+                for res in pool.map(_probe_one, [(j, decoder) for j in jobs], chunksize=8):
+                    results.append(res)
+                    bar.update()
+        bar.close()
+        for res in results:
+            videos[res["path"]] = res
+            if "error" in res:
+                problems.append(f"{res['path']}: {res['error']}")
+    good = [v for v in videos.values() if "error" not in v]
+    report = {
+        "root": str(root),
+        "lists": per_list,
+        "videos_checked": len(videos),
+        "videos_bad": len(videos) - len(good),
+        "num_frames": _stats([v["num_frames"] for v in good]),
+        "fps": _stats([v["fps"] for v in good]),
+        "duration_s": _stats([v["duration"] for v in good]),
+        "resolutions": dict(Counter(f"{v['width']}x{v['height']}" for v in good).most_common()),
+        "rotated": sum(1 for v in good if v["rotation"]),
+        "problems": problems,
+    }
+    return report
+
+
+def format_report(report: dict, max_problems: int = 50) -> str:
+    """Human-readable text of :func:`check_dataset`'s report."""
+    out = [f"dataset {report['root']}"]
+    for name, info in report["lists"].items():
+        counts = info["class_counts"]
+        spread = (f"{len(counts)} classes, {min(counts.values())}..{max(counts.values())} per class"
+                  if counts else "empty")
+        out.append(f"  {name}: {info['lines']} well-formed lines ({info['missing_videos']} missing videos), "
+                   f"{info['problems']} problem(s); {spread}")
+    if report["videos_checked"]:
+        out.append(f"videos: {report['videos_checked']} checked, {report['videos_bad']} bad")
+        for key, unit in (("num_frames", ""), ("fps", ""), ("duration_s", " s")):
+            s = report[key]
+            if s:
+                out.append(f"  {key:<11} min {s['min']:.4g}{unit}  median {s['median']:.4g}{unit}  "
+                           f"max {s['max']:.4g}{unit}")
+        res = list(report["resolutions"].items())
+        shown = ", ".join(f"{k} ({v})" for k, v in res[:8]) + (f", ... {len(res) - 8} more" if len(res) > 8 else "")
+        out.append(f"  resolutions {shown}")
+        if report["rotated"]:
+            out.append(f"  {report['rotated']} video(s) carry a rotation")
+    problems = report["problems"]
+    if problems:
+        out.append(f"{len(problems)} problem(s):")
+        out += [f"  {p}" for p in problems[:max_problems]]
+        if len(problems) > max_problems:
+            out.append(f"  ... and {len(problems) - max_problems} more (see --json)")
+    else:
+        out.append("no problems found")
+    return "\n".join(out)
+
+
+def cli_main(args) -> int:
+    """Handler of ``microact data check``; exit code 1 when any problem is found."""
+    report = check_dataset(args.root, lists=args.lists, video_dir=args.video_dir, num_classes=args.num_classes,
+                           decoder=args.decoder, decode=not args.no_decode, workers=args.workers)
+    print(format_report(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    return 1 if report["problems"] else 0

@@ -1,0 +1,252 @@
+"""Video dataset, collate function and a deterministic, resumable (distributed) loader.
+
+Randomness is derived from ``(seed, epoch, index)`` inside ``__getitem__``, so a run gives the same clips
+whatever the number of workers or processes. The sampler hands each worker ``(epoch, index)`` pairs, so
+persistent workers (which hold their own copy of the dataset) still see the current epoch.
+
+A video that cannot be decoded never raises out of ``__getitem__``: it yields ``video=None`` with an
+``error`` message and a warning; :func:`collate` drops it and reports it in ``batch["skipped"]``.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import warnings
+from pathlib import Path
+from typing import Callable, Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from microact.data.annotations import VideoRecord
+from microact.data.decode import VideoDecodeError, count_frames, read_frames
+from microact.data.sampling import uniform_sample
+
+
+class VideoDataset(Dataset):
+    """Clips of annotated videos as uint8 tensors.
+
+    Args:
+        records: videos and labels (:func:`microact.data.annotations.load_lists`).
+        video_root: folder the record paths are relative to.
+        clip_len: frames per clip.
+        transform: training: ``transform(frames [T,H,W,3], rng) -> [3,T,S,S]`` (:class:`TrainTransform`);
+            test: an object with ``views(frames, num_clips) -> [V,3,T,S,S]`` (:class:`TestTransform`).
+        num_clips: clips per video (test: 2 for val, 3 for test in the seed).
+        test_mode: deterministic sampling and all views of a video.
+        decoder: ``"pyav"`` or ``"decord"``.
+        decode_timeout: seconds per video before it counts as bad (``None``: no limit).
+        seed: base of the per-item random generators.
+        cache_dir: test mode only: keep decoded sampled frames here (``.npy``) so repeated evaluations skip
+            decoding. The key covers the file's path, size, mtime, decoder and indices.
+
+    Items: ``{"video": uint8 tensor [3,T,S,S] (train) or [V,3,T,S,S] (test), "label": int, "index": int}``,
+    or ``{"video": None, ..., "error": "path: reason"}`` for a bad video.
+    """
+
+    def __init__(self, records: Sequence[VideoRecord], video_root: str | os.PathLike, *, clip_len: int,
+                 transform: Callable, num_clips: int = 1, test_mode: bool = False, decoder: str = "pyav",
+                 decode_timeout: Optional[float] = None, seed: int = 0, cache_dir: str | os.PathLike | None = None):
+        self.records = list(records)
+        self.video_root = Path(video_root)
+        self.clip_len = clip_len
+        self.transform = transform
+        self.num_clips = num_clips
+        self.test_mode = test_mode
+        self.decoder = decoder
+        self.decode_timeout = decode_timeout
+        self.seed = seed
+        self.cache_dir = Path(cache_dir) if cache_dir and test_mode else None
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Epoch used by plain integer indexing (the loader's sampler passes it explicitly)."""
+        self.epoch = epoch
+
+    def rng_for(self, index: int, epoch: Optional[int] = None) -> np.random.Generator:
+        """The generator of one item: a function of (seed, epoch, index) only."""
+        return np.random.default_rng([self.seed, self.epoch if epoch is None else epoch, index])
+
+    def __getitem__(self, key) -> dict:
+        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
+        index = int(index)
+        record = self.records[index]  # an IndexError here is a caller bug, not a bad video
+        path = self.video_root / record.path
+        try:
+            rng = self.rng_for(index, epoch)
+            frames = self._frames(path, rng)
+            if self.test_mode:
+                video = self.transform.views(frames, self.num_clips)
+            else:
+                video = self.transform(frames, rng)
+            return {"video": torch.from_numpy(np.ascontiguousarray(video)), "label": record.label, "index": index}
+        except Exception as e:  # a bad video must not stop training; the message says what happened
+            reason = e.reason if isinstance(e, VideoDecodeError) else f"{type(e).__name__}: {e}"
+            message = f"{path}: {reason}"
+            warnings.warn(f"skipping video ({record.source}): {message}", RuntimeWarning, stacklevel=2)
+            return {"video": None, "label": record.label, "index": index, "error": message}
+
+    def _frames(self, path: Path, rng: np.random.Generator) -> np.ndarray:
+        num_frames = count_frames(path, timeout=self.decode_timeout)
+        indices = uniform_sample(num_frames, self.clip_len, self.num_clips, self.test_mode, rng)
+        cache_file = self._cache_file(path, indices)
+        if cache_file is not None and cache_file.is_file():
+            try:
+                return np.load(cache_file)
+            except (OSError, ValueError):
+                pass  # a damaged cache entry is rewritten below
+        frames = read_frames(path, indices, decoder=self.decoder, timeout=self.decode_timeout)
+        if cache_file is not None:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.tmp.npy")
+            np.save(tmp, frames)
+            os.replace(tmp, cache_file)  # atomic: concurrent workers never read half a file
+        return frames
+
+    def _cache_file(self, path: Path, indices: np.ndarray) -> Optional[Path]:
+        if self.cache_dir is None:
+            return None
+        st = path.stat()
+        key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{self.decoder}|{indices.tolist()}"
+        return self.cache_dir / f"{hashlib.sha1(key.encode()).hexdigest()}.npy"
+
+
+def collate(items: Sequence[dict]) -> dict:
+    """Stack good items; bad ones are dropped and their messages listed in ``"skipped"``.
+
+    Returns:
+        ``{"video": uint8 [B, ...] or None when every item was bad, "label": int64 [B], "index": int64 [B],
+        "skipped": [messages]}``.
+    """
+    good = [it for it in items if it.get("video") is not None]
+    skipped = [it.get("error", f"item {it.get('index')}: no video") for it in items if it.get("video") is None]
+    return {
+        "video": torch.stack([it["video"] for it in good]) if good else None,
+        "label": torch.tensor([int(it["label"]) for it in good], dtype=torch.long),
+        "index": torch.tensor([int(it["index"]) for it in good], dtype=torch.long),
+        "skipped": skipped,
+    }
+
+
+class ResumableSampler(Sampler):
+    """Deterministic epoch order, split across ranks, resumable mid-epoch.
+
+    The order of epoch ``e`` is a permutation drawn from ``(seed, e)`` (or the identity without shuffle).
+    Training (``pad=True``) pads the order with its first items to a multiple of ``world_size`` like
+    ``DistributedSampler``; rank ``r`` takes every ``world_size``-th item from ``r``. Testing (``pad=False``)
+    gives every video to exactly one rank with no padding (the original order is recovered from the items'
+    ``index``). Yields ``(epoch, index)`` pairs for :class:`VideoDataset`.
+
+    Args:
+        num_items: dataset length.
+        shuffle: random order per epoch.
+        seed: base of the per-epoch permutation.
+        rank, world_size: this process's share.
+        pad: pad to equal shares (training) or keep each item exactly once (testing).
+        drop_last: with ``pad``, drop the tail instead of padding (as ``DistributedSampler(drop_last=True)``).
+        batch_size: used by ``set_epoch(..., skip_batches=)`` to resume after the first batches.
+    """
+
+    def __init__(self, num_items: int, *, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 pad: bool = True, drop_last: bool = False, batch_size: int = 1):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world size {world_size}")
+        self.num_items = num_items
+        self.shuffle = shuffle
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.pad = pad
+        self.drop_last = drop_last
+        self.batch_size = batch_size
+        self.epoch = 0
+        self.start = 0
+
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        """Select the epoch's order; ``skip_batches`` resumes after that many batches of this rank."""
+        self.epoch = epoch
+        self.start = skip_batches * self.batch_size
+
+    def rank_indices(self) -> list[int]:
+        """This rank's full share of the current epoch (before skipping)."""
+        n = self.num_items
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(n).tolist()
+        else:
+            order = list(range(n))
+        if self.pad and self.world_size > 1:
+            if self.drop_last:
+                order = order[: (n // self.world_size) * self.world_size]
+            else:
+                total = math.ceil(n / self.world_size) * self.world_size
+                while len(order) < total:  # repeat from the start, like DistributedSampler
+                    order += order[: total - len(order)]
+        return order[self.rank::self.world_size]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for index in self.rank_indices()[self.start:]:
+            yield self.epoch, index
+
+    def __len__(self) -> int:
+        return max(0, len(self.rank_indices()) - self.start)
+
+
+def _dist_rank_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _worker_init(_worker_id: int) -> None:
+    # Each worker is one of several processes on few cores: keep OpenCV and torch single-threaded.
+    import cv2
+
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+
+
+def build_loader(dataset: VideoDataset, *, batch_size: int, shuffle: bool, num_workers: int, seed: int = 0,
+                 distributed: bool = False, drop_last: bool = False, pin_memory: Optional[bool] = None,
+                 persistent_workers: Optional[bool] = None, prefetch_factor: Optional[int] = None,
+                 rank: Optional[int] = None, world_size: Optional[int] = None,
+                 mp_context: Optional[str] = "forkserver") -> DataLoader:
+    """A DataLoader with a :class:`ResumableSampler` (``loader.sampler``) and :func:`collate`.
+
+    Call ``loader.sampler.set_epoch(epoch, skip_batches=k)`` before each epoch (``k`` > 0 to resume
+    mid-epoch). With ``distributed=True`` the rank and world size come from ``torch.distributed`` when it is
+    initialised (else ``RANK`` / ``WORLD_SIZE``), unless given. A test-mode dataset is never padded.
+
+    Args:
+        pin_memory: ``None`` = pin when CUDA is available.
+        persistent_workers: ``None`` = keep workers alive between epochs when there are any.
+        prefetch_factor: batches prefetched per worker (``None``: PyTorch's default).
+        mp_context: how workers start. ``forkserver`` (default) costs an import of torch per worker once
+            (workers persist), but is safe: a worker forked from a process that already ran OpenCV's
+            thread pool (any cv2.resize, e.g. a 0-worker validation loader) hangs on its first cv2 call,
+            and CUDA does not survive a fork. ``None`` uses the platform default (fork on Linux).
+    """
+    if distributed:
+        r, w = _dist_rank_world()
+        rank = r if rank is None else rank
+        world_size = w if world_size is None else world_size
+    rank, world_size = rank or 0, world_size or 1
+    sampler = ResumableSampler(len(dataset), shuffle=shuffle, seed=seed, rank=rank, world_size=world_size,
+                               pad=not dataset.test_mode, drop_last=drop_last, batch_size=batch_size)
+    kwargs = {}
+    if num_workers > 0:
+        kwargs["persistent_workers"] = True if persistent_workers is None else persistent_workers
+        kwargs["worker_init_fn"] = _worker_init
+        if prefetch_factor is not None:
+            kwargs["prefetch_factor"] = prefetch_factor
+        if mp_context is not None:
+            kwargs["multiprocessing_context"] = mp_context
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, collate_fn=collate,
+                      pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+                      drop_last=drop_last, **kwargs)

@@ -1,0 +1,383 @@
+"""Spatial transforms on uint8 clips ``[T, H, W, 3]`` (RGB), vectorised over frames.
+
+Every random op draws once per clip and applies the same parameters to all frames. Clips stay uint8
+until the device; :func:`normalize_batch` turns a batch into network input there.
+
+Defaults reproduce the seed (SEED.md §5.4-§5.7): training is RandomResizedCrop on the raw (person-
+cropped) frames -> squash to ``img_size``² -> ColorJitter -> RandomErasing -> Flip; testing is
+resize short side 256 -> the seed's (h, w) = (min(H, 373), 224) centre crop -> squash to ``img_size``².
+No torchvision: OpenCV (or one ``torch.nn.functional.interpolate`` call) does the resizing.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from microact.config import AugConfig, EvalConfig
+
+MEAN = (123.675, 116.28, 103.53)
+STD = (58.395, 57.12, 57.375)
+GREY_WEIGHTS = (0.2989, 0.587, 0.114)  # the seed's rgb_to_grayscale weights (SEED.md §5.5)
+
+Box = tuple[int, int, int, int]  # top, left, height, width
+
+
+def _as_rng(rng) -> np.random.Generator:
+    if isinstance(rng, np.random.Generator):
+        return rng
+    return np.random.default_rng(rng)
+
+
+# --------------------------------------------------------------------------------------------
+# Geometry
+# --------------------------------------------------------------------------------------------
+
+
+def random_resized_crop_box(height: int, width: int, area_range: Sequence[float], aspect_range: Sequence[float],
+                            rng: np.random.Generator, max_attempts: int = 10) -> Box:
+    """The seed's RandomResizedCrop box (SEED.md §5.4).
+
+    Ten candidates: area fraction ``U(area_range)`` of H*W, aspect w/h log-uniform in ``aspect_range``,
+    ``crop_w = round(sqrt(area * ar))``, ``crop_h = round(sqrt(area / ar))``. The first that fits is placed
+    at a uniformly random integer offset (both ends inclusive); if none fits, a centred square of side
+    ``min(H, W)`` (always the case on 16:9 frames with the seed's ranges).
+
+    Returns:
+        ``(top, left, crop_h, crop_w)``.
+    """
+    ars = np.exp(rng.uniform(math.log(aspect_range[0]), math.log(aspect_range[1]), size=max_attempts))
+    areas = rng.uniform(area_range[0], area_range[1], size=max_attempts) * (height * width)
+    crop_ws = np.round(np.sqrt(areas * ars)).astype(np.int64)
+    crop_hs = np.round(np.sqrt(areas / ars)).astype(np.int64)
+    for crop_w, crop_h in zip(crop_ws.tolist(), crop_hs.tolist()):
+        if crop_w <= width and crop_h <= height:
+            left = int(rng.integers(0, width - crop_w + 1))
+            top = int(rng.integers(0, height - crop_h + 1))
+            return top, left, crop_h, crop_w
+    side = min(height, width)
+    return (height - side) // 2, (width - side) // 2, side, side
+
+
+def crop(clip: np.ndarray, box: Box) -> np.ndarray:
+    """A view of ``clip[:, top:top+h, left:left+w]``."""
+    top, left, h, w = box
+    return clip[:, top:top + h, left:left + w]
+
+
+def resize(clip: np.ndarray, height: int, width: int, backend: str = "cv2") -> np.ndarray:
+    """Resize every frame to exactly ``height`` x ``width`` (bilinear, aspect ignored).
+
+    ``cv2`` is OpenCV INTER_LINEAR frame by frame (the seed's kernel); ``torch`` is one
+    ``interpolate(mode="bilinear", antialias=False)`` call for the whole clip, which may differ by ±1 grey
+    level (SEED.md §12 row 18).
+    """
+    t, h, w, _ = clip.shape
+    if (h, w) == (height, width):
+        return np.ascontiguousarray(clip)
+    if backend == "cv2":
+        out = np.empty((t, height, width, 3), dtype=np.uint8)
+        for i in range(t):
+            out[i] = cv2.resize(np.ascontiguousarray(clip[i]), (width, height), interpolation=cv2.INTER_LINEAR)
+        return out
+    if backend == "torch":
+        x = torch.from_numpy(np.ascontiguousarray(clip)).permute(0, 3, 1, 2).float()  # [T,H,W,3] -> [T,3,H,W]
+        y = torch.nn.functional.interpolate(x, size=(height, width), mode="bilinear", align_corners=False,
+                                            antialias=False)
+        return y.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()  # -> [T,H,W,3]
+    raise ValueError(f"resize backend must be 'cv2' or 'torch', got {backend!r}")
+
+
+def short_side_size(height: int, width: int, short: int) -> tuple[int, int]:
+    """New ``(height, width)`` with the short side ``short``: ``int(x * f + 0.5)`` with ``f = short / min(H, W)``."""
+    f = short / min(height, width)
+    return int(height * f + 0.5), int(width * f + 0.5)
+
+
+def resize_short(clip: np.ndarray, short: int, backend: str = "cv2") -> np.ndarray:
+    """Resize keeping the aspect so that the short side is ``short`` (mmaction2 ``Resize(scale=(-1, S))``)."""
+    h, w = short_side_size(clip.shape[1], clip.shape[2], short)
+    return resize(clip, h, w, backend)
+
+
+def seed_center_crop_box(height: int, width: int, crop_h: int, crop_w: int) -> Box:
+    """The seed's modified CenterCrop with crop_size read as (h, w) (SEED.md §5.7).
+
+    ``crop_h`` is clamped to the image height, ``crop_w`` is not clamped in the seed. A frame narrower than
+    ``crop_w`` cannot happen after the default resize (short side 256 >= 224); if it does (a smaller
+    ``eval.resize_short``), the full width is taken instead of the seed's negative offset, and the
+    following squash to ``img_size``² absorbs the difference.
+    """
+    crop_h = min(height, crop_h)
+    crop_w = min(width, crop_w)
+    return (height - crop_h) // 2, (width - crop_w) // 2, crop_h, crop_w
+
+
+def center_crop_box(height: int, width: int, crop_w: int, crop_h: int) -> Box:
+    """Stock mmaction2 CenterCrop: a tuple is (w, h), no clamping (VIDEOMAE.md §5.3).
+
+    Raises:
+        ValueError: when the crop is larger than the frame (mmaction2 would silently return a smaller crop).
+    """
+    if crop_w > width or crop_h > height:
+        raise ValueError(f"centre crop {crop_w}x{crop_h} (w x h) is larger than the frame {width}x{height}")
+    return (height - crop_h) // 2, (width - crop_w) // 2, crop_h, crop_w
+
+
+def three_crop_boxes(height: int, width: int, crop_w: int, crop_h: int) -> list[Box]:
+    """mmaction2 ThreeCrop: the crop spans one full side; offsets along the other in the order 0, 2*step, step.
+
+    Raises:
+        ValueError: when the crop spans neither side.
+    """
+    if crop_h == height and crop_w <= width:
+        step = (width - crop_w) // 2
+        return [(0, 0, crop_h, crop_w), (0, 2 * step, crop_h, crop_w), (0, step, crop_h, crop_w)]
+    if crop_w == width and crop_h <= height:
+        step = (height - crop_h) // 2
+        return [(0, 0, crop_h, crop_w), (2 * step, 0, crop_h, crop_w), (step, 0, crop_h, crop_w)]
+    raise ValueError(f"ThreeCrop {crop_w}x{crop_h} must span one full side of the {width}x{height} frame")
+
+
+def flip(clip: np.ndarray) -> np.ndarray:
+    """Horizontal flip of every frame."""
+    return clip[:, :, ::-1]
+
+
+# --------------------------------------------------------------------------------------------
+# Photometric
+# --------------------------------------------------------------------------------------------
+
+
+def _grey(x: np.ndarray) -> np.ndarray:
+    r, g, b = GREY_WEIGHTS
+    return r * x[..., 0] + g * x[..., 1] + b * x[..., 2]  # [T, H, W]
+
+
+# The adjust_* functions work in place on float32 frames [T, H, W, 3] and return them.
+
+
+def adjust_brightness(x: np.ndarray, factor: float) -> np.ndarray:
+    x *= np.float32(factor)
+    return x
+
+
+def adjust_contrast(x: np.ndarray, factor: float) -> np.ndarray:
+    mean = _grey(x).mean(axis=(1, 2), dtype=np.float32)[:, None, None, None]  # each frame its own mean
+    x *= np.float32(factor)
+    x += mean * np.float32(1 - factor)
+    return x
+
+
+def adjust_saturation(x: np.ndarray, factor: float) -> np.ndarray:
+    grey = _grey(x)[..., None]
+    x *= np.float32(factor)
+    x += grey * np.float32(1 - factor)
+    return x
+
+
+def adjust_hue(x: np.ndarray, factor: float) -> np.ndarray:
+    """OpenCV 8-bit HSV hue shift by ``int(factor * 255)`` units (of 2°), modulo 180 (SEED.md §5.5).
+
+    The sum is taken in int16: adding a negative offset to uint8 raises in NumPy 2.
+    """
+    t, h, w, _ = x.shape
+    tall = np.clip(x, 0, 255).astype(np.uint8).reshape(t * h, w, 3)  # frames stacked: one cvtColor call
+    hsv = cv2.cvtColor(tall, cv2.COLOR_RGB2HSV)
+    hsv[..., 0] = ((hsv[..., 0].astype(np.int16) + int(factor * 255)) % 180).astype(np.uint8)
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB).reshape(t, h, w, 3).astype(np.float32)
+
+
+class ColorJitter:
+    """The seed's ColorJitter (SEED.md §5.5): brightness, contrast, saturation U(0.5, 1.5), hue U(-0.1, 0.1).
+
+    Args:
+        fixed_order: draw the order of the four ops once here (the seed) instead of per clip.
+        rng: generator or seed for the construction-time order.
+    """
+
+    OPS = ("brightness", "contrast", "saturation", "hue")
+
+    def __init__(self, brightness=(0.5, 1.5), contrast=(0.5, 1.5), saturation=(0.5, 1.5), hue=(-0.1, 0.1),
+                 fixed_order: bool = True, rng=None):
+        self.ranges = {"brightness": brightness, "contrast": contrast, "saturation": saturation, "hue": hue}
+        self.fixed_order = fixed_order
+        self.order = [int(i) for i in _as_rng(rng).permutation(4)] if fixed_order else None
+
+    def draw(self, rng: np.random.Generator) -> tuple[list[int], dict[str, float]]:
+        """One set of factors (and the op order) for a clip."""
+        order = self.order if self.fixed_order else [int(i) for i in rng.permutation(4)]
+        factors = {name: float(rng.uniform(*self.ranges[name])) for name in self.OPS}
+        return order, factors
+
+    @staticmethod
+    def apply(clip: np.ndarray, order: Sequence[int], factors: dict[str, float], chunk: int = 2) -> np.ndarray:
+        """Apply the ops in ``order`` on float32 frames, no clipping in between except inside hue.
+
+        Frames go through in groups of ``chunk`` so the float32 working set stays in cache (measured: a
+        16x224x224 clip at once is about 1.5x slower than two frames at a time); the result is identical.
+        """
+        adjust = {"brightness": adjust_brightness, "contrast": adjust_contrast, "saturation": adjust_saturation,
+                  "hue": adjust_hue}
+        out = np.empty_like(clip)
+        for start in range(0, clip.shape[0], chunk):
+            x = clip[start:start + chunk].astype(np.float32)
+            for i in order:
+                name = ColorJitter.OPS[i]
+                if factors[name] != (0 if name == "hue" else 1):  # neutral factors are skipped, as in the seed
+                    x = adjust[name](x, factors[name])
+            np.clip(x, 0, 255, out=x)
+            out[start:start + chunk] = x  # float -> uint8 assignment truncates, as astype(uint8)
+        return out
+
+    def __call__(self, clip: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        order, factors = self.draw(rng)
+        return self.apply(clip, order, factors)
+
+
+def random_erasing_box(height: int, width: int, area_range: Sequence[float], rng: np.random.Generator,
+                       log_aspect=(math.log(0.3), math.log(1 / 0.3))) -> Box:
+    """The seed's RandomErasing rectangle (SEED.md §5.6): area U(area_range)·H·W, log(h/w) uniform."""
+    area = rng.uniform(area_range[0], area_range[1]) * height * width
+    aspect = math.exp(rng.uniform(*log_aspect))
+    h = min(int(round(math.sqrt(area * aspect))), height)
+    w = min(int(round(math.sqrt(area / aspect))), width)
+    top = int(rng.integers(0, height - h)) if height > h else 0  # upper end exclusive, as the seed
+    left = int(rng.integers(0, width - w)) if width > w else 0
+    return top, left, h, w
+
+
+def random_erasing(clip: np.ndarray, rng: np.random.Generator, prob: float = 0.5, area_range=(0.02, 0.2),
+                   fill: int = 128) -> np.ndarray:
+    """Fill one rectangle, the same in every frame, with ``fill`` with probability ``prob``."""
+    if rng.random() >= prob:
+        return clip
+    top, left, h, w = random_erasing_box(clip.shape[1], clip.shape[2], area_range, rng)
+    clip = clip.copy() if not clip.flags.writeable else clip
+    clip[:, top:top + h, left:left + w] = fill
+    return clip
+
+
+def to_channels_first(clip: np.ndarray) -> np.ndarray:
+    """``[T, H, W, 3]`` -> ``[3, T, H, W]`` (contiguous)."""
+    return np.ascontiguousarray(clip.transpose(3, 0, 1, 2))  # [T,H,W,C] -> [C,T,H,W]
+
+
+def normalize_batch(x, mean: Sequence[float] = MEAN, std: Sequence[float] = STD,
+                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``(x - mean) / std`` per channel on a uint8 batch, on whatever device ``x`` lives.
+
+    Args:
+        x: ``[B, 3, T, H, W]`` or ``[B, V, 3, T, H, W]`` (tensor or array); channels at dim -4.
+        mean, std: per-channel statistics in pixel units (ImageNet's by default, as the seed).
+        dtype: output floating type.
+    """
+    x = torch.as_tensor(x)
+    if x.ndim not in (5, 6) or x.shape[-4] != 3:
+        raise ValueError(f"expected [B, 3, T, H, W] or [B, V, 3, T, H, W], got {tuple(x.shape)}")
+    m = torch.tensor(mean, dtype=dtype, device=x.device).view(3, 1, 1, 1)
+    s = torch.tensor(std, dtype=dtype, device=x.device).view(3, 1, 1, 1)
+    return (x.to(dtype) - m) / s
+
+
+# --------------------------------------------------------------------------------------------
+# Pipelines
+# --------------------------------------------------------------------------------------------
+
+
+class TrainTransform:
+    """The seed's training pipeline (SEED.md §5.4): RRC -> squash -> ColorJitter -> RandomErasing -> Flip.
+
+    Args:
+        aug: augmentation section of the config.
+        img_size: square output size.
+        rng: generator or integer seed for the construction-time draws (the ColorJitter op order when
+            ``aug.cj_fixed_order``); pass the run's seed for reproducible runs. ``None`` draws fresh entropy.
+
+    Call with a clip ``[T, H, W, 3]`` uint8 and a per-clip generator; returns ``[3, T, img_size, img_size]`` uint8.
+    """
+
+    def __init__(self, aug: AugConfig, img_size: int, rng=None):
+        self.aug = aug
+        self.img_size = img_size
+        self.color_jitter = ColorJitter(fixed_order=aug.cj_fixed_order, rng=rng) if aug.color_jitter else None
+
+    def __call__(self, clip: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        a = self.aug
+        box = random_resized_crop_box(clip.shape[1], clip.shape[2], a.rrc_area, a.rrc_aspect, rng)
+        x = resize(crop(clip, box), self.img_size, self.img_size, a.resize_backend)
+        if self.color_jitter is not None:
+            x = self.color_jitter(x, rng)
+        x = random_erasing(x, rng, prob=a.erase_prob, area_range=a.erase_area)
+        if rng.random() < a.flip_prob:
+            x = flip(x)
+        return to_channels_first(x)
+
+
+class TestTransform:
+    """Deterministic test views (SEED.md §5.7, §12 row 10).
+
+    ``eval.view``:
+        ``portrait373`` (seed): resize short side to ``eval.resize_short`` -> centre crop (h, w) =
+        (min(H, ``eval.crop_height``), ``img_size``) -> squash to ``img_size``².
+        ``center224``: resize short side to ``eval.resize_short`` -> centre ``img_size``² crop.
+        ``three_crop``: resize short side to ``img_size`` -> three ``img_size``² crops along the long side.
+    ``eval.flip_tta`` appends the horizontally flipped version of every view.
+
+    Call with one clip ``[T, H, W, 3]`` to get its views (a list of ``[3, T, S, S]`` uint8); :meth:`views`
+    handles several clips at once in the crop-major, clip-minor order of mmaction2.
+    """
+
+    __test__ = False  # not a pytest test class despite the name
+
+    def __init__(self, eval: EvalConfig, img_size: int, resize_backend: str = "cv2"):
+        self.eval = eval
+        self.img_size = img_size
+        self.backend = resize_backend
+
+    @property
+    def num_crops(self) -> int:
+        return (3 if self.eval.view == "three_crop" else 1) * (2 if self.eval.flip_tta else 1)
+
+    def _crops(self, frames: np.ndarray) -> list[np.ndarray]:
+        e, s = self.eval, self.img_size
+        if e.view == "three_crop":
+            x = resize_short(frames, s, self.backend)
+            crops = [crop(x, b) for b in three_crop_boxes(x.shape[1], x.shape[2], s, s)]
+        else:
+            x = resize_short(frames, e.resize_short, self.backend)
+            if e.view == "portrait373":
+                box = seed_center_crop_box(x.shape[1], x.shape[2], e.crop_height, s)
+            elif e.view == "center224":
+                box = center_crop_box(x.shape[1], x.shape[2], s, s)
+            else:
+                raise ValueError(f"eval.view: unknown view {e.view!r}")
+            crops = [resize(crop(x, box), s, s, self.backend)]
+        if e.flip_tta:
+            crops += [flip(c) for c in crops]
+        return crops
+
+    def __call__(self, clip: np.ndarray) -> list[np.ndarray]:
+        return [to_channels_first(c) for c in self._crops(clip)]
+
+    def views(self, frames: np.ndarray, num_clips: int) -> np.ndarray:
+        """All views of a video whose ``num_clips`` clips are stacked clip-major in ``frames``.
+
+        Args:
+            frames: ``[num_clips * T, H, W, 3]`` uint8.
+
+        Returns:
+            ``[V, 3, T, S, S]`` uint8 with ``V = crops * num_clips``, crop-major, clip-minor.
+        """
+        n = frames.shape[0]
+        if n % num_clips:
+            raise ValueError(f"{n} frames cannot be split into {num_clips} clips")
+        out = []
+        for c in self._crops(frames):  # one resize per video, not per clip
+            t = n // num_clips
+            clips = np.ascontiguousarray(c).reshape(num_clips, t, *c.shape[1:])  # [n*T,S,S,3] -> [clips,T,S,S,3]
+            out.append(clips.transpose(0, 4, 1, 2, 3))  # -> [clips, 3, T, S, S]
+        return np.ascontiguousarray(np.concatenate(out, axis=0))

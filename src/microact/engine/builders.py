@@ -1,0 +1,93 @@
+"""From a :class:`~microact.config.Config` to the objects of a run: model, loss, loaders."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from microact.config import Config
+
+
+def build_model(cfg: Config, pretrained: bool = True) -> nn.Module:
+    """The recognizer a recipe describes (``model.*``, ``data.clip_len`` / ``img_size``, ``frame_head.*``,
+    ``arcface.*``, ``backbone.load_final_norm``, ``model.overrides``).
+
+    Args:
+        cfg: run configuration.
+        pretrained: load ``model.pretrained`` when set (False when trained weights are loaded afterwards).
+    """
+    from microact.models.presets import create_model_from_config
+
+    return create_model_from_config(cfg, pretrained=pretrained)
+
+
+def loss_name(cfg: Config, model: nn.Module) -> str:
+    """``loss.name`` with ``auto`` resolved to the model's preset loss."""
+    if cfg.loss.name != "auto":
+        return cfg.loss.name
+    preset = getattr(model, "preset", None)
+    if preset is not None and getattr(preset, "loss", None):
+        return preset.loss
+    from microact.models.presets import loss_for
+
+    return loss_for(cfg.model.preset)
+
+
+def build_criterion(cfg: Config, model: nn.Module) -> nn.Module:
+    """The training loss of the recipe for ``model`` (``loss.name=auto``: the preset's seed loss)."""
+    from microact.losses import build_loss
+
+    return build_loss(loss_name(cfg, model), cfg.data.num_classes, class_weights=cfg.loss.class_weights,
+                      label_smoothing=cfg.loss.label_smoothing, f1_sync=cfg.loss.f1_sync)
+
+
+def video_dir(cfg: Config) -> Path:
+    return Path(cfg.data.root) / cfg.data.video_dir
+
+
+def build_train_dataset(cfg: Config):
+    """The training :class:`~microact.data.dataset.VideoDataset` over every list of ``data.train_lists``."""
+    from microact.data.annotations import load_lists
+    from microact.data.dataset import VideoDataset
+    from microact.data.transforms import TrainTransform
+
+    root = Path(cfg.data.root)
+    records = load_lists([root / f for f in cfg.data.train_lists], video_dir=video_dir(cfg),
+                         num_classes=cfg.data.num_classes, check_files=cfg.data.check_files,
+                         allow_absolute_paths=cfg.data.allow_absolute_paths)
+    return VideoDataset(records, video_dir(cfg), clip_len=cfg.data.clip_len,
+                        transform=TrainTransform(cfg.aug, cfg.data.img_size, rng=cfg.train.seed),
+                        test_mode=False, decoder=cfg.data.decoder, decode_timeout=cfg.data.decode_timeout,
+                        seed=cfg.train.seed)
+
+
+def build_train_loader(cfg: Config, *, distributed: bool = False):
+    """Shuffled training loader of ``train.micro_batch`` clips (``loader.sampler.set_epoch(e, skip_batches=k)``
+    selects the epoch and resumes after ``k`` batches).
+
+    The loader gets its own ``torch.Generator`` so creating its iterator never draws from the global torch RNG
+    (that RNG drives dropout / drop path and is restored exactly on resume).
+    """
+    import torch
+
+    from microact.data.dataset import build_loader
+
+    loader = build_loader(build_train_dataset(cfg), batch_size=cfg.train.micro_batch, shuffle=True,
+                          num_workers=cfg.data.num_workers, seed=cfg.train.seed, distributed=distributed,
+                          drop_last=False)
+    loader.generator = torch.Generator().manual_seed(cfg.train.seed)
+    return loader
+
+
+def build_eval_loader(cfg: Config, split: str = "val", *, distributed: bool = False):
+    """Test-mode loader of ``data.val_list`` (``eval.val_clips``) or ``data.test_list`` (``eval.test_clips``)."""
+    from microact.engine.evaluate import build_test_loader
+    from microact.errors import MicroactError
+
+    if split == "val":
+        if not cfg.data.val_list:
+            raise MicroactError("data.val_list is not set: nothing to validate on")
+        return build_test_loader(cfg, Path(cfg.data.root) / cfg.data.val_list, cfg.eval.val_clips,
+                                 distributed=distributed)
+    return build_test_loader(cfg, Path(cfg.data.root) / cfg.data.test_list, cfg.eval.test_clips,
+                             distributed=distributed)

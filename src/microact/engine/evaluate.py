@@ -1,0 +1,310 @@
+"""Multi-clip testing (SEED.md §4): every view of every video through the model, softmax, mean over views.
+
+``evaluate(model, loader, device)`` returns a :class:`~microact.results.Results` in list order; it works in one
+process or under ``torchrun`` (each rank scores its share, the shares are gathered and put back in list order by
+the items' ``index``). A video that cannot be decoded is never dropped silently: it gets uniform probabilities,
+a warning names it, and ``results.meta["failed"]`` lists it.
+
+``microact test CONFIG CKPT`` wraps it: build the model of the recipe, load trained weights, score the test (or
+val) list with ``eval.test_clips`` (``eval.val_clips``) clips per video, print and write the metrics, plots, the
+mmaction2-style dump and, for unlabelled lists, the submission files.
+
+Example::
+
+    microact test configs/tiny_synth.yaml runs/tiny/model_final.safetensors data.root=demo_out/data_cropped \\
+        --split val --out runs/tiny/val
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Literal, Optional
+
+import numpy as np
+import torch
+
+from microact.errors import MicroactError
+from microact.results import Results
+
+Precision = Literal["fp32", "bf16", "fp16"]
+
+
+def _autocast(device: torch.device, precision: Precision):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    if dtype is None:
+        raise MicroactError(f"precision {precision!r} is not one of fp32, bf16, fp16")
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _lead_logits(model, x: torch.Tensor) -> torch.Tensor:
+    out = model(x)
+    return out.fine if hasattr(out, "fine") else out  # Recognizer -> RecognizerOutput; plain modules -> logits
+
+
+@torch.no_grad()
+def score_views(model, video: torch.Tensor, device: torch.device, *, average: str = "prob",
+                precision: Precision = "fp32", max_clips: Optional[int] = None) -> torch.Tensor:
+    """Clip-averaged fine probabilities of a batch of videos.
+
+    Args:
+        model: a :class:`~microact.models.recognizer.Recognizer` in eval mode (or any module returning logits).
+        video: uint8 ``[B, V, 3, T, H, W]`` (V views per video).
+        device: where the model lives; the uint8 batch is moved there and normalised there.
+        average: ``"prob"`` (seed: mean of per-view softmax) or ``"logit"`` (softmax of the mean logits).
+        precision: autocast precision of the forward pass; logits are turned into float32 before the softmax.
+        max_clips: at most this many views per forward pass (``None``: the whole batch at once).
+
+    Returns:
+        float32 ``[B, K]`` on the CPU.
+    """
+    from microact.data.transforms import normalize_batch
+
+    if average not in ("prob", "logit"):
+        raise MicroactError(f"eval.average: {average!r} is not one of 'prob', 'logit'")
+    if video.dim() != 6:
+        raise ValueError(f"expected a uint8 batch [B, V, 3, T, H, W], got {list(video.shape)}")
+    b, v = video.shape[:2]
+    flat = video.flatten(0, 1)  # [B, V, 3, T, H, W] -> [B*V, 3, T, H, W]
+    step = max(1, max_clips or flat.shape[0])
+    logits = []
+    for start in range(0, flat.shape[0], step):
+        # normalise per chunk on the device, so only one chunk exists as floats at a time
+        x = normalize_batch(flat[start:start + step].to(device, non_blocking=True))
+        with _autocast(device, precision):
+            logits.append(_lead_logits(model, x).float())
+    logits = torch.cat(logits).view(b, v, -1)  # [B*V, K] -> [B, V, K]
+    if average == "prob":
+        probs = logits.softmax(dim=-1).mean(dim=1)
+    else:
+        probs = logits.mean(dim=1).softmax(dim=-1)
+    return probs.cpu()
+
+
+def _world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _gather(obj):
+    """All ranks' ``obj`` in rank order (one process: ``[obj]``)."""
+    import torch.distributed as dist
+
+    if _world()[1] == 1:
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+@torch.no_grad()
+def evaluate(model, loader, device, *, average: str = "prob", precision: Precision = "fp32",
+             num_views: Optional[int] = None, max_clips: Optional[int] = None, progress: bool = True) -> Results:
+    """Score every video of a test-mode loader.
+
+    Args:
+        model: the recognizer; it is put in eval mode.
+        loader: a :func:`microact.data.dataset.build_loader` loader over a test-mode
+            :class:`~microact.data.dataset.VideoDataset` (batches ``{"video": uint8 [B, V, 3, T, H, W], "label",
+            "index", "skipped"}``).
+        device: the model's device.
+        average: ``"prob"`` (seed) or ``"logit"`` (SEED.md §12 row 11).
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` autocast.
+        num_views: expected views per video (checked against the batches when given).
+        max_clips: views per forward pass (memory bound); ``None`` = a whole batch.
+        progress: show a progress bar (rank 0).
+
+    Returns:
+        :class:`Results` in list order: names = the list's file names, labels = the list's labels (``None`` when
+        every label is 0, i.e. a test list's dummies), ``meta["failed"]`` = messages of undecodable videos (which
+        got uniform probabilities), ``meta["num_views"]``.
+    """
+    from tqdm import tqdm
+
+    device = torch.device(device)
+    dataset = loader.dataset
+    records = dataset.records
+    rank, _ = _world()
+    was_training = model.training
+    model.eval()
+    indices, rows, skipped = [], [], []
+    views_seen, img_shape = None, (0, 0)
+    for batch in tqdm(loader, desc="test", unit="batch", disable=not progress or rank != 0, file=sys.stderr):
+        skipped += batch["skipped"]
+        if batch["video"] is None:
+            continue
+        video = batch["video"]
+        if num_views is not None and video.shape[1] != num_views:
+            raise MicroactError(f"expected {num_views} views per video, the loader gives {video.shape[1]}")
+        views_seen, img_shape = video.shape[1], tuple(video.shape[-2:])
+        rows.append(score_views(model, video, device, average=average, precision=precision, max_clips=max_clips))
+        indices += batch["index"].tolist()
+    if was_training:
+        model.train()
+    local = (indices, torch.cat(rows).numpy() if rows else None, skipped, views_seen, img_shape)
+
+    num_classes = int(getattr(model, "num_classes", 0)) or None
+    scores: dict[int, np.ndarray] = {}
+    failed_messages: list[str] = []
+    for part_indices, part_scores, part_skipped, part_views, part_shape in _gather(local):
+        failed_messages += part_skipped
+        views_seen = views_seen or part_views
+        img_shape = img_shape if any(img_shape) else part_shape
+        for i, idx in enumerate(part_indices):
+            scores.setdefault(int(idx), part_scores[i])  # a padded duplicate keeps the first copy
+            num_classes = num_classes or part_scores.shape[1]
+    if num_classes is None:
+        raise MicroactError("no video of the list could be decoded and the model does not say its class count")
+
+    n = len(records)
+    out = np.empty((n, num_classes), dtype=np.float32)
+    failed = []
+    for i, record in enumerate(records):
+        if i in scores:
+            out[i] = scores[i]
+        else:  # undecodable: a uniform row keeps the list order and the count (argmax then says class 0)
+            out[i] = 1.0 / num_classes
+            prefix = f"{Path(dataset.video_root) / record.path}: "
+            reason = next((m[len(prefix):] for m in failed_messages if m.startswith(prefix)), "no clip was produced")
+            failed.append(f"{record.path}: {reason}")
+    if failed and rank == 0:
+        shown = "\n  ".join(failed[:10]) + (f"\n  ... and {len(failed) - 10} more" if len(failed) > 10 else "")
+        warnings.warn(f"{len(failed)} of {n} videos could not be decoded and got uniform probabilities:\n  {shown}",
+                      RuntimeWarning, stacklevel=2)
+    labels = np.asarray([r.label for r in records], dtype=np.int64)
+    meta = {"failed": failed, "num_views": views_seen, "average": average, "precision": precision}
+    if n > 1 and not labels.any():
+        labels = None
+        meta["labels_note"] = "every label is 0: treated as an unlabelled (test) list"
+    return Results([r.path for r in records], out, labels, num_classes, img_shape if any(img_shape) else (224, 224),
+                   meta)
+
+
+# --------------------------------------------------------------------------------------------
+# Weights and the `microact test` command
+# --------------------------------------------------------------------------------------------
+
+
+def load_trained_weights(model, path: str | os.PathLike) -> None:
+    """Load trained weights into ``model`` strictly: a microact ``.safetensors`` or a training checkpoint.
+
+    Training checkpoints are read through :func:`microact.models.checkpoints.read_checkpoint` (no code runs; a
+    ``model`` / ``state_dict`` container is unwrapped); ``module.`` (DDP) and ``_orig_mod.`` (torch.compile)
+    prefixes are removed.
+
+    Raises:
+        microact.models.checkpoints.CheckpointError: unreadable file, or keys/shapes that do not fit the model.
+    """
+    from microact.models.checkpoints import CheckpointError, read_checkpoint
+
+    sd = read_checkpoint(path)
+    clean = {}
+    for key, value in sd.items():
+        for prefix in ("module.", "_orig_mod."):
+            while key.startswith(prefix):
+                key = key[len(prefix):]
+        clean[key.replace("._orig_mod.", ".")] = value
+    own = model.state_dict()
+    missing = [k for k in own if k not in clean]
+    unexpected = [k for k in clean if k not in own]
+    wrong = [f"{k} {list(clean[k].shape)} (model: {list(own[k].shape)})" for k in own
+             if k in clean and clean[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+        if wrong:
+            parts.append(f"{len(wrong)} with other shapes (e.g. {'; '.join(wrong[:2])})")
+        raise CheckpointError(f"{path}: does not fit the model of this recipe: {'; '.join(parts)}. "
+                              "Use the recipe (and overrides) the weights were trained with.")
+    model.load_state_dict(clean, strict=True)
+
+
+def build_test_loader(cfg, list_file: str | os.PathLike, num_clips: int, *, distributed: bool = False):
+    """The test-mode loader of a recipe for one list (``eval`` views, uniform test sampling, no shuffling)."""
+    from microact.data.annotations import load_list
+    from microact.data.dataset import VideoDataset, build_loader
+    from microact.data.transforms import TestTransform
+
+    video_dir = Path(cfg.data.root) / cfg.data.video_dir
+    records = load_list(list_file, video_dir=video_dir, num_classes=cfg.data.num_classes,
+                        check_files=cfg.data.check_files, allow_absolute_paths=cfg.data.allow_absolute_paths)
+    dataset = VideoDataset(records, video_dir, clip_len=cfg.data.clip_len,
+                           transform=TestTransform(cfg.eval, cfg.data.img_size, cfg.aug.resize_backend),
+                           num_clips=num_clips, test_mode=True, decoder=cfg.data.decoder,
+                           decode_timeout=cfg.data.decode_timeout, seed=cfg.train.seed, cache_dir=cfg.data.cache_dir)
+    return build_loader(dataset, batch_size=cfg.eval.batch_size, shuffle=False, num_workers=cfg.data.num_workers,
+                        distributed=distributed)
+
+
+def cli_main(args) -> int:
+    """``microact test CONFIG CKPT [overrides] [--split test|val] [--list] [--dump] [--out]``."""
+    from microact.config import load_config
+    from microact.engine import distributed as dist_utils
+    from microact.metrics import format_per_class, format_summary
+    from microact.models.presets import create_model_from_config
+    from microact.plots.results import write_report
+    from microact.results import save_results, write_ma52_top5_csv, write_mac2024_submission
+
+    cfg = load_config(args.config, args.overrides)
+    if args.list:
+        list_file = Path(args.list)
+    elif args.split == "val":
+        if not cfg.data.val_list:
+            raise MicroactError("--split val: data.val_list is not set in the recipe; set it or pass --list")
+        list_file = Path(cfg.data.root) / cfg.data.val_list
+    else:
+        list_file = Path(cfg.data.root) / cfg.data.test_list
+    num_clips = cfg.eval.val_clips if args.split == "val" else cfg.eval.test_clips
+
+    info = dist_utils.init(cfg.train.device)  # joins the process group under torchrun
+    rank, world, device = info.rank, info.world_size, info.device
+    precision = cfg.train.precision if device.type == "cuda" else "fp32"
+
+    model = create_model_from_config(cfg, pretrained=False)
+    load_trained_weights(model, args.checkpoint)
+    model.to(device)
+    loader = build_test_loader(cfg, list_file, num_clips, distributed=info.distributed)
+    if rank == 0:
+        print(f"testing {args.checkpoint} on {list_file} ({len(loader.dataset)} videos, {num_clips} clips x "
+              f"{loader.dataset.transform.num_crops} crops, view {cfg.eval.view}, average {cfg.eval.average}, "
+              f"{precision}, {world} process(es), device {device})")
+    results = evaluate(model, loader, device, average=cfg.eval.average, precision=precision)
+    results.meta.update(config=str(args.config), checkpoint=str(args.checkpoint), list=str(list_file),
+                        split=args.split, num_clips=num_clips, view=cfg.eval.view)
+    if rank != 0:
+        dist_utils.cleanup()
+        return 0
+
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"{args.split}_results"
+    out.mkdir(parents=True, exist_ok=True)
+    pkl, npz = save_results(results, Path(args.dump) if args.dump else out / "results.pkl")
+    print(f"wrote {pkl} and {npz}")
+    if results.meta["failed"]:
+        print(f"{len(results.meta['failed'])} video(s) could not be decoded (uniform probabilities): "
+              + ", ".join(results.meta["failed"][:5]))
+    coarse_rule = cfg.predict.coarse_rule
+    if coarse_rule == "coarse_head":
+        print("note: predict.coarse_rule=coarse_head is not available from a result dump; scoring with map_top1")
+        coarse_rule = "map_top1"
+    if results.labels is not None:
+        metrics = write_report(results, out, macro_labels=cfg.metric.macro_labels, coarse_rule=coarse_rule,
+                               extra={"config": str(args.config), "checkpoint": str(args.checkpoint),
+                                      "list": str(list_file), "num_clips": num_clips, "view": cfg.eval.view})
+        print(format_per_class(metrics["per_coarse_class"], title="body part"))
+        print(format_summary(metrics))
+        print(f"wrote {out / 'metrics.json'}, per_class.csv and plots")
+    else:
+        for write in (write_mac2024_submission, write_ma52_top5_csv):
+            print(f"wrote {write(results, out, coarse_rule)}")
+    dist_utils.cleanup()
+    return 0

@@ -1,0 +1,485 @@
+"""The training loop, readable top to bottom: ``microact train CONFIG [overrides] --out DIR [--resume]``.
+
+One process (CPU or one GPU)::
+
+    microact train configs/tiny_synth.yaml data.root=demo_out/data_cropped --out runs/tiny
+    microact train configs/videomae_b_k710_frame_coarse_tsn_trainval.yaml data.root=/data/ma52 \\
+        model.pretrained=/ckpt/vit_b_hybrid_pt_800e_k710_ft.pth --out runs/best
+
+Eight GPUs on one machine (``train.global_batch`` stays the clips per optimiser step; with ``global_batch=192
+micro_batch=24`` each GPU does one micro-batch per step, with ``global_batch=24 micro_batch=3`` the seed's
+1-GPU batch is split over 8 GPUs)::
+
+    torchrun --standalone --nproc_per_node=8 -m microact.cli train CONFIG data.root=/data/ma52 --out runs/best
+
+Two machines of 8 GPUs (run on each node, ``--node_rank 0`` and ``1``; the endpoint is node 0's address)::
+
+    torchrun --nnodes 2 --nproc_per_node 8 --node_rank 0 --rdzv_backend c10d --rdzv_id ma52 \\
+        --rdzv_endpoint node0.example:29500 -m microact.cli train CONFIG ... --out /shared/runs/best
+
+Add ``--resume`` to any of them to continue from ``DIR/checkpoints/latest`` exactly where it stopped (same epoch,
+step, data order, RNG, optimizer and scaler state): after a SIGKILL the final weights equal those of an
+uninterrupted run (checked on CPU). SIGTERM / Ctrl-C finish the current step, save a checkpoint and exit with
+143 / 130.
+
+Precision: ``fp16`` = autocast + dynamic loss scaling (the seed) on CUDA; on CPU fp16 autocast is slow and
+poorly supported, so ``fp16`` runs as ``bf16`` autocast there (a note is printed); ``bf16`` = autocast without
+scaling; ``fp32`` = none.
+
+The run directory: ``config.yaml`` (resolved), ``env.json``, ``log.csv``, ``tb/`` (TensorBoard),
+``checkpoints/``, ``metrics.json`` (validation history), ``model_final.safetensors``, ``model_best.safetensors``
+(with ``data.val_list``), ``plots/``.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import math
+import os
+import platform
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from microact.config import Config, ConfigError, load_config
+from microact.engine import distributed as D
+from microact.engine.builders import build_criterion, build_eval_loader, build_model, build_train_loader
+from microact.engine.optim import EMA, build_optimizer, describe_groups, lr_factor, param_groups, set_lr
+from microact.engine.state import (check_run_dir, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint,
+                                   save_weights, set_rng_state)
+from microact.errors import MicroactError
+
+__all__ = ["build_model", "train", "cli_main", "TrainingDivergedError", "DataLoaderCrashError"]
+
+
+class TrainingDivergedError(MicroactError):
+    """The loss became NaN / inf under ``train.nan_policy=stop``."""
+
+
+class DataLoaderCrashError(MicroactError):
+    """A DataLoader worker died (out of memory, a crash in a decoder); the message names the clips."""
+
+
+def cli_main(args) -> int:
+    """``microact train CONFIG [overrides] --out DIR [--resume]``."""
+    cfg = load_config(args.config, args.overrides)
+    return train(cfg, args.out, resume=args.resume)
+
+
+# --------------------------------------------------------------------------------------------
+# Small helpers
+# --------------------------------------------------------------------------------------------
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_precision(precision: str, device: torch.device) -> tuple[str, Optional[str]]:
+    """The precision actually used on ``device`` and a note when it differs from the recipe's."""
+    if device.type == "cpu" and precision == "fp16":
+        return "bf16", "train.precision=fp16 runs as bf16 autocast on CPU (fp16 autocast on CPU is slow and lossy)"
+    return precision, None
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def accumulation_steps(cfg: Config, world_size: int) -> int:
+    """``global_batch / (micro_batch x world_size)``; an error names the keys when it does not divide."""
+    t = cfg.train
+    per_step = t.micro_batch * world_size
+    if t.global_batch % per_step:
+        raise ConfigError(f"train.global_batch ({t.global_batch}) must be a multiple of train.micro_batch "
+                          f"({t.micro_batch}) x world size ({world_size}) = {per_step}")
+    return t.global_batch // per_step
+
+
+def environment(info: D.DistInfo, precision: str) -> dict[str, Any]:
+    env = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+           "platform": platform.platform(), "world_size": info.world_size, "device": str(info.device),
+           "precision": precision, "cuda": torch.version.cuda, "argv": sys.argv}
+    if torch.cuda.is_available():
+        env["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    try:
+        env["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                                           cwd=Path(__file__).parent).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        env["git_commit"] = None
+    return env
+
+
+class _StopFlag:
+    """SIGTERM / SIGINT set a flag; the loop finishes its step, saves and exits."""
+
+    def __init__(self):
+        self.signum: Optional[int] = None
+        self._old = {}
+
+    def __enter__(self):
+        for s in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[s] = signal.signal(s, self._handle)
+            except ValueError:  # not the main thread (e.g. called from a worker thread): no handler
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C stops at once
+        self.signum = signum
+        D.warn(f"received {signal.Signals(signum).name}: finishing the current step, then saving a checkpoint")
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+class _CsvLog:
+    FIELDS = ["step", "epoch", "loss", "lr", "clips_per_s", "skipped", "nan_skipped"]
+
+    def __init__(self, path: Path, resume_step: Optional[int]):
+        self.path = path
+        rows = []
+        if resume_step is not None and path.is_file():  # drop rows logged after the checkpoint we resume from
+            with open(path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, self.FIELDS)
+            w.writeheader()
+            w.writerows(rows)
+
+    def write(self, row: dict) -> None:
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, self.FIELDS).writerow(row)
+
+
+def _next_batch(it, loader, epoch: int, batch_no: int):
+    """``next(it)``, turning a dead worker into an error that names the clips of that batch."""
+    try:
+        return next(it)
+    except StopIteration:
+        raise
+    except RuntimeError as e:
+        if "DataLoader worker" not in str(e):
+            raise
+        sampler, dataset = loader.sampler, loader.dataset
+        order = sampler.rank_indices()[sampler.start:]
+        ids = order[batch_no * loader.batch_size:(batch_no + 1) * loader.batch_size]
+        paths = ", ".join(str(dataset.records[i].path) for i in ids)
+        raise DataLoaderCrashError(f"a DataLoader worker crashed in epoch {epoch} while loading batch {batch_no} "
+                                   f"(videos: {paths}): {e}. Try data.num_workers=0 to see the error directly.") from e
+
+
+# --------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------
+
+
+def train(cfg: Config, out: str | os.PathLike, resume: bool = False) -> int:
+    """Train the recipe ``cfg`` into the run directory ``out``.
+
+    Returns:
+        0 when training finished (or ``train.max_steps`` was reached), 143 / 130 after SIGTERM / SIGINT (a
+        checkpoint was saved).
+
+    Raises:
+        TrainingDivergedError: NaN / inf loss with ``train.nan_policy=stop`` (state saved first).
+        CheckpointStorageError: the run directory is not writable or too full (checked before training).
+        DataLoaderCrashError: a loader worker died.
+    """
+    info = D.init(cfg.train.device)
+    try:
+        return _train(cfg, Path(out), resume, info)
+    finally:
+        D.cleanup()
+
+
+def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo) -> int:
+    t = cfg.train
+    device = info.device
+    main = info.is_main
+    accum = accumulation_steps(cfg, info.world_size)
+    precision, note = resolve_precision(t.precision, device)
+
+    # ---- model, loss, optimizer --------------------------------------------------------------
+    seed_everything(t.seed)  # identical initialisation on every rank
+    model = build_model(cfg).to(device)
+    n_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    check_run_dir(run_dir, min_free_bytes=8 * n_bytes + 16 * 2**20)  # weights + Adam moments, twice, plus margin
+    criterion = build_criterion(cfg, model).to(device)
+    groups = param_groups(model, cfg.optim)
+    optimizer = build_optimizer(model, cfg.optim, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16" and device.type == "cuda")
+    ema = EMA(model, t.ema_decay) if t.ema_decay else None
+    raw_model = model  # what we save and validate (no DDP / compile wrappers)
+    if t.compile:
+        model = torch.compile(model)
+    if info.distributed:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    loader = build_train_loader(cfg, distributed=info.distributed)
+    val_loader = build_eval_loader(cfg, "val", distributed=info.distributed) if cfg.data.val_list else None
+    if val_loader is not None:
+        val_loader.generator = torch.Generator().manual_seed(t.seed)  # keep the global RNG untouched
+    dataset = loader.dataset
+    sampler = loader.sampler
+    sampler.set_epoch(0)
+    micro_per_epoch = math.ceil(len(sampler.rank_indices()) / t.micro_batch)
+    steps_per_epoch = math.ceil(micro_per_epoch / accum)
+
+    # ---- state: fresh or resumed --------------------------------------------------------------
+    epoch, step_in_epoch, global_step = 0, 0, 0
+    best, history, nan_skipped = -1.0, [], 0
+    resumed_rng = None
+    if resume:
+        found = latest_checkpoint(run_dir)
+        if found is None:
+            D.log(f"--resume: no checkpoint in {run_dir / 'checkpoints'}; starting from scratch")
+        else:
+            state = load_checkpoint(*found, raw_model)
+            if state["global_batch"] != t.global_batch or state["world_size"] != info.world_size:
+                raise MicroactError(
+                    f"{found[1]}: saved with train.global_batch={state['global_batch']} on {state['world_size']} "
+                    f"process(es); this run has {t.global_batch} on {info.world_size}. Resume with the same layout.")
+            optimizer.load_state_dict(state["optimizer"])
+            scaler.load_state_dict(state["scaler"])
+            if ema is not None and state.get("ema"):
+                ema.load_state_dict(state["ema"])
+            epoch, step_in_epoch, global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
+            best, history, nan_skipped = state["best"], state["history"], state["nan_skipped"]
+            resumed_rng = state["rng"][info.rank]
+            D.log(f"resumed from {found[1]}: epoch {epoch}, step {step_in_epoch}/{steps_per_epoch}, "
+                  f"global step {global_step}")
+    if resumed_rng is None:
+        seed_everything(t.seed + info.rank)  # dropout / drop path differ per rank, as with one seed per GPU
+
+    # ---- run directory ------------------------------------------------------------------------
+    writer, csv_log = None, None
+    if main:
+        (run_dir / "config.yaml").write_text(cfg.to_yaml())
+        (run_dir / "env.json").write_text(json.dumps(environment(info, precision), indent=2))
+        csv_log = _CsvLog(run_dir / "log.csv", global_step if resumed_rng is not None else None)
+        if t.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                writer = SummaryWriter(str(run_dir / "tb"), purge_step=global_step or None)
+            except ImportError:
+                D.log("note: tensorboard is not installed; logging to log.csv only")
+        D.log(f"{cfg.description or 'training'}\nrun directory {run_dir}")
+        if note:
+            D.log(f"note: {note}")
+        D.log(f"model {cfg.model.preset}: {sum(p.numel() for p in raw_model.parameters()):,d} parameters; "
+              f"parameter groups:\n{describe_groups(groups)}")
+        D.log(f"{len(dataset)} training clips; {info.world_size} process(es) x micro-batch {t.micro_batch} x "
+              f"{accum} accumulation step(s) = {t.global_batch} clips per step; {steps_per_epoch} steps per epoch; "
+              f"{t.epochs} epochs; {precision} on {device}")
+
+    def train_state() -> dict[str, Any]:
+        rngs = [rng_state()]
+        if info.distributed:
+            rngs = [None] * info.world_size
+            torch.distributed.all_gather_object(rngs, rng_state())
+        return {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
+                "step_in_epoch": step_in_epoch, "global_step": global_step, "rng": rngs,
+                "ema": ema.state_dict() if ema is not None else {}, "best": best, "history": history,
+                "nan_skipped": nan_skipped, "global_batch": t.global_batch, "world_size": info.world_size,
+                "config": cfg.to_yaml()}
+
+    def checkpoint() -> None:
+        state = train_state()  # every rank joins the RNG gather
+        if main:
+            save_checkpoint(run_dir, global_step, raw_model, state, t.keep_checkpoints)
+        D.barrier()
+
+    # ---- training -----------------------------------------------------------------------------
+    from tqdm import tqdm
+
+    from microact.data.transforms import normalize_batch
+
+    model.train()
+    stop = None
+    done = t.max_steps is not None and global_step >= t.max_steps
+    with _StopFlag() as flag:
+        while epoch < t.epochs and not done:
+            sampler.set_epoch(epoch, skip_batches=step_in_epoch * accum)
+            it = iter(loader)
+            if resumed_rng is not None:  # after building the iterator: exactly the state saved at the checkpoint
+                set_rng_state(resumed_rng)
+                resumed_rng = None
+            skipped_clips, batch_no = [], 0
+            loss_acc = torch.zeros((), device=device)
+            acc_steps, clips, tick = 0, 0, time.perf_counter()
+            bar = tqdm(total=steps_per_epoch, initial=step_in_epoch, desc=f"epoch {epoch + 1}/{t.epochs}",
+                       unit="step", disable=not main, file=sys.stderr, dynamic_ncols=True)
+            while step_in_epoch < steps_per_epoch:
+                factor = lr_factor(epoch, step_in_epoch, steps_per_epoch, cfg.sched, t.epochs)
+                set_lr(optimizer, factor)
+                n_micro = min(accum, micro_per_epoch - step_in_epoch * accum)
+                step_loss = torch.zeros((), device=device)
+                step_indices = []
+                for m in range(n_micro):
+                    batch = _next_batch(it, loader, epoch, batch_no)
+                    batch_no += 1
+                    skipped_clips += batch["skipped"]
+                    if batch["video"] is None:
+                        continue  # every clip of this micro-batch was unreadable (already counted)
+                    step_indices += batch["index"].tolist()
+                    x = normalize_batch(batch["video"].to(device, non_blocking=True))
+                    labels = batch["label"].to(device, non_blocking=True)
+                    last = m == n_micro - 1
+                    sync = model.no_sync() if info.distributed and not last else contextlib.nullcontext()
+                    with sync:
+                        with autocast(device, precision):
+                            out = model(x, labels)
+                        loss = criterion(out.as_seed_tuple(), labels) / n_micro
+                        scaler.scale(loss).backward()
+                    step_loss += loss.detach()
+                    clips += x.shape[0]
+
+                # One host sync per optimiser step: a NaN must be caught before the weights change.
+                bad = D.all_reduce_sum((~torch.isfinite(step_loss)).float()).item() > 0
+                if bad:
+                    where = (f"non-finite loss at epoch {epoch}, step {step_in_epoch} (global step {global_step}); "
+                             f"videos of this step (rank {info.rank}): "
+                             + ", ".join(f"{i}:{dataset.records[i].path}" for i in step_indices[:16]))
+                    if t.nan_policy == "stop":
+                        optimizer.zero_grad(set_to_none=True)
+                        checkpoint()
+                        raise TrainingDivergedError(
+                            f"{where}. State saved in {run_dir / 'checkpoints'} (before this step). Lower optim.lr, "
+                            "check those videos, or set train.nan_policy=skip.")
+                    nan_skipped += 1
+                    D.warn(f"{where}; skipping the optimiser step (train.nan_policy=skip, {nan_skipped} so far)")
+                    optimizer.zero_grad(set_to_none=True)
+                else:
+                    if cfg.optim.grad_clip is not None:
+                        scaler.unscale_(optimizer)
+                        torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.optim.grad_clip)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    optimizer.zero_grad(set_to_none=True)
+                    if ema is not None:
+                        ema.update(raw_model)
+                    loss_acc += step_loss
+                    acc_steps += 1
+                step_in_epoch += 1
+                global_step += 1
+                bar.update(1)
+
+                if global_step % t.log_every == 0 or step_in_epoch == steps_per_epoch:
+                    mean_loss = D.all_reduce_mean(loss_acc / max(acc_steps, 1)).item()
+                    rate = clips * info.world_size / max(time.perf_counter() - tick, 1e-9)
+                    lr = optimizer.param_groups[0]["lr"]
+                    bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", clips_s=f"{rate:.1f}")
+                    if main:
+                        csv_log.write({"step": global_step, "epoch": epoch, "loss": f"{mean_loss:.6f}",
+                                       "lr": f"{lr:.6e}", "clips_per_s": f"{rate:.2f}",
+                                       "skipped": len(skipped_clips), "nan_skipped": nan_skipped})
+                        if writer is not None:
+                            writer.add_scalar("train/loss", mean_loss, global_step)
+                            writer.add_scalar("train/lr", lr, global_step)
+                            writer.add_scalar("train/clips_per_s", rate, global_step)
+                    loss_acc.zero_()
+                    acc_steps, clips, tick = 0, 0, time.perf_counter()
+
+                stop = flag.signum
+                if info.distributed:  # every rank stops at the same step
+                    stop_any = D.all_reduce_sum(torch.tensor(float(stop or 0), device=device)).item()
+                    stop = stop or (int(stop_any) if stop_any else None)
+                done = t.max_steps is not None and global_step >= t.max_steps
+                if stop or done:
+                    break
+                if t.checkpoint_every_steps and global_step % t.checkpoint_every_steps == 0:
+                    checkpoint()
+            bar.close()
+
+            if stop:
+                checkpoint()
+                code = 128 + (stop if stop in (signal.SIGTERM, signal.SIGINT) else signal.SIGTERM)
+                D.log(f"stopped by {signal.Signals(stop).name} at epoch {epoch}, step {step_in_epoch}: checkpoint "
+                      f"saved in {run_dir / 'checkpoints'}; continue with --resume")
+                return code
+
+            epoch_done = step_in_epoch == steps_per_epoch
+            if skipped_clips:
+                D.warn(f"epoch {epoch}: {len(skipped_clips)} clip(s) could not be read and were skipped, e.g. "
+                       f"{skipped_clips[0]}")
+            D.log(f"epoch {epoch + 1}/{t.epochs}: global step {global_step}, lr {optimizer.param_groups[0]['lr']:.3e}, "
+                  f"skipped clips {len(skipped_clips)}, NaN steps skipped {nan_skipped}")
+            if epoch_done:
+                epoch, step_in_epoch = epoch + 1, 0
+            if val_loader is not None and epoch_done and (epoch % t.val_every == 0 or epoch == t.epochs or done):
+                scores = validate(raw_model, val_loader, device, precision, cfg)
+                scores.update(epoch=epoch, step=global_step)
+                history.append(scores)
+                if main:
+                    D.log("val " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items() if isinstance(v, float)))
+                    if writer is not None:
+                        for k, v in scores.items():
+                            if isinstance(v, float):
+                                writer.add_scalar(f"val/{k}", v, global_step)
+                    if scores["f1_mean"] > best:
+                        best = scores["f1_mean"]
+                        save_weights(raw_model, run_dir / "model_best.safetensors")
+                    (run_dir / "metrics.json").write_text(json.dumps({"val": history, "best_f1_mean": best}, indent=2))
+            if done or (epoch_done and (epoch % t.checkpoint_every == 0 or epoch == t.epochs)):
+                checkpoint()
+
+    # ---- the end ------------------------------------------------------------------------------
+    if main:
+        save_weights(raw_model, run_dir / "model_final.safetensors")
+        if ema is not None:
+            save_weights(ema.state_dict(), run_dir / "model_ema_final.safetensors")
+        selected = "model_final.safetensors"
+        if t.select == "best_val":
+            if (run_dir / "model_best.safetensors").is_file():
+                selected = "model_best.safetensors"
+            else:
+                D.warn("train.select=best_val but there was no validation (data.val_list unset): using the last weights")
+        summary = {"val": history, "best_f1_mean": best if history else None, "selected": selected,
+                   "global_step": global_step, "nan_skipped": nan_skipped}
+        (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+        if writer is not None:
+            writer.close()
+        try:
+            from microact.plots.training import plot_run
+
+            plot_run(run_dir)
+        except Exception as e:  # plots are a convenience; a plotting problem must not fail a finished run
+            D.warn(f"could not draw the training plots: {e}")
+        D.log(f"done: {run_dir / selected} (train.select={t.select})")
+    D.barrier()
+    return 0
+
+
+@torch.no_grad()
+def validate(model, loader, device, precision: str, cfg: Config) -> dict[str, Any]:
+    """F1_mean and its four parts on the validation loader (``eval.val_clips`` clips per video)."""
+    from microact.engine.evaluate import evaluate
+    from microact.metrics import f1_mean
+
+    results = evaluate(model, loader, device, average=cfg.eval.average, precision=precision, progress=D.is_main())
+    model.train()
+    if results.labels is None:
+        raise MicroactError(f"data.val_list={cfg.data.val_list}: every label is 0; a validation list needs labels")
+    pred = results.scores.argmax(1)
+    scores = f1_mean(results.labels, pred, cfg.metric.macro_labels, num_classes=cfg.data.num_classes)
+    return {k: float(v) for k, v in scores.items()}

@@ -1,0 +1,310 @@
+"""Recognition metrics: F1_mean of MAC 2024 (SEED.md §9), top-k accuracy, per-class reports, confusion matrices.
+
+Everything here is plain NumPy on integer label vectors and ``[N, K]`` score matrices, so it is fast
+enough for weight searches over thousands of ensembles and never emits scikit-learn's
+``UndefinedMetricWarning``. The F1 functions reproduce ``sklearn.metrics.f1_score`` exactly (the
+tests compare them on many random cases):
+
+* **micro** F1 pools true/false positives over classes; for single-label data it equals accuracy.
+* **macro** F1 is the unweighted mean of per-class F1 over a label set. With
+  ``macro_labels="present"`` (the seed's behaviour: ``f1_score`` called without ``labels=``) the set
+  is the union of the labels occurring in ``y_true`` **or** ``y_pred``; a class that is predicted but
+  absent from the truth scores 0 and pulls the mean down. ``macro_labels="all"`` uses the fixed lists
+  0..51 and 0..6 instead (SEED.md §12 row 13).
+* A class with no true and no predicted sample has F1 0 (sklearn's ``zero_division=0``); it only
+  counts in ``"all"`` mode.
+
+All returned values are fractions in [0, 1]; multiply by 100 for the percentages quoted in papers.
+"""
+from __future__ import annotations
+
+from typing import Literal, Sequence
+
+import numpy as np
+
+from microact import ma52
+from microact.errors import MicroactError
+
+MacroLabels = Literal["present", "all"]
+CoarseRule = Literal["map_top1", "sum_probs"]
+
+
+class MetricError(MicroactError, ValueError):
+    """Inputs to a metric are inconsistent (lengths, label ranges, score shapes)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Label vectors
+# --------------------------------------------------------------------------------------------
+
+
+def _as_labels(y, name: str) -> np.ndarray:
+    arr = np.asarray(y)
+    if arr.ndim != 1:
+        raise MetricError(f"{name}: expected a 1-D vector of class ids, got shape {arr.shape}")
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        if not np.all(np.mod(arr, 1) == 0):
+            raise MetricError(f"{name}: class ids must be integers, got dtype {arr.dtype}")
+    arr = arr.astype(np.int64)
+    if arr.size and arr.min() < 0:
+        raise MetricError(f"{name}: class ids must be >= 0, got {int(arr.min())}")
+    return arr
+
+
+def _check_pair(y_true, y_pred) -> tuple[np.ndarray, np.ndarray]:
+    t = _as_labels(y_true, "y_true")
+    p = _as_labels(y_pred, "y_pred")
+    if t.shape != p.shape:
+        raise MetricError(f"y_true has {t.size} labels but y_pred has {p.size}")
+    if t.size == 0:
+        raise MetricError("no samples to score (empty label vectors)")
+    return t, p
+
+
+def _counts(y_true: np.ndarray, y_pred: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-class true positives, predicted counts and true counts over class ids ``0..size-1``."""
+    tp = np.bincount(y_true[y_true == y_pred], minlength=size)
+    pred_count = np.bincount(y_pred, minlength=size)
+    true_count = np.bincount(y_true, minlength=size)
+    return tp, pred_count, true_count
+
+
+def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num / den with 0 where den == 0 (sklearn's zero_division=0)."""
+    num = np.asarray(num, dtype=np.float64)
+    den = np.asarray(den, dtype=np.float64)
+    out = np.zeros(np.broadcast(num, den).shape, dtype=np.float64)
+    np.divide(num, den, out=out, where=den > 0)
+    return out
+
+
+def per_class_f1(y_true, y_pred, labels: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """F1 of each class in a label set.
+
+    Args:
+        y_true: true class ids ``[N]``.
+        y_pred: predicted class ids ``[N]``.
+        labels: the label set; ``None`` = sorted union of the ids in ``y_true`` and ``y_pred`` (sklearn's default).
+
+    Returns:
+        ``(labels, f1)``: the label set as int64 and F1 per label, ``2·TP / (2·TP + FP + FN)`` (0 when undefined).
+    """
+    t, p = _check_pair(y_true, y_pred)
+    if labels is None:
+        label_arr = np.union1d(t, p)
+    else:
+        label_arr = _as_labels(labels, "labels")
+    size = int(max(t.max(), p.max(), label_arr.max(initial=-1))) + 1
+    tp, pred_count, true_count = _counts(t, p, size)
+    # 2TP / (2TP + FP + FN) with FP + TP = predicted count, FN + TP = true count.
+    f1 = _safe_div(2.0 * tp[label_arr], (pred_count + true_count)[label_arr])
+    return label_arr, f1
+
+
+def macro_f1(y_true, y_pred, labels: Sequence[int] | None = None) -> float:
+    """Unweighted mean of per-class F1 over ``labels`` (``None`` = union of present labels), as sklearn."""
+    _, f1 = per_class_f1(y_true, y_pred, labels)
+    return float(f1.mean()) if f1.size else 0.0
+
+
+def micro_f1(y_true, y_pred, labels: Sequence[int] | None = None) -> float:
+    """Micro F1 over ``labels`` (``None`` = all present labels, where it equals accuracy), as sklearn."""
+    t, p = _check_pair(y_true, y_pred)
+    if labels is None:
+        return float(np.mean(t == p))
+    label_arr = _as_labels(labels, "labels")
+    size = int(max(t.max(), p.max(), label_arr.max(initial=-1))) + 1
+    tp, pred_count, true_count = _counts(t, p, size)
+    den = pred_count[label_arr].sum() + true_count[label_arr].sum()
+    return float(2.0 * tp[label_arr].sum() / den) if den else 0.0
+
+
+def f1_mean(y_true, y_pred, macro_labels: MacroLabels = "present", *, coarse_pred=None,
+            num_classes: int = ma52.NUM_FINE) -> dict[str, float]:
+    """F1_mean of MAC 2024: the mean of fine/coarse macro and micro F1 (SEED.md §9).
+
+    ``F1_mean = (F1_macro^fine + F1_micro^fine + F1_macro^coarse + F1_micro^coarse) / 4`` with
+    coarse ids ``g(y)`` from :func:`microact.ma52.fine_to_coarse`.
+
+    Args:
+        y_true: true fine ids ``[N]`` (MA-52 ids 0..51).
+        y_pred: predicted fine ids ``[N]``.
+        macro_labels: ``"present"`` (seed; sklearn's union of labels in truth and prediction) or
+            ``"all"`` (fixed lists ``0..num_classes-1`` and ``0..6``).
+        coarse_pred: predicted body-part ids ``[N]``; ``None`` = ``g(y_pred)`` (the seed's rule).
+        num_classes: size of the fixed fine label list used by ``macro_labels="all"``.
+
+    Returns:
+        ``{"f1_mean", "fine_macro", "fine_micro", "coarse_macro", "coarse_micro"}``, fractions in [0, 1].
+    """
+    t, p = _check_pair(y_true, y_pred)
+    if max(t.max(), p.max()) >= ma52.NUM_FINE:
+        bad = int(max(t.max(), p.max()))
+        raise MetricError(f"fine class id {bad} is outside MA-52's 0..{ma52.NUM_FINE - 1} "
+                          "(fine_to_coarse needs MA-52 ids)")
+    ct = ma52.fine_to_coarse(t)
+    cp = ma52.fine_to_coarse(p) if coarse_pred is None else _as_labels(coarse_pred, "coarse_pred")
+    if cp.shape != ct.shape:
+        raise MetricError(f"coarse_pred has {cp.size} labels but y_true has {ct.size}")
+    if macro_labels == "present":
+        fine_labels = coarse_labels = None
+    elif macro_labels == "all":
+        fine_labels, coarse_labels = np.arange(num_classes), np.arange(ma52.NUM_COARSE)
+    else:
+        raise MetricError(f"metric.macro_labels: {macro_labels!r} is not one of 'present', 'all'")
+    parts = {
+        "fine_macro": macro_f1(t, p, fine_labels),
+        "fine_micro": micro_f1(t, p, fine_labels),
+        "coarse_macro": macro_f1(ct, cp, coarse_labels),
+        "coarse_micro": micro_f1(ct, cp, coarse_labels),
+    }
+    return {"f1_mean": sum(parts.values()) / 4.0, **parts}
+
+
+# --------------------------------------------------------------------------------------------
+# Scores
+# --------------------------------------------------------------------------------------------
+
+
+def _as_scores(scores) -> np.ndarray:
+    arr = np.asarray(scores, dtype=np.float64)
+    if arr.ndim != 2 or arr.shape[1] == 0:
+        raise MetricError(f"scores: expected a [N, K] matrix, got shape {arr.shape}")
+    return arr
+
+
+def coarse_scores(scores) -> np.ndarray:
+    """Sum fine scores ``[N, 52]`` inside each body part -> ``[N, 7]`` (the "sum_probs" rule, SEED.md §10.2)."""
+    s = _as_scores(scores)
+    if s.shape[1] != ma52.NUM_FINE:
+        raise MetricError(f"scores: body-part sums need {ma52.NUM_FINE} fine columns, got {s.shape[1]}")
+    out = np.zeros((s.shape[0], ma52.NUM_COARSE), dtype=np.float64)
+    np.add.at(out.T, np.asarray(ma52.FINE_TO_COARSE), s.T)  # out.T[c] += s.T[f] for every fine f of group c
+    return out
+
+
+def predict_coarse(scores, rule: CoarseRule = "map_top1") -> np.ndarray:
+    """Body-part prediction ``[N]`` from fine scores: ``g(argmax)`` (seed) or argmax of per-group sums."""
+    if rule == "map_top1":
+        return ma52.fine_to_coarse(np.argmax(_as_scores(scores), axis=1))
+    if rule == "sum_probs":
+        return np.argmax(coarse_scores(scores), axis=1)
+    raise MetricError(f"coarse rule {rule!r} is not one of 'map_top1', 'sum_probs'")
+
+
+def topk_accuracy(scores, labels, ks: Sequence[int] = (1, 5)) -> dict[int, float]:
+    """Fraction of samples whose true class is among the ``k`` highest scores, for each ``k``.
+
+    Ties between equal scores are broken towards the lower class id (a stable descending sort).
+
+    Returns:
+        ``{k: accuracy}``; ``k`` larger than the number of classes counts every sample as a hit.
+    """
+    s = _as_scores(scores)
+    y = _as_labels(labels, "labels")
+    if y.size != s.shape[0]:
+        raise MetricError(f"scores have {s.shape[0]} rows but there are {y.size} labels")
+    if y.size and y.max() >= s.shape[1]:
+        raise MetricError(f"label {int(y.max())} is outside the {s.shape[1]} score columns")
+    order = np.argsort(-s, axis=1, kind="stable")  # [N, K], best first
+    # rank of the true class = its position in the sorted order
+    rank = np.argmax(order == y[:, None], axis=1)
+    return {int(k): float(np.mean(rank < k)) for k in ks}
+
+
+def mean_class_accuracy(y_true, y_pred) -> float:
+    """Mean per-class recall over the union of labels in truth and prediction (mmaction2's ``acc/mean1``).
+
+    A class that is predicted but never true contributes 0, as in mmaction2 (VIDEOMAE.md §5.6).
+    """
+    t, p = _check_pair(y_true, y_pred)
+    labels = np.union1d(t, p)
+    size = int(labels.max()) + 1
+    tp, _, true_count = _counts(t, p, size)
+    return float(_safe_div(tp[labels], true_count[labels]).mean())
+
+
+def confusion_matrix(y_true, y_pred, num_classes: int) -> np.ndarray:
+    """Counts ``[num_classes, num_classes]`` int64, rows = true class, columns = predicted class."""
+    t, p = _check_pair(y_true, y_pred)
+    if max(t.max(), p.max()) >= num_classes:
+        raise MetricError(f"class id {int(max(t.max(), p.max()))} is outside 0..{num_classes - 1}")
+    flat = np.bincount(t * num_classes + p, minlength=num_classes * num_classes)  # [K*K], index true*K + pred
+    return flat.reshape(num_classes, num_classes)  # [K*K] -> [K(true), K(pred)]
+
+
+def per_class_report(y_true, y_pred, names: Sequence[str]) -> list[dict]:
+    """Precision, recall, F1 and support of every class ``0..len(names)-1``.
+
+    Returns:
+        One dict per class: ``{"id", "name", "precision", "recall", "f1", "support", "predicted"}``
+        (fractions in [0, 1]; 0 when undefined).
+    """
+    t, p = _check_pair(y_true, y_pred)
+    k = len(names)
+    if max(t.max(), p.max()) >= k:
+        raise MetricError(f"class id {int(max(t.max(), p.max()))} has no name ({k} names given)")
+    tp, pred_count, true_count = _counts(t, p, k)
+    precision = _safe_div(tp, pred_count)
+    recall = _safe_div(tp, true_count)
+    f1 = _safe_div(2.0 * tp, pred_count + true_count)
+    return [
+        {"id": i, "name": names[i], "precision": float(precision[i]), "recall": float(recall[i]),
+         "f1": float(f1[i]), "support": int(true_count[i]), "predicted": int(pred_count[i])}
+        for i in range(k)
+    ]
+
+
+def format_per_class(rows: list[dict], title: str = "class") -> str:
+    """Render :func:`per_class_report` rows as a fixed-width text table (percentages)."""
+    width = max([len(title)] + [len(str(r["name"])) for r in rows])
+    lines = [f"{'id':>3}  {title:<{width}}  {'prec':>6}  {'recall':>6}  {'F1':>6}  {'support':>7}"]
+    for r in rows:
+        lines.append(f"{r['id']:>3}  {r['name']:<{width}}  {100 * r['precision']:6.2f}  {100 * r['recall']:6.2f}  "
+                     f"{100 * r['f1']:6.2f}  {r['support']:>7}")
+    return "\n".join(lines)
+
+
+def format_summary(metrics: dict) -> str:
+    """One block of text with F1_mean, its four parts and the accuracies of :func:`evaluate_scores`."""
+    lines = [
+        f"F1_mean       {100 * metrics['f1_mean']:6.2f}",
+        f"  fine macro  {100 * metrics['fine_macro']:6.2f}   fine micro   {100 * metrics['fine_micro']:6.2f}",
+        f"  coarse macro{100 * metrics['coarse_macro']:6.2f}   coarse micro {100 * metrics['coarse_micro']:6.2f}",
+        f"top-1 {100 * metrics['top1']:6.2f}   top-5 {100 * metrics['top5']:6.2f}   "
+        f"mean class acc {100 * metrics['mean_class_accuracy']:6.2f}   ({metrics['num_videos']} videos)",
+    ]
+    return "\n".join(lines)
+
+
+def evaluate_scores(scores, labels, *, macro_labels: MacroLabels = "present", coarse_rule: CoarseRule = "map_top1",
+                    names: Sequence[str] | None = None) -> dict:
+    """Every number for ``metrics.json`` from clip-averaged scores and true labels.
+
+    Args:
+        scores: ``[N, K]`` scores (probabilities); the fine prediction is their argmax (SEED.md §4).
+        labels: true fine ids ``[N]``.
+        macro_labels: label set of the macro F1 terms (SEED.md §12 row 13).
+        coarse_rule: body-part prediction rule (SEED.md §12 row 12); the seed uses ``"map_top1"``.
+        names: class names for the per-class rows (default: MA-52's names).
+
+    Returns:
+        ``{"f1_mean", "fine_macro", "fine_micro", "coarse_macro", "coarse_micro", "top1", "top5",
+        "mean_class_accuracy", "num_videos", "macro_labels", "coarse_rule", "per_class", "per_coarse_class"}``
+        with fractions in [0, 1].
+    """
+    s = _as_scores(scores)
+    y = _as_labels(labels, "labels")
+    if y.size != s.shape[0]:
+        raise MetricError(f"scores have {s.shape[0]} rows but there are {y.size} labels")
+    pred = np.argmax(s, axis=1)
+    coarse_pred = predict_coarse(s, coarse_rule) if coarse_rule != "map_top1" else None
+    out: dict = dict(f1_mean(y, pred, macro_labels, coarse_pred=coarse_pred, num_classes=s.shape[1]))
+    topk = topk_accuracy(s, y, ks=(1, 5))
+    out.update(top1=topk[1], top5=topk[5], mean_class_accuracy=mean_class_accuracy(y, pred), num_videos=int(y.size),
+               macro_labels=macro_labels, coarse_rule=coarse_rule)
+    names = list(names) if names is not None else list(ma52.FINE_NAMES[: s.shape[1]])
+    out["per_class"] = per_class_report(y, pred, names)
+    coarse_pred = ma52.fine_to_coarse(pred) if coarse_pred is None else coarse_pred
+    out["per_coarse_class"] = per_class_report(ma52.fine_to_coarse(y), coarse_pred, ma52.COARSE_NAMES)
+    return out

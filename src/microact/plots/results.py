@@ -1,0 +1,162 @@
+"""Result plots: confusion matrices, per-class F1 coloured by body part, and the metrics report of a test run.
+
+Figures are drawn on matplotlib's Agg canvas directly (``Figure`` + ``FigureCanvasAgg``), never through
+``pyplot``, so nothing here touches global plotting state or needs a display.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from microact import ma52
+from microact.metrics import confusion_matrix, evaluate_scores, predict_coarse
+
+# One colour per body part (tab10 entries), shared by every plot that colours by part.
+PART_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2")
+
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=110)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, bbox_inches="tight")
+    return path
+
+
+def plot_confusion(y_true, y_pred, names: Sequence[str], path: str | os.PathLike, *, normalize: bool = True,
+                   classes: Sequence[int] | None = None, title: str = "") -> Path:
+    """Confusion matrix image: rows = true class, columns = predicted class.
+
+    Args:
+        y_true: true ids ``[N]``.
+        y_pred: predicted ids ``[N]``.
+        names: class names indexed by id.
+        path: PNG to write.
+        normalize: divide each row by its support (recall on the diagonal) instead of showing counts.
+        classes: ids to show (default: every id in ``names``).
+        title: figure title.
+
+    Returns:
+        ``path``.
+    """
+    cm = confusion_matrix(y_true, y_pred, len(names)).astype(np.float64)
+    classes = list(range(len(names))) if classes is None else [int(c) for c in classes]
+    cm = cm[np.ix_(classes, classes)]
+    counts = cm.astype(np.int64)
+    if normalize:
+        support = cm.sum(axis=1, keepdims=True)
+        cm = np.divide(cm, support, out=np.zeros_like(cm), where=support > 0)
+    k = len(classes)
+    side = max(4.0, 0.28 * k + 2.5)
+    fig = _figure(side + 1.0, side)
+    ax = fig.add_subplot(1, 1, 1)
+    image = ax.imshow(cm, cmap="Blues", vmin=0, vmax=1 if normalize else max(1.0, cm.max()))
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.02, label="fraction of the true class" if normalize else "videos")
+    labels = [f"{c} {names[c]}" for c in classes]
+    font = 9 if k <= 12 else 6
+    ax.set_xticks(range(k), labels, rotation=90, fontsize=font)
+    ax.set_yticks(range(k), labels, fontsize=font)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if k <= 12:  # numbers fit inside the cells only for small matrices
+        for i in range(k):
+            for j in range(k):
+                text = f"{cm[i, j]:.2f}" if normalize else str(counts[i, j])
+                dark = cm[i, j] > 0.5 * (1 if normalize else max(1.0, cm.max()))
+                ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if dark else "black")
+    if k == ma52.NUM_FINE and classes == list(range(ma52.NUM_FINE)):  # body-part boundaries on the full MA-52 matrix
+        for start in (5, 11, 24, 32, 38, 48):
+            ax.axhline(start - 0.5, color="grey", lw=0.5)
+            ax.axvline(start - 0.5, color="grey", lw=0.5)
+    ax.set_title(title or ("confusion matrix (row-normalised)" if normalize else "confusion matrix (counts)"))
+    return _save(fig, Path(path))
+
+
+def plot_per_class_f1(rows: Sequence[dict], path: str | os.PathLike, title: str = "per-class F1") -> Path:
+    """Bar chart of per-class F1 (rows of :func:`microact.metrics.per_class_report`), coloured by body part."""
+    from matplotlib.patches import Patch
+
+    rows = list(rows)
+    k = len(rows)
+    fig = _figure(max(6.0, 0.22 * k + 2.0), 4.5)
+    ax = fig.add_subplot(1, 1, 1)
+    colours = [PART_COLOURS[ma52.FINE_TO_COARSE[r["id"]]] for r in rows]
+    ax.bar(range(k), [100 * r["f1"] for r in rows], color=colours)
+    ax.set_xticks(range(k), [f"{r['id']} {r['name']} ({r['support']})" for r in rows], rotation=90,
+                  fontsize=7 if k > 12 else 9)
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("F1 (%)")
+    ax.set_title(title + "  (support in brackets)")
+    parts = sorted({ma52.FINE_TO_COARSE[r["id"]] for r in rows})
+    ax.legend(handles=[Patch(color=PART_COLOURS[c], label=ma52.COARSE_NAMES[c]) for c in parts], fontsize=8,
+              loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside the axes: bars reach 100
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, Path(path))
+
+
+def write_per_class_csv(rows: Sequence[dict], path: str | os.PathLike) -> Path:
+    """``per_class.csv``: id, name, body part, precision, recall, F1, support, predicted count."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "name", "body_part", "precision", "recall", "f1", "support", "predicted"])
+        for r in rows:
+            writer.writerow([r["id"], r["name"], ma52.COARSE_NAMES[ma52.FINE_TO_COARSE[r["id"]]],
+                             f"{r['precision']:.6f}", f"{r['recall']:.6f}", f"{r['f1']:.6f}", r["support"],
+                             r["predicted"]])
+    return path
+
+
+def write_report(results, out_dir: str | os.PathLike, *, macro_labels: str = "present",
+                 coarse_rule: str = "map_top1", extra: dict | None = None) -> dict:
+    """Score labelled results and write ``metrics.json``, ``per_class.csv`` and the plots into ``out_dir``.
+
+    Files: ``metrics.json`` (F1_mean, its four parts, top-1/5, mean class accuracy, per-class rows, failed videos),
+    ``per_class.csv``, ``confusion_fine.png`` (row-normalised, classes present in truth or prediction),
+    ``confusion_coarse.png`` (7x7 counts) and ``per_class_f1.png``.
+
+    Args:
+        results: a :class:`microact.results.Results` with labels.
+        out_dir: output folder (created).
+        macro_labels: label set of the macro F1 terms (SEED.md §12 row 13).
+        coarse_rule: body-part rule (SEED.md §12 row 12).
+        extra: more keys for ``metrics.json`` (config, checkpoint, ...).
+
+    Returns:
+        The metrics dict written to ``metrics.json``.
+    """
+    from microact.results import ResultsError
+
+    if results.labels is None:
+        raise ResultsError("cannot write a metrics report: the results have no labels")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = evaluate_scores(results.scores, results.labels, macro_labels=macro_labels, coarse_rule=coarse_rule)
+    metrics["failed"] = results.meta.get("failed", [])
+    metrics.update(extra or {})
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    write_per_class_csv(metrics["per_class"], out / "per_class.csv")
+    pred = results.predictions
+    present = np.union1d(results.labels, pred)
+    plot_confusion(results.labels, pred, ma52.FINE_NAMES, out / "confusion_fine.png", classes=present,
+                   title=f"fine classes, row-normalised (F1_mean {100 * metrics['f1_mean']:.2f})")
+    coarse_true = ma52.fine_to_coarse(results.labels)
+    coarse_pred = predict_coarse(results.scores, coarse_rule)
+    plot_confusion(coarse_true, coarse_pred, ma52.COARSE_NAMES, out / "confusion_coarse.png", normalize=False,
+                   title="body parts (counts)")
+    shown = [r for r in metrics["per_class"] if r["support"] or r["predicted"]]
+    plot_per_class_f1(shown, out / "per_class_f1.png")
+    return metrics

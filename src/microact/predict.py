@@ -1,0 +1,291 @@
+"""Recognise micro-actions in any video: person crop, the test pipeline, the model, top-k classes.
+
+For each video: one static person box (the offline crop of SEED.md §5.1, via :mod:`microact.data.crop`),
+``eval.test_clips`` uniformly sampled test clips of the cropped frames, the recipe's test views
+(:class:`~microact.data.transforms.TestTransform`), clip-averaged probabilities (SEED.md §4), then the top-k
+fine classes and the body part (both the seed's g(top-1) and the sum of fine probabilities per part).
+
+Example::
+
+    microact predict clip.mp4 --config configs/tiny_synth.yaml --checkpoint runs/tiny/model_final.safetensors \\
+        --json pred.json --annotate pred.mp4
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from microact import ma52
+from microact.errors import MicroactError
+
+DEFAULT_PRESET = "videomae_b_k710_frame_coarse_tsn"
+
+
+class PredictError(MicroactError):
+    """A video cannot be predicted (unreadable, no frames) or the options do not fit together."""
+
+
+# --------------------------------------------------------------------------------------------
+# Model
+# --------------------------------------------------------------------------------------------
+
+
+def build_predictor_config(model: Optional[str] = None, config: Optional[str] = None,
+                           overrides: Sequence[str] = ()):
+    """The run configuration of a prediction: the recipe's, or a preset's defaults (its frames and input size).
+
+    Args:
+        model: preset name; overrides the recipe's ``model.preset``.
+        config: YAML recipe the checkpoint was trained with.
+        overrides: more ``key=value`` overrides.
+    """
+    from microact.config import load_config
+    from microact.models.presets import get_preset
+
+    extra = list(overrides)
+    if config is None:
+        preset = get_preset(model or DEFAULT_PRESET)
+        extra = [f"model.preset={preset.name}", f"data.clip_len={preset.num_frames}",
+                 f"data.img_size={preset.img_size}"] + extra
+    elif model is not None:
+        extra = [f"model.preset={model}"] + extra
+    return load_config(config, extra)
+
+
+def load_model(cfg, checkpoint: Optional[str], device: torch.device):
+    """Build the recipe's model, load ``checkpoint`` (strict) or warn loudly that it is untrained."""
+    from microact.engine.evaluate import load_trained_weights
+    from microact.models.presets import create_model_from_config
+
+    model = create_model_from_config(cfg, pretrained=False)
+    if checkpoint:
+        load_trained_weights(model, checkpoint)
+    else:
+        print("WARNING: no --checkpoint given: the model has RANDOM, UNTRAINED weights and its predictions are "
+              "meaningless. Pass --checkpoint model_final.safetensors (and the --config it was trained with).",
+              file=sys.stderr)
+    return model.to(device).eval()
+
+
+# --------------------------------------------------------------------------------------------
+# One video
+# --------------------------------------------------------------------------------------------
+
+
+def person_box(path: Path, cfg, detector: str, num_frames: int) -> tuple[tuple[int, int, int, int], str, int]:
+    """Static person box ``(x0, y0, x1, y1)`` (pixels, exclusive ends) of a video, as ``microact crop`` computes it.
+
+    The crop module's library function runs with the recipe's ``crop`` settings (margins, minimum aspect, frames
+    given to the detector), so prediction sees the framing the model was trained on. ``detector="none"`` gives
+    the full frame through the same rules, like ``microact crop --detector none``.
+
+    Returns:
+        ``(box, detector name, frames in which a person was found)``.
+    """
+    from microact.data.crop.detectors import create_detector
+    from microact.data.crop.run import compute_box
+    from microact.data.decode import read_frames
+
+    det = create_detector(detector, cfg.crop.weights)
+    try:
+        idx = np.unique(np.linspace(0, num_frames - 1, max(1, cfg.crop.sample_frames)).round().astype(np.int64))
+        entry = compute_box(read_frames(path, idx, decoder=cfg.data.decoder), det, cfg.crop.margins,
+                            cfg.crop.min_aspect)
+    finally:
+        det.close()
+    if entry["frames_with_person"] == 0:
+        print(f"warning: {path}: no person found by the {det.name} detector; using the full frame", file=sys.stderr)
+    return tuple(int(v) for v in entry["box"]), det.name, int(entry["frames_with_person"])
+
+
+def crop_frames(frames: np.ndarray, box: Sequence[int], short_side: Optional[int]) -> np.ndarray:
+    """Cut ``box`` out of ``[T, H, W, 3]`` frames and downscale like ``microact crop`` (short side, INTER_AREA)."""
+    import cv2
+
+    from microact.data.crop.boxes import short_side_size
+
+    x0, y0, x1, y1 = box
+    crop = frames[:, y0:y1, x0:x1]  # [T, H, W, 3] -> [T, h, w, 3]
+    out_w, out_h = short_side_size(x1 - x0, y1 - y0, short_side)
+    if (crop.shape[2], crop.shape[1]) == (out_w, out_h):
+        return np.ascontiguousarray(crop)
+    return np.stack([cv2.resize(f, (out_w, out_h), interpolation=cv2.INTER_AREA) for f in crop])
+
+
+def _ranked(probs: np.ndarray, names: Sequence[str], k: int) -> list[dict]:
+    order = np.argsort(-probs.astype(np.float64), kind="stable")[:k]
+    return [{"id": int(i), "name": names[i], "prob": float(probs[i])} for i in order]
+
+
+def predict_video(model, cfg, path: str | os.PathLike, device: torch.device, *, detector: str = "auto",
+                  top_k: int = 5) -> dict:
+    """Predict one video.
+
+    Returns:
+        ``{"video", "box" ([x0, y0, x1, y1]), "detector", "frames_with_person", "num_frames", "num_views", "top_k": [{"id",
+        "name", "prob"}], "body_part": {"map_top1": {"id", "name"}, "sum_probs": [{"id", "name", "prob"}] (all 7,
+        best first)}, "probs": [52 floats]}``.
+    """
+    from microact.data.decode import count_frames, read_frames
+    from microact.data.sampling import uniform_sample
+    from microact.data.transforms import TestTransform
+    from microact.engine.evaluate import score_views
+    from microact.metrics import coarse_scores
+
+    path = Path(path)
+    if not path.is_file():
+        raise PredictError(f"{path}: video not found")
+    num_frames = count_frames(path, timeout=cfg.data.decode_timeout)
+    box, used, found = person_box(path, cfg, detector, num_frames)
+    clips = cfg.eval.test_clips
+    indices = uniform_sample(num_frames, cfg.data.clip_len, clips, test_mode=True)
+    frames = read_frames(path, indices, decoder=cfg.data.decoder, timeout=cfg.data.decode_timeout)
+    frames = crop_frames(frames, box, cfg.crop.short_side)
+    views = TestTransform(cfg.eval, cfg.data.img_size, cfg.aug.resize_backend).views(frames, clips)  # [V,3,T,S,S]
+    video = torch.from_numpy(views)[None]  # [V, 3, T, S, S] -> [1, V, 3, T, S, S]
+    probs = score_views(model, video, device, average=cfg.eval.average)[0].numpy().astype(np.float64)
+    body = coarse_scores(probs[None])[0]
+    top1 = int(np.argmax(probs))
+    g = ma52.FINE_TO_COARSE[top1]
+    return {
+        "video": str(path),
+        "box": list(box),
+        "detector": used,
+        "frames_with_person": found,
+        "num_frames": int(num_frames),
+        "num_views": int(views.shape[0]),
+        "top_k": _ranked(probs, ma52.FINE_NAMES, top_k),
+        "body_part": {"map_top1": {"id": g, "name": ma52.COARSE_NAMES[g]},
+                      "sum_probs": _ranked(body, ma52.COARSE_NAMES, ma52.NUM_COARSE)},
+        "probs": [float(p) for p in probs],
+    }
+
+
+def format_prediction(pred: dict) -> str:
+    """A readable block: the video, its box, the top-k classes and the body part."""
+    lines = [f"{pred['video']}  (person box {pred['box']} by {pred['detector']}, {pred['num_views']} views)"]
+    width = max(len(r["name"]) for r in pred["top_k"])
+    for rank, r in enumerate(pred["top_k"], start=1):
+        part = ma52.COARSE_NAMES[ma52.FINE_TO_COARSE[r["id"]]]
+        lines.append(f"  {rank}. {r['name']:<{width}}  {100 * r['prob']:6.2f}%  [{r['id']:>2}, {part}]")
+    best = pred["body_part"]["sum_probs"][0]
+    lines.append(f"  body part: {pred['body_part']['map_top1']['name']} (g(top-1)); "
+                 f"by summed probability: {best['name']} {100 * best['prob']:.2f}%")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Annotated output
+# --------------------------------------------------------------------------------------------
+
+
+def _draw(frame: np.ndarray, pred: dict) -> np.ndarray:
+    import cv2
+
+    out = np.ascontiguousarray(frame.copy())
+    h = out.shape[0]
+    scale = max(0.35, h / 480)
+    if pred["box"] is not None:
+        x0, y0, x1, y1 = pred["box"]
+        cv2.rectangle(out, (x0, y0), (x1 - 1, y1 - 1), (0, 255, 0), max(1, int(2 * scale)))
+    y = int(18 * scale) + 2
+    lines = [f"{r['name']} {100 * r['prob']:.0f}%" for r in pred["top_k"][:3]]
+    if pred.get("untrained"):
+        lines.append("(untrained model)")
+    for text in lines:
+        for colour, thickness in (((0, 0, 0), 3), ((255, 255, 255), 1)):  # outlined text stays readable on any frame
+            cv2.putText(out, text, (4, y), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale, colour,
+                        max(1, int(thickness * scale)), cv2.LINE_AA)
+        y += int(18 * scale) + 2
+    return out
+
+
+def annotate(path: str | os.PathLike, pred: dict, out_path: str | os.PathLike, max_frames: int = 300) -> Path:
+    """Write the video with the person box and the top-3 classes drawn on it (``.mp4``, or ``.gif`` with Pillow).
+
+    Args:
+        path: source video.
+        pred: :func:`predict_video`'s answer for it.
+        out_path: ``.mp4`` (H.264 via PyAV) or ``.gif`` (needs Pillow).
+        max_frames: at most this many frames (evenly spaced) are written.
+    """
+    from microact.data.decode import count_frames, probe_video, read_frames
+    from microact.data.video_writer import write_video
+
+    out_path = Path(out_path)
+    suffix = out_path.suffix.lower()
+    if suffix not in (".mp4", ".gif"):
+        raise PredictError(f"--annotate {out_path}: use a .mp4 or .gif file name")
+    if suffix == ".gif":
+        try:
+            from PIL import Image
+        except ImportError:
+            raise PredictError(f"--annotate {out_path}: writing a GIF needs Pillow (pip install pillow); "
+                               "ask for an .mp4 instead") from None
+    n = count_frames(path)
+    indices = np.unique(np.linspace(0, n - 1, min(n, max_frames)).round().astype(np.int64))
+    frames = [_draw(f, pred) for f in read_frames(path, indices)]
+    try:
+        fps = float(probe_video(path).fps or 15.0) * len(indices) / n
+    except Exception:  # the fps only sets the playback speed
+        fps = 15.0
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".mp4":
+        write_video(out_path, frames, fps=max(1.0, fps))
+    else:
+        images = [Image.fromarray(f) for f in frames]
+        images[0].save(out_path, save_all=True, append_images=images[1:], duration=int(1000 / max(1.0, fps)), loop=0)
+    return out_path
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------
+
+
+def _annotation_targets(videos: list[Path], annotate_arg: Optional[str]) -> list[Optional[Path]]:
+    if not annotate_arg:
+        return [None] * len(videos)
+    target = Path(annotate_arg)
+    if target.suffix.lower() in (".mp4", ".gif"):
+        if len(videos) > 1:
+            raise PredictError(f"--annotate {target}: several videos need a folder, not one file")
+        return [target]
+    return [target / f"{v.stem}_annotated.mp4" for v in videos]
+
+
+def cli_main(args) -> int:
+    """``microact predict VIDEO... [--model] [--config] [--checkpoint] [--detector] [--top-k] [--json] [--annotate]``."""
+    from microact.engine.distributed import resolve_device
+
+    videos = [Path(v) for v in args.videos]
+    missing = [str(v) for v in videos if not v.is_file()]
+    if missing:
+        raise PredictError(f"video(s) not found: {', '.join(missing)}")
+    if args.top_k < 1:
+        raise PredictError(f"--top-k must be >= 1, got {args.top_k}")
+    targets = _annotation_targets(videos, args.annotate)
+    cfg = build_predictor_config(args.model, args.config)
+    device = resolve_device(args.device)
+    model = load_model(cfg, args.checkpoint, device)
+    predictions = []
+    for video, target in zip(videos, targets):
+        pred = predict_video(model, cfg, video, device, detector=args.detector,
+                             top_k=min(args.top_k, cfg.data.num_classes))
+        pred["untrained"] = not args.checkpoint
+        predictions.append(pred)
+        print(format_prediction(pred))
+        if target is not None:
+            print(f"  wrote {annotate(video, pred, target)}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"model": cfg.model.preset, "checkpoint": args.checkpoint,
+                                               "predictions": predictions}, indent=2))
+        print(f"wrote {args.json}")
+    return 0

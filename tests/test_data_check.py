@@ -1,0 +1,47 @@
+"""`microact data check`: a broken folder exits 1 and names each problem; a clean one exits 0."""
+from __future__ import annotations
+
+import json
+
+from microact.cli import main
+
+
+def _dataset(folder, make_video):
+    for i in range(3):
+        make_video(f"0003_01_000{i}.mp4", num_frames=10 + 2 * i, height=48, width=32, fps=15, seed=i, folder=folder)
+    make_video("0003_01_0009.mp4", num_frames=8, height=32, width=64, fps=10, folder=folder)
+    (folder / "train_list_videos.txt").write_bytes(
+        b"0003_01_0000.mp4 1\r\n0003_01_0001.mp4 2\r\n0003_01_0009.mp4 2\r\n")
+    (folder / "val_list_videos.txt").write_bytes(b"0003_01_0002.mp4 5")
+
+
+def test_clean_folder_exits_0(tmp_path, make_video, capsys):
+    _dataset(tmp_path, make_video)
+    report_file = tmp_path / "report.json"
+    code = main(["data", "check", str(tmp_path), "--workers", "1", "--json", str(report_file)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "no problems found" in out and "48x32" not in out and "32x48 (3)" in out and "64x32 (1)" in out
+    report = json.loads(report_file.read_text())
+    assert report["videos_checked"] == 4 and report["videos_bad"] == 0
+    assert report["num_frames"] == {"min": 8, "median": 11, "max": 14}
+    assert report["fps"]["min"] == 10 and report["fps"]["max"] == 15
+    assert report["lists"]["train_list_videos.txt"]["class_counts"] == {"1": 1, "2": 2}
+
+
+def test_broken_folder_exits_1_naming_each_problem(tmp_path, make_video, capsys):
+    _dataset(tmp_path, make_video)
+    (tmp_path / "0003_01_0001.mp4").write_bytes(b"\x00\x00\x00 garbage" * 100)  # corrupt video
+    with open(tmp_path / "val_list_videos.txt", "ab") as f:
+        f.write(b"\n0003_01_0003.mp4\n0003_01_0004.mp4 77\n0003_01_0000.mp4 1\nnot_there.mp4 3\n")
+    code = main(["data", "check", str(tmp_path), "--workers", "2"])
+    out = capsys.readouterr().out
+    assert code == 1
+    val = tmp_path / "val_list_videos.txt"
+    for needle in (f"{val}:2: expected '<file> <label>'", f"{val}:3: label 77 is outside [0, 52)",
+                   f"{val}:4: duplicate of {tmp_path / 'train_list_videos.txt'}:1", f"{val}:5: video not found",
+                   f"{tmp_path / '0003_01_0001.mp4'}: not a readable video", "5 problem(s)"):
+        assert needle in out, needle
+    # list-only mode does not open videos, so only the four list problems remain
+    assert main(["data", "check", str(tmp_path), "--no-decode"]) == 1
+    assert "4 problem(s)" in capsys.readouterr().out

@@ -1,0 +1,127 @@
+"""VideoDataset, collate and the resumable, distributed-aware loader on real mp4 files."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from microact.config import AugConfig, EvalConfig
+from microact.data import TestTransform, TrainTransform, VideoDataset, VideoRecord, build_loader, collate, read_frames
+from microact.data.dataset import ResumableSampler
+from microact.data.sampling import uniform_sample
+
+
+@pytest.fixture
+def folder(tmp_path, make_video):
+    for i in range(5):
+        make_video(f"v{i}.mp4", num_frames=12 + i, height=40, width=32, seed=i)
+    (tmp_path / "broken.mp4").write_bytes(b"not a video at all" * 20)
+    return tmp_path
+
+
+def records(names):
+    return [VideoRecord(n, i % 3, f"list.txt:{i + 1}") for i, n in enumerate(names)]
+
+
+GOOD = [f"v{i}.mp4" for i in range(5)]
+
+
+def train_ds(folder, names=GOOD, seed=0):
+    return VideoDataset(records(names), folder, clip_len=4, transform=TrainTransform(AugConfig(), 16, rng=seed),
+                        seed=seed)
+
+
+def test_train_item_is_the_transformed_sampled_clip(folder):
+    ds = train_ds(folder)
+    item = ds[(2, 3)]
+    assert item["video"].dtype == torch.uint8 and item["video"].shape == (3, 4, 16, 16)
+    assert item["label"] == 0 and item["index"] == 3
+    # recompute the same item by hand from (seed, epoch, index)
+    rng = np.random.default_rng([0, 2, 3])
+    idx = uniform_sample(15, 4, rng=rng)
+    want = ds.transform(read_frames(folder / "v3.mp4", idx), rng)
+    np.testing.assert_array_equal(item["video"].numpy(), want)
+    ds.set_epoch(2)
+    assert torch.equal(ds[3]["video"], item["video"])
+    ds.set_epoch(3)
+    assert not torch.equal(ds[3]["video"], item["video"])
+
+
+def test_bad_video_is_skipped_not_raised(folder):
+    ds = train_ds(folder, ["v0.mp4", "broken.mp4", "missing.mp4"])
+    with pytest.warns(RuntimeWarning, match="broken.mp4"):
+        bad = ds[1]
+    assert bad["video"] is None and "broken.mp4" in bad["error"] and bad["label"] == 1
+    with pytest.warns(RuntimeWarning, match="file not found"):
+        missing = ds[2]
+    batch = collate([ds[0], bad, missing])
+    assert batch["video"].shape == (1, 3, 4, 16, 16)
+    assert batch["label"].tolist() == [0] and batch["index"].tolist() == [0]
+    assert len(batch["skipped"]) == 2 and "missing.mp4: file not found" in batch["skipped"][1]
+    empty = collate([bad, missing])
+    assert empty["video"] is None and empty["label"].numel() == 0 and len(empty["skipped"]) == 2
+
+
+def test_results_do_not_depend_on_worker_count(folder):
+    def run(workers):
+        loader = build_loader(train_ds(folder), batch_size=2, shuffle=True, num_workers=workers, seed=7,
+                              persistent_workers=False)
+        out = []
+        for epoch in (0, 1):
+            loader.sampler.set_epoch(epoch)
+            out += [(b["index"].tolist(), b["video"]) for b in loader]
+        return out
+
+    a, b = run(0), run(2)
+    assert [x[0] for x in a] == [x[0] for x in b]
+    assert all(torch.equal(x[1], y[1]) for x, y in zip(a, b))
+    assert sorted(sum((x[0] for x in a[:3]), [])) == list(range(5))  # epoch 0 sees every video once
+    assert [x[0] for x in a[:3]] != [x[0] for x in a[3:]]  # a new order in epoch 1
+
+
+def test_sampler_resume_and_distributed_split():
+    full = ResumableSampler(10, shuffle=True, seed=3, batch_size=2)
+    full.set_epoch(4)
+    order = [i for _, i in full]
+    assert sorted(order) == list(range(10)) and all(e == 4 for e, _ in full)
+    resumed = ResumableSampler(10, shuffle=True, seed=3, batch_size=2)
+    resumed.set_epoch(4, skip_batches=2)
+    assert [i for _, i in resumed] == order[4:] and len(resumed) == 6
+    # training: padded to equal shares like DistributedSampler
+    shares = []
+    for r in range(3):
+        s = ResumableSampler(10, shuffle=True, seed=3, rank=r, world_size=3)
+        s.set_epoch(4)
+        shares.append([i for _, i in s])
+    assert [len(x) for x in shares] == [4, 4, 4]
+    padded = order + order[:2]
+    assert shares == [padded[r::3] for r in range(3)]
+    # testing: every item exactly once, no padding
+    test_shares = [[i for _, i in ResumableSampler(10, shuffle=False, rank=r, world_size=3, pad=False)]
+                   for r in range(3)]
+    assert sorted(sum(test_shares, [])) == list(range(10)) and [len(x) for x in test_shares] == [4, 3, 3]
+
+
+def test_distributed_loader_uses_given_rank(folder):
+    ds = train_ds(folder)
+    loader = build_loader(ds, batch_size=1, shuffle=False, num_workers=0, distributed=True, rank=1, world_size=2)
+    assert [b["index"].item() for b in loader] == [1, 3, 0]  # padded with the first item
+
+
+@pytest.mark.parametrize("view,num_views", [("portrait373", 2), ("three_crop", 6)])
+def test_test_mode_items_and_cache(folder, tmp_path, view, num_views):
+    tt = TestTransform(EvalConfig(view=view, resize_short=20), 16)
+    cache = tmp_path / "cache"
+    ds = VideoDataset(records(GOOD), folder, clip_len=4, transform=tt, num_clips=2, test_mode=True, cache_dir=cache)
+    item = ds[1]
+    assert item["video"].shape == (num_views, 3, 4, 16, 16)
+    idx = uniform_sample(13, 4, num_clips=2, test_mode=True)
+    np.testing.assert_array_equal(item["video"].numpy(), tt.views(read_frames(folder / "v1.mp4", idx), 2))
+    files = list(cache.glob("*.npy"))
+    assert len(files) == 1
+    np.testing.assert_array_equal(np.load(files[0]), read_frames(folder / "v1.mp4", idx))
+    assert torch.equal(ds[1]["video"], item["video"])  # served from the cache
+    loader = build_loader(ds, batch_size=2, shuffle=False, num_workers=0)
+    batches = list(loader)
+    assert sum((b["index"].tolist() for b in batches), []) == list(range(5))
+    assert batches[0]["video"].shape == (2, num_views, 3, 4, 16, 16)

@@ -1,0 +1,164 @@
+"""Decoding: frames equal an independent PyAV loop (and decord), clamping, verified counts, bad files, timeouts."""
+from __future__ import annotations
+
+import os
+import threading
+
+import av
+import numpy as np
+import pytest
+
+from conftest import moving_square_frames
+from microact.data.decode import (DecodeTimeout, VideoDecodeError, count_frames, probe_video, read_frames)
+from microact.errors import MicroactError
+
+
+def all_frames(path) -> np.ndarray:
+    """Every decodable frame, decoded by a plain PyAV loop (the reference); stops at the first decode error."""
+    frames = []
+    with av.open(str(path)) as c:
+        try:
+            for f in c.decode(video=0):
+                frames.append(f.to_ndarray(format="rgb24"))
+        except av.FFmpegError:
+            pass
+    return np.stack(frames)
+
+
+def test_read_frames_matches_plain_decode(make_video):
+    path = make_video("a.mp4", num_frames=20, height=64, width=64)
+    ref = all_frames(path)
+    assert len(ref) == 20
+    idx = [3, 0, 19, 3, 7]
+    out = read_frames(path, idx)
+    assert out.dtype == np.uint8 and out.shape == (5, 64, 64, 3)
+    np.testing.assert_array_equal(out, ref[idx])
+
+
+def test_decord_gives_the_same_frames(make_video):
+    pytest.importorskip("decord")
+    path = make_video("b.mp4", num_frames=20, height=64, width=64)
+    idx = np.array([0, 5, 6, 19])
+    np.testing.assert_array_equal(read_frames(path, idx, decoder="decord"), read_frames(path, idx))
+
+
+def test_carphone_real_video(carphone_path):
+    info = probe_video(carphone_path)
+    ref = all_frames(carphone_path)
+    assert (info.num_frames, info.width, info.height) == (len(ref), 176, 144) == (120, 176, 144)
+    assert info.fps == pytest.approx(29.97, abs=0.01) and info.duration == pytest.approx(120 / info.fps)
+    idx = np.linspace(0, 119, 16).astype(int)
+    np.testing.assert_array_equal(read_frames(carphone_path, idx), ref[idx])
+
+
+def test_indices_past_the_end_are_clamped(make_video):
+    path = make_video("c.mp4", num_frames=10, height=32, width=32)
+    ref = all_frames(path)
+    out = read_frames(path, [2, 9, 10, 500])
+    np.testing.assert_array_equal(out, ref[[2, 9, 9, 9]])
+
+
+def _write_faststart(path, n):
+    with av.open(str(path), "w", options={"movflags": "faststart"}) as c:
+        s = c.add_stream("libx264", rate=15)
+        s.width, s.height, s.pix_fmt = 64, 64, "yuv420p"
+        for f in moving_square_frames(n, 64, 64):
+            for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+
+
+def test_header_that_over_reports_is_not_trusted(tmp_path):
+    # faststart puts the frame table first; cutting the tail leaves a header that claims all 30 frames
+    full = tmp_path / "full.mp4"
+    _write_faststart(full, 30)
+    cut = tmp_path / "cut.mp4"
+    data = full.read_bytes()
+    cut.write_bytes(data[: int(len(data) * 0.6)])
+    with av.open(str(cut)) as c:
+        assert c.streams.video[0].frames == 30
+    decodable = all_frames(cut)
+    assert 0 < len(decodable) < 30
+    assert count_frames(cut) < 30
+    out = read_frames(cut, [0, len(decodable) - 1, 29])
+    np.testing.assert_array_equal(out, decodable[[0, -1, -1]])
+
+
+def _write_audio_only(path):
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("aac", rate=16000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        frame.sample_rate = 16000
+        for _ in range(4):
+            for p in s.encode(frame):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty", "text", "random", "truncated", "audio"])
+def test_bad_files_raise_naming_the_file(kind, tmp_path, make_video):
+    path = tmp_path / f"{kind}.mp4"
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "text":
+        path.write_text("this is not a video\n" * 50)
+    elif kind == "random":
+        path.write_bytes(np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8).tobytes())
+    elif kind == "truncated":  # no faststart: the frame table was at the end and is gone
+        data = make_video("good.mp4", num_frames=16).read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "audio":
+        path = tmp_path / "audio.m4a"
+        _write_audio_only(path)
+    for call in (lambda: read_frames(path, [0]), lambda: count_frames(path), lambda: probe_video(path)):
+        with pytest.raises(VideoDecodeError) as info:
+            call()
+        assert isinstance(info.value, MicroactError)
+        assert str(path) in str(info.value)
+    expected = {"missing": "not found", "empty": "0 bytes", "audio": "no video stream"}.get(kind, "not a readable")
+    assert expected in str(info.value)
+
+
+def test_count_cache_follows_file_changes(tmp_path, make_video):
+    path = make_video("d.mp4", num_frames=12, height=32, width=32)
+    assert count_frames(path) == 12 == len(all_frames(path))
+    make_video("d.mp4", num_frames=7, height=32, width=32)  # rewritten: other size and mtime
+    os.utime(path, ns=(1, 1))
+    assert count_frames(path) == 7
+
+
+def test_timeout_in_main_thread_and_in_other_threads(carphone_path):
+    with pytest.raises(DecodeTimeout, match="longer than"):
+        read_frames(carphone_path, [119], timeout=1e-4)
+    errors = []
+
+    def worker():
+        try:
+            read_frames(carphone_path, [119], timeout=1e-4)
+        except DecodeTimeout as e:
+            errors.append(e)
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join()
+    assert len(errors) == 1
+    # a generous timeout does not fire, and the alarm is disarmed afterwards
+    assert read_frames(carphone_path, [5], timeout=30).shape == (1, 144, 176, 3)
+
+
+def test_probe_reports_display_rotation(tmp_path):
+    path = tmp_path / "rot.mp4"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=15)
+        s.width, s.height, s.pix_fmt = 64, 32, "yuv420p"
+        s.set_display_rotation(90)
+        for f in moving_square_frames(5, 32, 64):
+            for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    info = probe_video(path)
+    assert (info.num_frames, info.width, info.height, info.rotation) == (5, 64, 32, 90)
+    assert read_frames(path, [0]).shape == (1, 32, 64, 3)  # frames come as stored; rotation is only reported

@@ -1,0 +1,202 @@
+"""Multi-clip testing on real mp4 files with a tiny model, checked against a per-view computation by hand."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from microact.cli import main as cli
+from microact.config import load_config
+from microact.data.decode import count_frames, read_frames
+from microact.data.sampling import uniform_sample
+from microact.data.transforms import TestTransform
+from microact.engine.evaluate import build_test_loader, evaluate, load_trained_weights, score_views
+from microact.models.presets import create_model_from_config
+from microact.results import load_results
+
+LABELS = {"a.mp4": 3, "b.mp4": 9, "bad.mp4": 20, "c.mp4": 40}
+OVERRIDES = ["model.preset=videomae_test_frame_coarse_tsn", "data.clip_len=4", "data.img_size=32",
+             "data.num_workers=0", "eval.batch_size=2", "eval.resize_short=40", "eval.crop_height=48",
+             "eval.val_clips=2", "eval.test_clips=3", "data.test_list=test.txt", "data.val_list=val.txt",
+             "data.train_lists=[val.txt]", "train.device=cpu"]
+
+
+@pytest.fixture
+def dataset_dir(tmp_path, make_video):
+    root = tmp_path / "data"
+    for seed, name in enumerate(["a.mp4", "b.mp4", "c.mp4"]):
+        make_video(name, num_frames=10 + 3 * seed, height=64, width=48, seed=seed, folder=root)
+    (root / "bad.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 this is not a video" * 20)
+    (root / "val.txt").write_text("".join(f"{n} {y}\n" for n, y in LABELS.items()))
+    (root / "test.txt").write_text("".join(f"{n} 0\n" for n in LABELS))
+    return root
+
+
+def _cfg(root, *extra):
+    return load_config(None, OVERRIDES + [f"data.root={root}", *extra])
+
+
+def _model(cfg, seed=0):
+    torch.manual_seed(seed)
+    return create_model_from_config(cfg, pretrained=False).eval()
+
+
+def _by_hand(model, cfg, path, num_clips, average="prob"):
+    """One view at a time: decode, transform, normalise with NumPy, forward, then average."""
+    n = count_frames(path)
+    frames = read_frames(path, uniform_sample(n, cfg.data.clip_len, num_clips, test_mode=True))
+    views = TestTransform(cfg.eval, cfg.data.img_size).views(frames, num_clips)  # [V, 3, T, S, S]
+    mean = np.array([123.675, 116.28, 103.53]).reshape(3, 1, 1, 1)
+    std = np.array([58.395, 57.12, 57.375]).reshape(3, 1, 1, 1)
+    logits = []
+    with torch.no_grad():
+        for view in views:
+            x = torch.from_numpy(((view - mean) / std).astype(np.float32))[None]
+            logits.append(model(x).fine[0].double())
+    logits = torch.stack(logits)
+    if average == "prob":
+        return logits.softmax(-1).mean(0).numpy()
+    return logits.mean(0).softmax(-1).numpy()
+
+
+@pytest.mark.parametrize("average", ["prob", "logit"])
+def test_evaluate_matches_per_view_computation(dataset_dir, average):
+    cfg = _cfg(dataset_dir)
+    model = _model(cfg)
+    loader = build_test_loader(cfg, dataset_dir / "val.txt", num_clips=2)
+    with pytest.warns(RuntimeWarning, match="bad.mp4"):
+        results = evaluate(model, loader, "cpu", average=average, num_views=2, progress=False)
+    assert results.names == list(LABELS)
+    np.testing.assert_array_equal(results.labels, list(LABELS.values()))
+    assert results.scores.shape == (4, 52) and results.meta["num_views"] == 2
+    for i, name in enumerate(results.names):
+        if name == "bad.mp4":
+            np.testing.assert_allclose(results.scores[i], np.full(52, 1 / 52), rtol=1e-6)
+        else:
+            expected = _by_hand(model, cfg, dataset_dir / name, 2, average)
+            np.testing.assert_allclose(results.scores[i], expected, rtol=1e-4, atol=1e-6)
+            assert results.scores[i].sum() == pytest.approx(1.0, abs=1e-5)
+    assert len(results.meta["failed"]) == 1 and results.meta["failed"][0].startswith("bad.mp4: ")
+
+
+def test_chunked_views_give_the_same_scores(dataset_dir):
+    cfg = _cfg(dataset_dir)
+    model = _model(cfg)
+    video = torch.randint(0, 256, (2, 3, 3, 4, 32, 32), dtype=torch.uint8)
+    whole = score_views(model, video, torch.device("cpu"))
+    chunked = score_views(model, video, torch.device("cpu"), max_clips=4)
+    np.testing.assert_allclose(whole.numpy(), chunked.numpy(), rtol=1e-5, atol=1e-7)
+
+
+def _zip_rows(path):
+    with zipfile.ZipFile(path) as z:
+        return list(csv.reader(io.StringIO(z.read("prediction.csv").decode())))
+
+
+def test_cli_test_val_and_test_splits(dataset_dir, tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    cfg = _cfg(dataset_dir)
+    model = _model(cfg, seed=1)
+    ckpt = tmp_path / "run" / "model_final.safetensors"
+    ckpt.parent.mkdir()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(ckpt))
+    config = tmp_path / "recipe.yaml"
+    config.write_text("description: tiny test recipe\n")
+    overrides = OVERRIDES + [f"data.root={dataset_dir}"]
+
+    with pytest.warns(RuntimeWarning):
+        assert cli(["test", str(config), str(ckpt), *overrides, "--split", "val", "--out", str(tmp_path / "val")]) == 0
+    printed = capsys.readouterr().out
+    assert "F1_mean" in printed
+    metrics = json.loads((tmp_path / "val" / "metrics.json").read_text())
+    assert metrics["num_videos"] == 4 and len(metrics["failed"]) == 1
+    val = load_results(tmp_path / "val" / "results.npz")
+    assert val.names == list(LABELS)
+    assert metrics["f1_mean"] == pytest.approx(val.metrics()["f1_mean"])
+    expected = _by_hand(model, cfg, dataset_dir / "c.mp4", 2)
+    np.testing.assert_allclose(val.scores[3], expected, rtol=1e-4, atol=1e-6)
+    assert (tmp_path / "val" / "confusion_fine.png").is_file()
+
+    dump = tmp_path / "dumps" / "test.pkl"
+    with pytest.warns(RuntimeWarning):
+        assert cli(["test", str(config), str(ckpt), *overrides, "--dump", str(dump), "--out", str(tmp_path / "t")]) == 0
+    test = load_results(dump)
+    assert test.labels is None and test.names == list(LABELS)
+    np.testing.assert_allclose(test.scores[0], _by_hand(model, cfg, dataset_dir / "a.mp4", 3), rtol=1e-4, atol=1e-6)
+    rows = _zip_rows(tmp_path / "t" / "submission_mac2024.zip")
+    assert [r[0] for r in rows[1:]] == list(LABELS)
+    assert [int(r[2]) for r in rows[1:]] == list(test.scores.argmax(1))
+    # the dump round-trips through `microact submit` to the same submission
+    assert cli(["submit", str(dump), "--out", str(tmp_path / "s"), "--format", "mac2024"]) == 0
+    assert _zip_rows(tmp_path / "s" / "submission_mac2024.zip") == rows
+
+
+def test_weights_that_do_not_fit_are_refused(dataset_dir, tmp_path):
+    from safetensors.torch import save_file
+
+    from microact.models.checkpoints import CheckpointError
+
+    cfg = _cfg(dataset_dir)
+    model = _model(cfg)
+    sd = {k: v.contiguous() for k, v in model.state_dict().items()}
+    # a training checkpoint with DDP prefixes loads
+    torch.save({"model": {f"module.{k}": v for k, v in sd.items()}, "epoch": 3}, tmp_path / "ckpt.pth")
+    other = _model(cfg, seed=5)
+    load_trained_weights(other, tmp_path / "ckpt.pth")
+    for k, v in other.state_dict().items():
+        assert torch.equal(v, sd[k])
+    sd.pop(next(iter(sd)))
+    save_file(sd, str(tmp_path / "partial.safetensors"))
+    with pytest.raises(CheckpointError, match="1 missing"):
+        load_trained_weights(other, tmp_path / "partial.safetensors")
+
+
+def _dist_worker(rank, world, port, root, out):
+    import os
+    import warnings
+
+    import torch.distributed as dist
+
+    from microact.results import save_results
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        cfg = _cfg(root)
+        model = _model(cfg)
+        loader = build_test_loader(cfg, root / "val.txt", num_clips=2, distributed=True)
+        assert len(loader.sampler) == 2  # each rank scores its share of the 4 videos
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            results = evaluate(model, loader, "cpu", progress=False)
+        if rank == 0:
+            save_results(results, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_evaluate_under_two_processes_gathers_in_list_order(dataset_dir, tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "dist.npz"
+    mp.spawn(_dist_worker, args=(2, port, dataset_dir, out), nprocs=2, join=True)
+    merged = load_results(out)
+    cfg = _cfg(dataset_dir)
+    with pytest.warns(RuntimeWarning):
+        single = evaluate(_model(cfg), build_test_loader(cfg, dataset_dir / "val.txt", num_clips=2), "cpu",
+                          progress=False)
+    assert merged.names == single.names == list(LABELS)
+    np.testing.assert_allclose(merged.scores, single.scores, rtol=1e-5, atol=1e-7)
+    assert merged.meta["failed"] == single.meta["failed"] and len(merged.meta["failed"]) == 1
