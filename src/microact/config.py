@@ -261,6 +261,15 @@ class Config:
             raise ConfigError(
                 f"train.global_batch ({t.global_batch}) must be a multiple of train.micro_batch ({t.micro_batch})"
             )
+        e = self.eval
+        if e.view in ("portrait373", "center224") and self.data.img_size > e.resize_short:
+            # the test crop is img_size wide, taken from a frame whose short side (the width of a portrait
+            # clip) is resize_short: it would not fit (SEED.md §5.7 assumes 224 <= 256)
+            raise ConfigError(
+                f"data.img_size ({self.data.img_size}) is larger than eval.resize_short ({e.resize_short}): the "
+                f"{e.view} test crop would be wider than the resized frame; raise eval.resize_short to at least "
+                f"{self.data.img_size}"
+            )
         if self.model.num_classes != self.data.num_classes:
             raise ConfigError(
                 f"model.num_classes ({self.model.num_classes}) differs from data.num_classes ({self.data.num_classes})"
@@ -296,7 +305,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
+        except UnicodeDecodeError as e:
+            line = path.read_bytes()[: e.start].count(b"\n") + 1
+            raise ConfigError(f"{path}:{line}: not valid UTF-8 (byte {e.object[e.start]:#04x}); save the recipe "
+                              "as UTF-8") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML: {e}") from None
         if not isinstance(raw, dict):
@@ -414,14 +427,19 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return int(value)
         raise ConfigError(f"{key}: expected an integer, got {value!r}")
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "3e-4" as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads "3e-4" as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if number is None:
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(number):  # .inf / .nan pass every range check below and poison training silently
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)

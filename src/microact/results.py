@@ -469,7 +469,9 @@ def load_results(path: str | os.PathLike, *, list_file: str | os.PathLike | None
         names, labels = read_list_names(list_file, max(results.num_classes, ma52.NUM_FINE))
         if len(names) != len(results):
             raise ResultsError(f"{list_file}: lists {len(names)} videos but {path} holds {len(results)} results")
-        if results.meta.get("names_from") == "dump" and names != results.names:
+        # only a dump without names (mmaction2: row indexes) takes the list's names unchecked; a .npz written
+        # by microact may carry no "names_from" at all, and its names are real
+        if results.meta.get("names_from") != "index" and names != results.names:
             i = next(j for j, (a, b) in enumerate(zip(names, results.names)) if a != b)
             raise ResultsError(f"{list_file}: line order differs from {path} at index {i}: "
                                f"{names[i]!r} in the list, {results.names[i]!r} in the dump")
@@ -712,7 +714,11 @@ def cli_submit(args) -> int:
     results = load_results(args.dump, list_file=args.list)
     _warn_index_names(results, args.dump)
     out = Path(args.out)
-    for path in _write_submissions(results, out, args.format, args.coarse_rule):
+    try:
+        written = _write_submissions(results, out, args.format, args.coarse_rule)
+    except ResultsError as e:  # the checks of the submission writers do not know which file they look at
+        raise ResultsError(f"{args.dump}: {e}") from None
+    for path in written:
         print(f"wrote {path} ({len(results)} videos)")
     if results.labels is not None:
         print(format_summary(results.metrics(coarse_rule=args.coarse_rule)))

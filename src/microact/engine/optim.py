@@ -7,7 +7,8 @@ Seed rules (SEED.md §6.3, mmaction's ``SwinOptimWrapperConstructor``: substring
 - biases, ``q_bias`` / ``v_bias`` and the patch embedding keep weight decay (faithful quirk).
 
 ``optim.layer_decay`` switches to the official VideoMAE recipe (VIDEOMAE.md §4.3): layer id ``i`` (0 = patch
-embedding, ``j + 1`` = block ``j``, ``L + 1`` = the rest and the heads) gets ``lr x decay^(L + 1 - i)`` and no weight decay on 1-D tensors and ``.bias``.
+embedding, ``j + 1`` = block ``j``, ``L + 1`` = the rest and the heads) gets ``lr x decay^(L + 1 - i)``
+(``backbone_lr_mult`` is then not applied), and no weight decay goes to 1-D tensors and ``.bias``.
 
 Schedule (SEED.md §6.2): ``lr = group_lr x warmup(global_it) x cosine(epoch)``, see :func:`lr_factor`.
 """

@@ -453,7 +453,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo) -> int:
             if (run_dir / "model_best.safetensors").is_file():
                 selected = "model_best.safetensors"
             else:
-                D.warn("train.select=best_val but there was no validation (data.val_list unset): using the last weights")
+                D.warn("train.select=best_val but there was no validation (data.val_list unset): "
+                       "using the last weights")
         summary = {"val": history, "best_f1_mean": best if history else None, "selected": selected,
                    "global_step": global_step, "nan_skipped": nan_skipped}
         (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))

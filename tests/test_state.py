@@ -1,0 +1,67 @@
+"""Atomic checkpoints, the latest pointer, RNG round trips and the run-directory checks."""
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from microact.engine.state import (CheckpointStorageError, atomic_write, check_run_dir, latest_checkpoint,
+                                   load_checkpoint, rng_state, save_checkpoint, set_rng_state)
+
+
+def test_rng_round_trip_and_weights_only(tmp_path):
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    state = rng_state()
+    torch.save(state, tmp_path / "rng.pt")
+    expected = (random.random(), np.random.rand(), torch.rand(3))
+    random.random(), np.random.rand(), torch.rand(5)  # move every generator on
+    set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    got = (random.random(), np.random.rand(), torch.rand(3))
+    assert got[0] == expected[0] and got[1] == expected[1] and torch.equal(got[2], expected[2])
+
+
+def test_save_load_keep_and_latest(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
+    for step in (1, 2, 3):
+        with torch.no_grad():
+            model[0].weight.fill_(step)
+        save_checkpoint(tmp_path, step, model, {"epoch": step, "rng": [rng_state()], "x": torch.ones(2)}, keep=2)
+    files = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert files == ["latest", "model_00000002.safetensors", "model_00000003.safetensors", "state_00000002.pt",
+                     "state_00000003.pt"]
+    weights, state = latest_checkpoint(tmp_path)
+    fresh = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
+    train_state = load_checkpoint(weights, state, fresh)
+    assert train_state["epoch"] == 3 and torch.all(fresh[0].weight == 3)
+    # a pointer to a vanished checkpoint falls back to the newest complete one
+    (tmp_path / "checkpoints" / "latest").write_text("00000009\n")
+    assert latest_checkpoint(tmp_path)[1].name == "state_00000003.pt"
+    assert latest_checkpoint(tmp_path / "nothing") is None
+
+
+def test_enospc_keeps_previous_file(tmp_path):
+    target = tmp_path / "state.pt"
+    atomic_write(target, lambda tmp: torch.save({"v": 1}, tmp))
+
+    def write_to_full_disk(tmp):  # /dev/full answers every write with a real ENOSPC from the kernel
+        with open("/dev/full", "wb") as f:
+            f.write(b"x" * 1024)
+            f.flush()
+
+    with pytest.raises(CheckpointStorageError, match="no space left.*previous checkpoint is still valid"):
+        atomic_write(target, write_to_full_disk)
+    assert torch.load(target, weights_only=True) == {"v": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]  # no temporary file left behind
+
+
+def test_run_dir_checks(tmp_path):
+    check_run_dir(tmp_path / "run", min_free_bytes=1)
+    assert (tmp_path / "run" / "checkpoints").is_dir()
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(CheckpointStorageError, match=f"{blocker / 'run'}: cannot create"):
+        check_run_dir(blocker / "run", min_free_bytes=1)
+    with pytest.raises(CheckpointStorageError, match="MiB free"):
+        check_run_dir(tmp_path / "run", min_free_bytes=2**62)

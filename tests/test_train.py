@@ -1,0 +1,235 @@
+"""The training loop: exact resume after SIGKILL / SIGTERM, NaN policies, run-directory checks, recipes, learning.
+
+Runs that are compared bit for bit all run as subprocesses with the same thread settings (CPU matmuls may
+block differently with another thread count).
+"""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import moving_square_frames
+from microact.config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    """16 real mp4 clips (moving squares), labels 0..3, a train list and a val list."""
+    from microact.data.video_writer import write_video
+
+    root = tmp_path_factory.mktemp("data")
+    lines = []
+    for i in range(16):
+        write_video(root / f"v{i:02d}.mp4", moving_square_frames(10, 40, 32, seed=i), fps=15, crf=18)
+        lines.append(f"v{i:02d}.mp4 {i % 4}")
+    (root / "train.txt").write_text("\n".join(lines) + "\n")
+    (root / "val.txt").write_text("\n".join(lines[:4]) + "\n")
+    return root
+
+
+def overrides(root, *extra):
+    """A tiny, fast run: test-size ViT, 4 frames of 32 px, 8 optimiser steps per epoch."""
+    return ["model.preset=videomae_test_frame_coarse_tsn", f"data.root={root}", "data.train_lists=[train.txt]",
+            "data.val_list=null", "data.clip_len=4", "data.img_size=32", "data.num_workers=0", "train.epochs=3",
+            "train.global_batch=2",
+            "train.micro_batch=2", "train.precision=fp32", "train.log_every=1", "train.tensorboard=false",
+            "aug.color_jitter=false", "eval.resize_short=36", "eval.crop_height=40", "eval.batch_size=4",
+            *extra]
+
+
+def cli(args, **kw):
+    return [sys.executable, "-m", "microact.cli", "train", str(CONFIGS / "tiny_synth.yaml"), *args]
+
+
+def run(args, out, *flags, timeout=240):
+    p = subprocess.run(cli(args) + ["--out", str(out), *flags], env=ENV, capture_output=True, text=True,
+                       timeout=timeout)
+    return p
+
+
+def weights(path):
+    return load_file(str(path))
+
+
+def assert_same_weights(a, b):
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+
+
+@pytest.fixture(scope="module")
+def reference(data_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref")
+    p = run(overrides(data_root, "train.checkpoint_every_steps=3"), out)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return out
+
+
+def _start_and_wait_for_checkpoint(args, out):
+    proc = subprocess.Popen(cli(args) + ["--out", str(out)], env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while not (out / "checkpoints" / "latest").is_file():
+        assert proc.poll() is None, f"training ended before its first checkpoint: {proc.communicate()[1][-2000:]}"
+        assert time.time() < deadline, "no checkpoint within 180 s"
+        time.sleep(0.02)
+    return proc
+
+
+def test_sigkill_then_resume_gives_identical_weights(data_root, reference, tmp_path):
+    out = tmp_path / "killed"
+    args = overrides(data_root, "train.checkpoint_every_steps=3")
+    proc = _start_and_wait_for_checkpoint(args, out)
+    time.sleep(0.3)  # land somewhere after the checkpoint, possibly in the middle of the next save
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.kill()
+    proc.communicate()
+    assert not (out / "model_final.safetensors").exists()
+    p = run(args, out, "--resume")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "resumed from" in p.stdout
+    assert_same_weights(out / "model_final.safetensors", reference / "model_final.safetensors")
+    steps = [int(line.split(",")[0]) for line in (out / "log.csv").read_text().splitlines()[1:]]
+    assert steps == list(range(1, 25))  # one row per step, none doubled by the restart
+
+
+def test_sigterm_saves_exits_and_resumes_with_workers(data_root, reference, tmp_path):
+    out = tmp_path / "term"
+    args = overrides(data_root, "train.checkpoint_every_steps=3", "data.num_workers=2")
+    proc = _start_and_wait_for_checkpoint(args, out)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.fail("the run finished before SIGTERM arrived; make the run longer")
+    assert proc.returncode == 143, stderr[-3000:]
+    assert "stopped by SIGTERM" in stdout and "--resume" in stdout
+    p = run(args, out, "--resume")
+    assert p.returncode == 0, p.stderr[-3000:]
+    # data randomness depends on (seed, epoch, index) only: 2 workers give the 0-worker reference exactly
+    assert_same_weights(out / "model_final.safetensors", reference / "model_final.safetensors")
+
+
+def test_nan_stop_names_the_step(data_root, tmp_path):
+    from microact.engine.train import TrainingDivergedError, train
+
+    cfg = load_config(CONFIGS / "tiny_synth.yaml", overrides(data_root, "optim.lr=1e30", "sched.warmup_epochs=0"))
+    with pytest.raises(TrainingDivergedError, match=r"non-finite loss at epoch 0, step \d+ .*v\d\d\.mp4"):
+        train(cfg, tmp_path / "run")
+    assert (tmp_path / "run" / "checkpoints" / "latest").is_file()
+
+
+def test_nan_skip_continues(data_root, tmp_path):
+    import json
+
+    from microact.engine.train import train
+
+    cfg = load_config(CONFIGS / "tiny_synth.yaml", overrides(data_root, "optim.lr=1e30", "sched.warmup_epochs=0",
+                                                             "train.nan_policy=skip", "train.max_steps=5"))
+    assert train(cfg, tmp_path / "run") == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["global_step"] == 5 and 1 <= metrics["nan_skipped"] <= 4
+
+
+def test_unwritable_run_dir_fails_before_training(data_root, tmp_path):
+    from microact.engine.state import CheckpointStorageError
+    from microact.engine.train import train
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    cfg = load_config(CONFIGS / "tiny_synth.yaml", overrides(data_root))
+    with pytest.raises(CheckpointStorageError, match="a_file/run: cannot create the run directory"):
+        train(cfg, blocker / "run")
+
+
+def test_validation_and_run_directory(data_root, tmp_path):
+    import json
+
+    from microact.engine.train import train
+
+    cfg = load_config(CONFIGS / "tiny_synth.yaml", overrides(data_root, "data.val_list=val.txt", "train.epochs=1",
+                                                             "train.select=best_val"))
+    assert train(cfg, tmp_path / "run") == 0
+    run_dir = tmp_path / "run"
+    for name in ("config.yaml", "env.json", "log.csv", "metrics.json", "model_final.safetensors",
+                 "model_best.safetensors", "plots/loss.png", "plots/val_f1.png"):
+        assert (run_dir / name).is_file(), name
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["selected"] == "model_best.safetensors"
+    assert set(metrics["val"][0]) >= {"f1_mean", "fine_macro", "fine_micro", "coarse_macro", "coarse_micro"}
+    assert load_config(run_dir / "config.yaml").data.val_list == "val.txt"
+
+
+RECIPES = sorted(CONFIGS.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
+def test_recipe_loads(path):
+    from microact.models.presets import get_preset
+
+    cfg = load_config(path)
+    preset = get_preset(cfg.model.preset)
+    assert cfg.description
+    if path.stem != "tiny_synth":
+        assert cfg.model.pretrained.endswith(preset.checkpoint)
+        trainval = "val_list_videos.txt" in cfg.data.train_lists
+        assert trainval == (cfg.data.val_list is None)
+        assert cfg.optim.lr == 3e-4 and cfg.train.precision == "fp16"
+        assert cfg.sched.cosine_t_max == cfg.train.epochs + 1
+
+
+def test_best_recipe_matches_seed():
+    cfg = load_config(CONFIGS / "videomae_b_k710_frame_coarse_tsn_trainval.yaml")
+    assert (cfg.train.epochs, cfg.train.global_batch, cfg.eval.test_clips, cfg.eval.val_clips) == (42, 24, 3, 2)
+    assert cfg.train.select == "last" and cfg.optim.backbone_lr_mult == 0.1 and cfg.optim.weight_decay == 0.01
+    large = load_config(CONFIGS / "videomae_l_k700_timesformer_trainval.yaml")
+    assert (large.train.epochs, large.train.global_batch, large.aug.rrc_area, large.aug.erase_area[1]) == \
+        (38, 10, (0.5, 1.0), 0.3)
+    huge = load_config(CONFIGS / "videomae_h_timesformer_train.yaml")
+    assert (huge.train.epochs, huge.train.global_batch, huge.eval.test_clips) == (36, 6, 2)
+
+
+def test_the_loop_learns(tmp_path):
+    """4 classes told apart by the colour and direction of a moving square: validation F1_mean far above chance."""
+    import json
+
+    import numpy as np
+
+    from microact.data.video_writer import write_video
+    from microact.engine.train import train
+
+    colours = [(230, 40, 40), (40, 230, 40), (40, 40, 230), (230, 230, 230)]
+    fine_ids = [0, 9, 19, 24]  # four MA-52 classes from four different body parts
+    lines = {"train": [], "val": []}
+    for split, per_class in (("train", 6), ("val", 3)):
+        for c, (colour, label) in enumerate(zip(colours, fine_ids)):
+            for k in range(per_class):
+                rng = np.random.default_rng([c, k, split == "val"])
+                frames = rng.integers(0, 60, size=(8, 40, 40, 3), dtype=np.uint8)
+                for t in range(8):
+                    y, x = (4 + 3 * t, 4 + 2 * t) if c % 2 else (30 - 3 * t, 4 + 3 * t)
+                    frames[t, y:y + 8, x:x + 8] = colour
+                name = f"{split}_{c}_{k}.mp4"
+                write_video(tmp_path / name, frames, fps=15, crf=18)
+                lines[split].append(f"{name} {label}")
+    for split, rows in lines.items():
+        (tmp_path / f"{split}.txt").write_text("\n".join(rows) + "\n")
+    cfg = load_config(CONFIGS / "tiny_synth.yaml", [
+        "model.preset=videomae_test_frame_coarse_tsn", f"data.root={tmp_path}", "data.train_lists=[train.txt]",
+        "data.val_list=val.txt", "data.clip_len=4", "data.img_size=32", "data.num_workers=0", "train.epochs=25",
+        "train.global_batch=4", "train.micro_batch=4", "train.val_every=25", "train.tensorboard=false",
+        "aug.color_jitter=false", "aug.erase_prob=0", "eval.resize_short=36", "eval.crop_height=40"])
+    assert train(cfg, tmp_path / "run") == 0
+    val = json.loads((tmp_path / "run" / "metrics.json").read_text())["val"][-1]
+    # chance: a constant prediction scores about 0.1 fine / 0.1 coarse macro, 0.25 micro
+    assert val["f1_mean"] > 0.6, val
