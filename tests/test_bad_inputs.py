@@ -85,7 +85,7 @@ def cli(argv: list[str]) -> Outcome:
         text = text.split("problem(s):", 1)[1]
     else:
         text = "\n".join(line for line in text.splitlines() if "no problems" in line or "rotation" in line
-                         or "resolutions" in line)
+                         or "resolutions" in line or "num_frames" in line)
     return Outcome(f"exit {code}", "\n".join(line.strip() for line in text.strip().splitlines()))
 
 
@@ -112,12 +112,14 @@ def _frames(n: int, h: int, w: int) -> np.ndarray:
     return rng.integers(0, 255, size=(n, h, w, 3), dtype=np.uint8)
 
 
-def _write(path: Path, n: int = 8, h: int = 64, w: int = 48, pts_ms: list[int] | None = None) -> Path:
-    """H.264 mp4; ``pts_ms`` gives each frame its own timestamp (variable frame rate)."""
+def _write(path: Path, n: int = 8, h: int = 64, w: int = 48, pts_ms: list[int] | None = None,
+           faststart: bool = False) -> Path:
+    """H.264 mp4; ``pts_ms`` gives each frame its own timestamp (variable frame rate); ``faststart`` puts the
+    index (moov) before the media data, as streaming-ready files do."""
     import av
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w", format="mp4") as c:
+    with av.open(str(path), "w", format="mp4", options={"movflags": "faststart"} if faststart else {}) as c:
         s = c.add_stream("libx264", rate=15, options={"threads": "1"})
         s.width, s.height, s.pix_fmt = w, h, "yuv420p"
         if pts_ms is not None:
@@ -142,6 +144,10 @@ def _video(kind: str, path: Path) -> Path:
         _write(path, n=16)
         data = path.read_bytes()
         path.write_bytes(data[: len(data) // 3])
+    elif kind == "truncated-tail":  # index first, media cut at 60%: the first 10 of 16 frames survive
+        _write(path, n=16, faststart=True)
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) * 6 // 10])
     elif kind == "zero-byte":
         path.write_bytes(b"")
     elif kind == "text":
@@ -177,7 +183,8 @@ def _video(kind: str, path: Path) -> Path:
 
 
 VIDEO_KINDS = {
-    "truncated": ("mp4 cut to a third of its bytes", "exit 1", "skipped", ("bad.mp4",)),
+    "truncated": ("mp4 (index at the end) cut to a third: index lost", "exit 1", "skipped", ("bad.mp4",)),
+    "truncated-tail": ("mp4 (index first) cut at 60%: 10 of 16 frames left", "exit 0", "accepted", ()),
     "zero-byte": ("empty file named .mp4", "exit 1", "skipped", ("bad.mp4", "empty file")),
     "text": ("text file named .mp4", "exit 1", "skipped", ("bad.mp4", "not a readable video")),
     "audio-only": ("AAC audio-only .mp4", "exit 1", "skipped", ("bad.mp4", "no video stream", "audio")),
@@ -186,9 +193,10 @@ VIDEO_KINDS = {
     "vfr": ("variable frame rate (irregular timestamps)", "exit 0", "accepted", ()),
     "rotated": ("display matrix rotated by 90 degrees", "exit 0", "accepted", ()),
 }
-VIDEO_CHECK_KEYWORDS = {"1-frame": ("no problems",), "huge": ("4096x2160", "no problems"),
+VIDEO_CHECK_KEYWORDS = {"truncated-tail": ("num_frames", "no problems"),
+                        "1-frame": ("max 1", "no problems"), "huge": ("4096x2160", "no problems"),
                         "vfr": ("no problems",), "rotated": ("1 video(s) carry a rotation", "no problems")}
-VIDEO_DATASET_KEYWORDS = {"1-frame": ("[3, 4, 32, 32]",), "huge": ("[3, 4, 32, 32]",), "vfr": ("[3, 4, 32, 32]",),
+VIDEO_DATASET_KEYWORDS = {"truncated-tail": ("[3, 4, 32, 32]",), "1-frame": ("[3, 4, 32, 32]",), "huge": ("[3, 4, 32, 32]",), "vfr": ("[3, 4, 32, 32]",),
                           "rotated": ("[3, 4, 32, 32]",)}
 
 
@@ -574,6 +582,12 @@ def _cases() -> list[Case]:
     for cid, what, data, extra, keys in L:
         cases.append(Case(cid, "list file", what, "microact data check --no-decode", _list_check(data, extra=extra),
                           "exit 1", keys))
+    cases.append(Case("list-empty", "list file", "an empty list file", "microact data check",
+                      _list_check(b""), "exit 1", (lf, "names no videos")))
+    cases.append(Case("list-empty-test", "list file", "an empty test list", "microact test",
+                      lambda d: (_recipe(d), (d / "test_list_videos.txt").write_text(""),
+                                 cli(["test", d / "recipe.yaml", _good_checkpoint(d), *TINY, f"data.root={d}",
+                                      "--out", d / "out"]))[2], "exit 2", ("test_list_videos.txt", "no videos")))
     cases.append(Case("list-none", "list file", "a folder without list files", "microact data check",
                       lambda d: (d.mkdir(parents=True), cli(["data", "check", d]))[1], "exit 1",
                       ("no list files", "_list_videos.txt")))

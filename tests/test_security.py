@@ -102,6 +102,21 @@ def test_no_default_unpickler():
     assert not bad, f"unsafe deserialisation at: {bad}"
 
 
+def test_no_unpickler_imported_by_name():
+    """``from pickle import loads`` would hide the call from the scan above."""
+    bad = []
+    for path in sorted(SRC.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module in ("pickle", "_pickle", "dill", "marshal", "joblib"):
+                names = {a.name for a in node.names} & {"load", "loads", "Unpickler", "*"}
+                if names:
+                    bad.append(f"{_where(path, node)} from {node.module} import {', '.join(sorted(names))}")
+            if isinstance(node, ast.Import):
+                bad += [f"{_where(path, node)} import {a.name} as {a.asname}" for a in node.names
+                        if a.name in ("pickle", "subprocess", "os") and a.asname]
+    assert not bad, f"aliased imports that hide unsafe calls: {bad}"
+
+
 def test_only_the_restricted_unpickler_subclasses_pickle_unpickler():
     subclasses = []
     for path in sorted(SRC.rglob("*.py")):

@@ -38,9 +38,9 @@ def data_root(tmp_path_factory):
 
 
 def overrides(root, *extra):
-    """A tiny, fast run: test-size ViT, 4 frames of 32 px, 8 optimiser steps per epoch."""
+    """A tiny, fast run: test-size ViT, 4 frames of 32 px, 8 optimiser steps per epoch, 4 epochs."""
     return ["model.preset=videomae_test_frame_coarse_tsn", f"data.root={root}", "data.train_lists=[train.txt]",
-            "data.val_list=null", "data.clip_len=4", "data.img_size=32", "data.num_workers=0", "train.epochs=3",
+            "data.val_list=null", "data.clip_len=4", "data.img_size=32", "data.num_workers=0", "train.epochs=4",
             "train.global_batch=2",
             "train.micro_batch=2", "train.precision=fp32", "train.log_every=1", "train.tensorboard=false",
             "aug.color_jitter=false", "eval.resize_short=36", "eval.crop_height=40", "eval.batch_size=4",
@@ -91,7 +91,7 @@ def test_sigkill_then_resume_gives_identical_weights(data_root, reference, tmp_p
     out = tmp_path / "killed"
     args = overrides(data_root, "train.checkpoint_every_steps=3")
     proc = _start_and_wait_for_checkpoint(args, out)
-    time.sleep(0.3)  # land somewhere after the checkpoint, possibly in the middle of the next save
+    time.sleep(0.1)  # land somewhere after the checkpoint, possibly in the middle of the next save
     assert proc.poll() is None, "the run finished before it could be killed"
     proc.kill()
     proc.communicate()
@@ -101,7 +101,7 @@ def test_sigkill_then_resume_gives_identical_weights(data_root, reference, tmp_p
     assert "resumed from" in p.stdout
     assert_same_weights(out / "model_final.safetensors", reference / "model_final.safetensors")
     steps = [int(line.split(",")[0]) for line in (out / "log.csv").read_text().splitlines()[1:]]
-    assert steps == list(range(1, 25))  # one row per step, none doubled by the restart
+    assert steps == list(range(1, 33))  # one row per step, none doubled by the restart
 
 
 def test_sigterm_saves_exits_and_resumes_with_workers(data_root, reference, tmp_path):
@@ -233,3 +233,13 @@ def test_the_loop_learns(tmp_path):
     val = json.loads((tmp_path / "run" / "metrics.json").read_text())["val"][-1]
     # chance: a constant prediction scores about 0.1 fine / 0.1 coarse macro, 0.25 micro
     assert val["f1_mean"] > 0.6, val
+
+
+def test_existing_run_needs_resume(data_root, tmp_path):
+    from microact.engine.train import train
+    from microact.errors import MicroactError
+
+    cfg = load_config(CONFIGS / "tiny_synth.yaml", overrides(data_root, "train.max_steps=1"))
+    assert train(cfg, tmp_path / "run") == 0
+    with pytest.raises(MicroactError, match="already holds checkpoints.*--resume"):
+        train(cfg, tmp_path / "run")

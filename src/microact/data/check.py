@@ -68,6 +68,8 @@ def check_dataset(root: str | os.PathLike, lists: Optional[list[str]] = None, vi
     for lf in list_files:
         # presence is checked here, not by scan_list, so that lines naming missing videos still count per class
         recs, probs = scan_list(lf, video_dir=videos_root, num_classes=num_classes, check_files=False, seen=seen)
+        if not recs and not probs:  # an empty list trains or tests on nothing; almost always a mistake
+            probs.append(f"{lf}: the list names no videos (empty file?)")
         missing = [r for r in recs if not (videos_root / r.path).is_file()]
         probs += [f"{r.source}: video not found: {videos_root / r.path}" for r in missing]
         problems += probs

@@ -274,6 +274,8 @@ def cli_main(args) -> int:
     load_trained_weights(model, args.checkpoint)
     model.to(device)
     loader = build_test_loader(cfg, list_file, num_clips, distributed=info.distributed)
+    if len(loader.dataset) == 0:  # else the metrics fail later with a message that does not name the list
+        raise MicroactError(f"{list_file}: the list names no videos (empty file?)")
     if rank == 0:
         print(f"testing {args.checkpoint} on {list_file} ({len(loader.dataset)} videos, {num_clips} clips x "
               f"{loader.dataset.transform.num_crops} crops, view {cfg.eval.view}, average {cfg.eval.average}, "

@@ -248,6 +248,9 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo) -> int:
     epoch, step_in_epoch, global_step = 0, 0, 0
     best, history, nan_skipped = -1.0, [], 0
     resumed_rng = None
+    if not resume and latest_checkpoint(run_dir) is not None:
+        raise MicroactError(f"{run_dir}: already holds checkpoints of a run; continue it with --resume, or choose "
+                            "another --out")
     if resume:
         found = latest_checkpoint(run_dir)
         if found is None:

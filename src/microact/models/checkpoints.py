@@ -90,7 +90,7 @@ def _torch_load(path: Path):
             raise CheckpointError(f"{path}: not a readable checkpoint (corrupt pickle: {_first_line(msg)})") from None
         found = re.search(r"GLOBAL ([\w.]+)", msg)
         name = found.group(1) if found else ""
-        if name and not re.fullmatch(r"\w+(\.\w+)+", name):  # a name cut off by truncation, e.g. "t."
+        if name and not re.fullmatch(r"\w+(\.\w+)*", name):  # a name cut off by truncation, e.g. "t."
             raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt pickle)") from None
         if name:
             why = f"unpickling it would import or call Python code ({name})"
@@ -582,7 +582,11 @@ def cli_convert(args) -> int:
     src, out = Path(args.input), Path(args.output)
     if out.suffix != ".safetensors":
         raise CheckpointError(f"{out}: the output must be a .safetensors file")
-    conv = _convert(read_checkpoint(src))
+    try:
+        conv = _convert(read_checkpoint(src))
+    except CheckpointError as e:
+        message = str(e)
+        raise CheckpointError(message if message.startswith(str(src)) else f"{src}: {message}") from None
     tensors = dict(conv.backbone)
     if args.keep_head:
         tensors.update(conv.head)
