@@ -243,3 +243,18 @@ def test_existing_run_needs_resume(data_root, tmp_path):
     assert train(cfg, tmp_path / "run") == 0
     with pytest.raises(MicroactError, match="already holds checkpoints.*--resume"):
         train(cfg, tmp_path / "run")
+
+
+def test_dead_loader_worker_is_reported_with_its_clips(data_root, tmp_path):
+    """SIGKILL the (real) loader worker process mid-training: the run stops with an error naming the videos."""
+    out = tmp_path / "run"
+    args = overrides(data_root, "train.checkpoint_every_steps=1", "data.num_workers=1", "train.epochs=20")
+    proc = _start_and_wait_for_checkpoint(args, out)
+    children = [pid for pid in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+                if b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert children, "the loader worker process was not found"
+    for pid in children:
+        os.kill(int(pid), signal.SIGKILL)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 2, stderr[-3000:]
+    assert "a DataLoader worker died in epoch" in stderr and ".mp4" in stderr and "data.num_workers=0" in stderr

@@ -102,6 +102,14 @@ def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     return y
 
 
+def all_reduce_max(x: torch.Tensor) -> torch.Tensor:
+    if not _active():
+        return x
+    y = x.detach().clone()
+    dist.all_reduce(y, op=dist.ReduceOp.MAX)
+    return y
+
+
 def broadcast_object(obj, src: int = 0):
     """Rank ``src``'s ``obj`` on every rank."""
     if not _active():

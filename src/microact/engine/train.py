@@ -168,21 +168,16 @@ class _CsvLog:
             csv.DictWriter(f, self.FIELDS).writerow(row)
 
 
-def _next_batch(it, loader, epoch: int, batch_no: int):
-    """``next(it)``, turning a dead worker into an error that names the clips of that batch."""
-    try:
-        return next(it)
-    except StopIteration:
-        raise
-    except RuntimeError as e:
-        if "DataLoader worker" not in str(e):
-            raise
-        sampler, dataset = loader.sampler, loader.dataset
-        order = sampler.rank_indices()[sampler.start:]
-        ids = order[batch_no * loader.batch_size:(batch_no + 1) * loader.batch_size]
-        paths = ", ".join(str(dataset.records[i].path) for i in ids)
-        raise DataLoaderCrashError(f"a DataLoader worker crashed in epoch {epoch} while loading batch {batch_no} "
-                                   f"(videos: {paths}): {e}. Try data.num_workers=0 to see the error directly.") from e
+def _loader_crash(error: Exception, loader, epoch: int, batch_no: int) -> DataLoaderCrashError:
+    """Name the clips a dead worker may have been loading: the next batch due (workers prefetch a few more)."""
+    sampler, dataset = loader.sampler, loader.dataset
+    order = sampler.rank_indices()[sampler.start:]
+    ids = order[batch_no * loader.batch_size:(batch_no + 1) * loader.batch_size]
+    paths = ", ".join(str(dataset.records[i].path) for i in ids) or "none left"
+    return DataLoaderCrashError(
+        f"a DataLoader worker died in epoch {epoch} while batch {batch_no} of this epoch was due (its videos: {paths}; "
+        f"the worker may also have been prefetching a later batch): {error}. Run with data.num_workers=0 to see the "
+        "error of the video directly; a worker killed by a signal is often out of memory.")
 
 
 # --------------------------------------------------------------------------------------------
@@ -332,86 +327,91 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo) -> int:
             acc_steps, clips, tick = 0, 0, time.perf_counter()
             bar = tqdm(total=steps_per_epoch, initial=step_in_epoch, desc=f"epoch {epoch + 1}/{t.epochs}",
                        unit="step", disable=not main, file=sys.stderr, dynamic_ncols=True)
-            while step_in_epoch < steps_per_epoch:
-                factor = lr_factor(epoch, step_in_epoch, steps_per_epoch, cfg.sched, t.epochs)
-                set_lr(optimizer, factor)
-                n_micro = min(accum, micro_per_epoch - step_in_epoch * accum)
-                step_loss = torch.zeros((), device=device)
-                step_indices = []
-                for m in range(n_micro):
-                    batch = _next_batch(it, loader, epoch, batch_no)
-                    batch_no += 1
-                    skipped_clips += batch["skipped"]
-                    if batch["video"] is None:
-                        continue  # every clip of this micro-batch was unreadable (already counted)
-                    step_indices += batch["index"].tolist()
-                    x = normalize_batch(batch["video"].to(device, non_blocking=True))
-                    labels = batch["label"].to(device, non_blocking=True)
-                    last = m == n_micro - 1
-                    sync = model.no_sync() if info.distributed and not last else contextlib.nullcontext()
-                    with sync:
-                        with autocast(device, precision):
-                            out = model(x, labels)
-                        loss = criterion(out.as_seed_tuple(), labels) / n_micro
-                        scaler.scale(loss).backward()
-                    step_loss += loss.detach()
-                    clips += x.shape[0]
+            try:
+                while step_in_epoch < steps_per_epoch:
+                    factor = lr_factor(epoch, step_in_epoch, steps_per_epoch, cfg.sched, t.epochs)
+                    set_lr(optimizer, factor)
+                    n_micro = min(accum, micro_per_epoch - step_in_epoch * accum)
+                    step_loss = torch.zeros((), device=device)
+                    step_indices = []
+                    for m in range(n_micro):
+                        batch = next(it)
+                        batch_no += 1
+                        skipped_clips += batch["skipped"]
+                        if batch["video"] is None:
+                            continue  # every clip of this micro-batch was unreadable (already counted)
+                        step_indices += batch["index"].tolist()
+                        x = normalize_batch(batch["video"].to(device, non_blocking=True))
+                        labels = batch["label"].to(device, non_blocking=True)
+                        last = m == n_micro - 1
+                        sync = model.no_sync() if info.distributed and not last else contextlib.nullcontext()
+                        with sync:
+                            with autocast(device, precision):
+                                out = model(x, labels)
+                            loss = criterion(out.as_seed_tuple(), labels) / n_micro
+                            scaler.scale(loss).backward()
+                        step_loss += loss.detach()
+                        clips += x.shape[0]
 
-                # One host sync per optimiser step: a NaN must be caught before the weights change.
-                bad = D.all_reduce_sum((~torch.isfinite(step_loss)).float()).item() > 0
-                if bad:
-                    where = (f"non-finite loss at epoch {epoch}, step {step_in_epoch} (global step {global_step}); "
-                             f"videos of this step (rank {info.rank}): "
-                             + ", ".join(f"{i}:{dataset.records[i].path}" for i in step_indices[:16]))
-                    if t.nan_policy == "stop":
+                    # One host sync per optimiser step: a NaN must be caught before the weights change, and every
+                    # rank must agree on skipping a step or stopping after it (SIGTERM may reach only some ranks).
+                    flags = torch.stack([(~torch.isfinite(step_loss)).float(),
+                                         torch.tensor(float(flag.signum or 0), device=device)])
+                    bad_flag, stop_flag = D.all_reduce_max(flags).tolist()
+                    bad, stop = bad_flag > 0, int(stop_flag) or None
+                    if bad:
+                        where = (f"non-finite loss at epoch {epoch}, step {step_in_epoch} (global step {global_step}); "
+                                 f"videos of this step (rank {info.rank}): "
+                                 + ", ".join(f"{i}:{dataset.records[i].path}" for i in step_indices[:16]))
+                        if t.nan_policy == "stop":
+                            optimizer.zero_grad(set_to_none=True)
+                            checkpoint()
+                            raise TrainingDivergedError(
+                                f"{where}. State saved in {run_dir / 'checkpoints'} (before this step). Lower "
+                                "optim.lr, check those videos, or set train.nan_policy=skip.")
+                        nan_skipped += 1
+                        D.warn(f"{where}; skipping the optimiser step (train.nan_policy=skip, {nan_skipped} so far)")
                         optimizer.zero_grad(set_to_none=True)
+                    else:
+                        if cfg.optim.grad_clip is not None:
+                            scaler.unscale_(optimizer)
+                            torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.optim.grad_clip)
+                        scaler.step(optimizer)
+                        scaler.update()
+                        optimizer.zero_grad(set_to_none=True)
+                        if ema is not None:
+                            ema.update(raw_model)
+                        loss_acc += step_loss
+                        acc_steps += 1
+                    step_in_epoch += 1
+                    global_step += 1
+                    bar.update(1)
+
+                    if global_step % t.log_every == 0 or step_in_epoch == steps_per_epoch:
+                        mean_loss = D.all_reduce_mean(loss_acc / max(acc_steps, 1)).item()
+                        rate = clips * info.world_size / max(time.perf_counter() - tick, 1e-9)
+                        lr = optimizer.param_groups[0]["lr"]
+                        bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", clips_s=f"{rate:.1f}")
+                        if main:
+                            csv_log.write({"step": global_step, "epoch": epoch, "loss": f"{mean_loss:.6f}",
+                                           "lr": f"{lr:.6e}", "clips_per_s": f"{rate:.2f}",
+                                           "skipped": len(skipped_clips), "nan_skipped": nan_skipped})
+                            if writer is not None:
+                                writer.add_scalar("train/loss", mean_loss, global_step)
+                                writer.add_scalar("train/lr", lr, global_step)
+                                writer.add_scalar("train/clips_per_s", rate, global_step)
+                        loss_acc.zero_()
+                        acc_steps, clips, tick = 0, 0, time.perf_counter()
+
+                    done = t.max_steps is not None and global_step >= t.max_steps
+                    if stop or done:
+                        break
+                    if t.checkpoint_every_steps and global_step % t.checkpoint_every_steps == 0:
                         checkpoint()
-                        raise TrainingDivergedError(
-                            f"{where}. State saved in {run_dir / 'checkpoints'} (before this step). Lower optim.lr, "
-                            "check those videos, or set train.nan_policy=skip.")
-                    nan_skipped += 1
-                    D.warn(f"{where}; skipping the optimiser step (train.nan_policy=skip, {nan_skipped} so far)")
-                    optimizer.zero_grad(set_to_none=True)
-                else:
-                    if cfg.optim.grad_clip is not None:
-                        scaler.unscale_(optimizer)
-                        torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.optim.grad_clip)
-                    scaler.step(optimizer)
-                    scaler.update()
-                    optimizer.zero_grad(set_to_none=True)
-                    if ema is not None:
-                        ema.update(raw_model)
-                    loss_acc += step_loss
-                    acc_steps += 1
-                step_in_epoch += 1
-                global_step += 1
-                bar.update(1)
-
-                if global_step % t.log_every == 0 or step_in_epoch == steps_per_epoch:
-                    mean_loss = D.all_reduce_mean(loss_acc / max(acc_steps, 1)).item()
-                    rate = clips * info.world_size / max(time.perf_counter() - tick, 1e-9)
-                    lr = optimizer.param_groups[0]["lr"]
-                    bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", clips_s=f"{rate:.1f}")
-                    if main:
-                        csv_log.write({"step": global_step, "epoch": epoch, "loss": f"{mean_loss:.6f}",
-                                       "lr": f"{lr:.6e}", "clips_per_s": f"{rate:.2f}",
-                                       "skipped": len(skipped_clips), "nan_skipped": nan_skipped})
-                        if writer is not None:
-                            writer.add_scalar("train/loss", mean_loss, global_step)
-                            writer.add_scalar("train/lr", lr, global_step)
-                            writer.add_scalar("train/clips_per_s", rate, global_step)
-                    loss_acc.zero_()
-                    acc_steps, clips, tick = 0, 0, time.perf_counter()
-
-                stop = flag.signum
-                if info.distributed:  # every rank stops at the same step
-                    stop_any = D.all_reduce_sum(torch.tensor(float(stop or 0), device=device)).item()
-                    stop = stop or (int(stop_any) if stop_any else None)
-                done = t.max_steps is not None and global_step >= t.max_steps
-                if stop or done:
-                    break
-                if t.checkpoint_every_steps and global_step % t.checkpoint_every_steps == 0:
-                    checkpoint()
+            except RuntimeError as e:  # torch reports a dead worker as a RuntimeError, possibly from SIGCHLD
+                if "DataLoader worker" not in str(e):
+                    raise
+                raise _loader_crash(e, loader, epoch, batch_no) from e
             bar.close()
 
             if stop:
