@@ -372,7 +372,8 @@ def _targets(name: str, side: float, j: dict, u: float) -> np.ndarray:
         "other_forearm": j["chest"] + [-side * 0.6 * u, 1.6 * u],
         "lap_center": j["lap"] + [side * 0.2 * u, -0.2 * u], "lap_high": j["lap"] + [side * 0.2 * u, -0.9 * u],
         "lap_forward": j["lap"] + [side * 0.75 * u, -0.3 * u], "chest_front": j["chest"] + [side * 0.18 * u, 0.9 * u],
-        "stretch_out": j["shoulder"][side] + [side * 2.0 * u, 0.5 * u], "wave": j["shoulder"][side] + [side * 0.9 * u, -1.3 * u],
+        "stretch_out": j["shoulder"][side] + [side * 2.0 * u, 0.5 * u],
+        "wave": j["shoulder"][side] + [side * 0.9 * u, -1.3 * u],
         "spread": j["lap"] + [side * 2.0 * u, -1.0 * u], "gesture": j["chest"] + [side * 0.6 * u, 0.4 * u],
         "thigh": j["knee"][side] + [-side * 0.25 * u, -0.45 * u], "knee": j["knee"][side] + [0.0, -0.05 * u],
         "ankle": j["ankle"][side] + [0.0, -0.2 * u],
@@ -389,7 +390,8 @@ def render_clip(label: int, subject: Subject, rng: np.random.Generator, num_fram
     """
     v = variation
     u = height / 10.0 * subject.scale * (1 + v * rng.uniform(-0.05, 0.05))
-    lay = Layout(cx=width / 2 + v * rng.uniform(-0.18, 0.18) * width, hip_y=height * (0.62 + v * rng.uniform(-0.04, 0.04)), u=u)
+    lay = Layout(cx=width / 2 + v * rng.uniform(-0.18, 0.18) * width,
+                 hip_y=height * (0.62 + v * rng.uniform(-0.04, 0.04)), u=u)
     background = make_background(rng, height, width)
     t = (np.arange(num_frames) + rng.uniform(0, 1)) / num_frames * rng.uniform(0.85, 1.15)
     amp = 1.0 + v * rng.uniform(-0.2, 0.25)
@@ -428,7 +430,8 @@ def _draw_person(img: np.ndarray, lay: Layout, s: Subject, pose: dict, targets: 
 
     # Chair (static: not part of the person box)
     chair_dark = _shade(s.chair, 0.7)
-    cv2.rectangle(img, _p(ox - 1.5 * u, oy - 3.3 * u), _p(ox + 1.5 * u, oy + 0.2 * u), chair_dark, -1, cv2.LINE_AA, SHIFT)
+    cv2.rectangle(img, _p(ox - 1.5 * u, oy - 3.3 * u), _p(ox + 1.5 * u, oy + 0.2 * u), chair_dark, -1, cv2.LINE_AA,
+                  SHIFT)
     cv2.rectangle(img, _p(ox - 1.7 * u, oy - 0.1 * u), _p(ox + 1.7 * u, oy + 0.5 * u), s.chair, -1, cv2.LINE_AA, SHIFT)
     for leg_x in (-1.5, 1.4):
         cv2.rectangle(img, _p(ox + leg_x * u, oy + 0.5 * u), _p(ox + (leg_x + 0.15) * u, oy + 3.0 * u), chair_dark, -1,
@@ -454,7 +457,8 @@ def _draw_person(img: np.ndarray, lay: Layout, s: Subject, pose: dict, targets: 
         leg = "a" if side == active else "b"
         knee_x = side * (0.7 + pose[f"knee_{leg}"])
         j["knee"][side] = P(bx * 0.3 + knee_x, 0.75 + by * 0.3)
-        j["ankle"][side] = P(side * (0.75 + pose[f"ankle_x_{leg}"]), 3.05 + pose[f"ankle_y_{leg}"] - pose[f"heel_{leg}"])
+        j["ankle"][side] = P(side * (0.75 + pose[f"ankle_x_{leg}"]),
+                             3.05 + pose[f"ankle_y_{leg}"] - pose[f"heel_{leg}"])
 
     skin, skin_dark = s.skin, _shade(s.skin, 0.8)
     shirt_dark = _shade(s.shirt, 0.75)
@@ -543,8 +547,8 @@ def _draw_head(img, centre, r, s: Subject, pitch: float, yaw: float, roll: float
     _ellipse(img, *H(0, -0.15), 1.08 * r, 1.22 * r, roll, s.hair)  # hair behind the head
     for side in (-1, 1):  # ears (the far ear hides when the head turns)
         if side * yaw > -0.6:
-            _ellipse(img, *H(side * (0.98 - 0.3 * max(0.0, -side * yaw)) + fx * 0.3, 0.05 + fy * 0.3), 0.17 * r, 0.27 * r,
-                     roll, _shade(s.skin, 0.85))
+            ear = H(side * (0.98 - 0.3 * max(0.0, -side * yaw)) + fx * 0.3, 0.05 + fy * 0.3)
+            _ellipse(img, *ear, 0.17 * r, 0.27 * r, roll, _shade(s.skin, 0.85))
     _ellipse(img, *H(fx * 0.15, 0.05), 0.9 * r * (1 - 0.12 * abs(yaw)), 1.08 * r, roll, s.skin)
     _ellipse(img, *H(fx * 0.15 - 0.45, 0.25), 0.3 * r, 0.5 * r, roll, _shade(s.skin, 0.93))  # side shading
     _ellipse(img, *H(fx * 0.1, -0.8), 0.95 * r, 0.42 * r, roll, s.hair)  # fringe
@@ -627,9 +631,11 @@ def synthesize(out: str | os.PathLike, num_classes: int = 12, clips_per_class: i
     if clips_per_class < 1:
         raise SynthError(f"--clips-per-class must be >= 1, got {clips_per_class}")
     if frames < 1 or fps < 1 or width < 32 or height < 32:
-        raise SynthError(f"need frames >= 1, fps >= 1 and a frame of at least 32x32, got {frames=} {fps=} {width}x{height}")
+        raise SynthError(f"need frames >= 1, fps >= 1 and a frame of at least 32x32, "
+                         f"got {frames=} {fps=} {width}x{height}")
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise SynthError(f"--val-fraction ({val_fraction}) and --test-fraction ({test_fraction}) must be >= 0 with a sum < 1")
+        raise SynthError(f"--val-fraction ({val_fraction}) and --test-fraction ({test_fraction}) "
+                         "must be >= 0 with a sum < 1")
     if subject_variation < 0:
         raise SynthError(f"--subject-variation must be >= 0, got {subject_variation}")
     width, height = width + width % 2, height + height % 2
@@ -648,7 +654,8 @@ def synthesize(out: str | os.PathLike, num_classes: int = 12, clips_per_class: i
         k = per_subject.get(int(sid), 0)
         per_subject[int(sid)] = k + 1
         name = f"{int(sid) + 1:04d}_{k // 100 + 1:02d}_{k % 100 + 1:04d}.mp4"
-        jobs.append(ClipJob(i, name, label, int(sid) + 1, seed, frames, fps, width, height, subject_variation, str(out)))
+        jobs.append(ClipJob(i, name, label, int(sid) + 1, seed, frames, fps, width, height, subject_variation,
+                            str(out)))
 
     splits = {"train": [], "val": [], "test": []}
     for c in classes:
@@ -669,7 +676,8 @@ def synthesize(out: str | os.PathLike, num_classes: int = 12, clips_per_class: i
     summary = {
         "params": {"num_classes": num_classes, "clips_per_class": clips_per_class, "seed": seed, "frames": frames,
                    "fps": fps, "width": width, "height": height, "long_tail": long_tail,
-                   "subject_variation": subject_variation, "val_fraction": val_fraction, "test_fraction": test_fraction},
+                   "subject_variation": subject_variation, "val_fraction": val_fraction,
+                   "test_fraction": test_fraction},
         "classes": classes,
         "class_names": [ma52.FINE_NAMES[c] for c in classes],
         "counts": {split: {str(c): n for c, n in sc.items()} for split, sc in split_counts.items()},

@@ -83,8 +83,8 @@ def to_even_int_box(box: Sequence[float], width: int, height: int) -> list[int]:
     return [x1, y1, x2, y2]
 
 
-def crop_box(raw_box: Optional[Sequence[float]], width: int, height: int, margins: Sequence[float] = (-60, -100, 80, 60),
-             min_aspect: float = 0.6, shift: bool = True) -> list[int]:
+def crop_box(raw_box: Optional[Sequence[float]], width: int, height: int,
+             margins: Sequence[float] = (-60, -100, 80, 60), min_aspect: float = 0.6, shift: bool = True) -> list[int]:
     """The final static crop box from the detector's union box (full frame when ``raw_box`` is None).
 
     ``margins`` are at 1080p and scaled by ``height / 1080`` (see the module docstring).

@@ -97,10 +97,15 @@ class HaarFaceDetector:
 
         h, w = frame_rgb.shape[:2]
         gray = cv2.cvtColor(frame_rgb, cv2.COLOR_RGB2GRAY)
-        min_side = max(12, min(h, w) // 20)
+        # The cascade's smallest window is 24 px: upscale small frames so faces of ~12 px are found too.
+        up = max(1.0, 400.0 / min(h, w))
+        if up > 1.0:
+            gray = cv2.resize(gray, (int(round(w * up)), int(round(h * up))), interpolation=cv2.INTER_LINEAR)
+        min_side = max(24, int(min(h, w) * up) // 20)
         faces = self._cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=self._min_neighbors,
                                                minSize=(min_side, min_side))
-        boxes = [face_to_body(fx, fy, fw, fh, w, h, 1.0) for fx, fy, fw, fh in np.asarray(faces).reshape(-1, 4)]
+        faces = np.asarray(faces, dtype=np.float64).reshape(-1, 4) / up  # back to frame pixels
+        boxes = [face_to_body(fx, fy, fw, fh, w, h, 1.0) for fx, fy, fw, fh in faces]
         return sorted(boxes, key=lambda b: -b.area)
 
     def close(self) -> None:
@@ -122,8 +127,8 @@ class MediaPipeDetector:
         # Pose model_complexity 0 and 2 download weights at run time; 1 is bundled in the wheel.
         self._pose = solutions.pose.Pose(static_image_mode=True, model_complexity=1,
                                          min_detection_confidence=min_confidence)
-        self._faces = [solutions.face_detection.FaceDetection(model_selection=m, min_detection_confidence=min_confidence)
-                       for m in (1, 0)]
+        face = solutions.face_detection.FaceDetection
+        self._faces = [face(model_selection=m, min_detection_confidence=min_confidence) for m in (1, 0)]
         self._pad = pad
 
     def detect(self, frame_rgb: np.ndarray) -> list[Box]:
@@ -137,7 +142,8 @@ class MediaPipeDetector:
             x2, y2 = pts.max(axis=0)
             px, py = self._pad * (x2 - x1), self._pad * (y2 - y1)
             vis = np.mean([lm.visibility for lm in result.pose_landmarks.landmark])
-            return [Box(max(0.0, x1 - px), max(0.0, y1 - py), min(float(w), x2 + px), min(float(h), y2 + py), float(vis))]
+            return [Box(max(0.0, x1 - px), max(0.0, y1 - py), min(float(w), x2 + px), min(float(h), y2 + py),
+                        float(vis))]
         for faces in self._faces:
             found = faces.process(frame)
             if found.detections:
@@ -196,7 +202,8 @@ class OnnxYoloDetector:
         try:
             import onnxruntime as ort
         except ImportError as e:
-            raise DetectorError(f"--detector onnx needs the 'onnxruntime' package (pip install onnxruntime): {e}") from None
+            raise DetectorError(f"--detector onnx needs the 'onnxruntime' package (pip install onnxruntime): "
+                                f"{e}") from None
         self._session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         inp = self._session.get_inputs()[0]
         self._input_name = inp.name
