@@ -89,6 +89,7 @@ class ModelConfig:
     head_dropout: float = 0.5
     grad_checkpointing: bool = False
     attn_impl: Literal["sdpa", "manual"] = "sdpa"
+    input_mode: Literal["rgb", "rgb_diff"] = "rgb"  # rgb_diff: consecutive-frame differences (TSN's RGB-diff), not the seed
     overrides: dict[str, Any] = field(default_factory=dict)  # extra create_model(...) keyword arguments
 
     def validate(self):

@@ -104,7 +104,7 @@ _PRESETS: dict[str, Preset] = {p.name: p for p in (
 OVERRIDES = (
     "num_classes", "num_frames", "img_size", "backbone", "drop_path_rate", "head_dropout", "grad_checkpointing",
     "attn_impl", "frame_layout", "se_mode", "margin_mode", "arcface_scale", "arcface_margin", "load_final_norm",
-    "use_frame", "use_coarse", "use_arcface",
+    "use_frame", "use_coarse", "use_arcface", "input_mode",
 )
 
 
@@ -167,7 +167,7 @@ def create_model(preset, pretrained: Optional[str] = None, **overrides: Any):
         pretrained: checkpoint to initialise the backbone from (any layout ``load_pretrained`` reads).
         **overrides: any of ``OVERRIDES``: num_classes, num_frames, img_size, backbone, drop_path_rate,
             head_dropout, grad_checkpointing, attn_impl, frame_layout, se_mode, margin_mode, arcface_scale,
-            arcface_margin, load_final_norm, use_frame, use_coarse, use_arcface.
+            arcface_margin, load_final_norm, use_frame, use_coarse, use_arcface, input_mode.
 
     Returns:
         The :class:`~microact.models.recognizer.Recognizer`; ``model.preset`` is the effective :class:`Preset`
@@ -191,6 +191,7 @@ def create_model(preset, pretrained: Optional[str] = None, **overrides: Any):
         img_size=int(o.pop("img_size", p.img_size)), loss=loss_name(p.head, **flags), **flags)
     num_classes = int(o.pop("num_classes", 52))
     load_final_norm = o.pop("load_final_norm", None)
+    input_mode = o.pop("input_mode", "rgb")
 
     backbone_kwargs = {k: o.pop(k) for k in ("drop_path_rate", "grad_checkpointing", "attn_impl") if k in o}
     output = "pooled" if effective.head == "timesformer" else "map"
@@ -209,7 +210,7 @@ def create_model(preset, pretrained: Optional[str] = None, **overrides: Any):
         margin_mode=o.pop("margin_mode", "all"), arcface_scale=o.pop("arcface_scale", 30.0),
         arcface_margin=o.pop("arcface_margin", 0.5))
     assert not o, f"unhandled overrides {sorted(o)}"
-    model = Recognizer(backbone, head, frame, coarse_frame)
+    model = Recognizer(backbone, head, frame, coarse_frame, input_mode=input_mode)
     model.preset = effective
 
     if pretrained:
@@ -238,7 +239,7 @@ def create_model_from_config(cfg, pretrained: bool = True):
         drop_path_rate=m.drop_path_rate, head_dropout=m.head_dropout, grad_checkpointing=m.grad_checkpointing,
         attn_impl=m.attn_impl, frame_layout=cfg.frame_head.layout, se_mode=cfg.frame_head.se_mode,
         margin_mode=cfg.arcface.margin_mode, arcface_scale=cfg.arcface.scale, arcface_margin=cfg.arcface.margin,
-        load_final_norm=cfg.backbone.load_final_norm,
+        load_final_norm=cfg.backbone.load_final_norm, input_mode=m.input_mode,
     )
     kwargs.update(m.overrides)
     return create_model(m.preset, pretrained=m.pretrained if pretrained else None, **kwargs)

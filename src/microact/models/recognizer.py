@@ -118,6 +118,22 @@ class TwoStreamBackbone(nn.Module):
         return torch.cat(maps, dim=1)  # -> [B, 2C, T', H', W']
 
 
+InputMode = Literal["rgb", "rgb_diff"]
+RGB_DIFF_SCALE = 4.0
+
+
+def rgb_difference(x: torch.Tensor, scale: float = RGB_DIFF_SCALE) -> torch.Tensor:
+    """Differences of consecutive frames ``[B, C, T, H, W] -> [B, C, T, H, W]`` (TSN's RGB-diff modality).
+
+    Slot t holds ``x[t+1] - x[t]``; the last slot repeats the last difference so T (and the tubelet pairing)
+    is unchanged. Static appearance cancels and only motion remains, which is what a small model trained from
+    scratch on little data needs (the synthetic demo). Differences of normalised frames are sparse and small;
+    the fixed ``scale`` keeps their patch embeddings on the scale of the position table.
+    """
+    d = x[:, :, 1:] - x[:, :, :-1]  # [B, C, T-1, H, W]
+    return torch.cat([d, d[:, :, -1:]], dim=2) * scale
+
+
 class Recognizer(nn.Module):
     """A backbone and the seed's heads.
 
@@ -128,11 +144,16 @@ class Recognizer(nn.Module):
         frame_head: fine :class:`FrameLevelHead` (``fc_frame``) or None.
         coarse_frame_head: coarse :class:`FrameLevelHead` (``fc_coarse_cls_frame``) or None; needs the head's
             coarse classifier and the fine frame head.
+        input_mode: ``"rgb"`` (the seed) or ``"rgb_diff"``: the backbone sees differences of consecutive
+            normalised frames (TSN's RGB-difference modality), see :func:`rgb_difference`.
     """
 
     def __init__(self, backbone: nn.Module, head: nn.Module, frame_head: Optional[FrameLevelHead] = None,
-                 coarse_frame_head: Optional[FrameLevelHead] = None):
+                 coarse_frame_head: Optional[FrameLevelHead] = None, input_mode: InputMode = "rgb"):
         super().__init__()
+        if input_mode not in ("rgb", "rgb_diff"):
+            raise MicroactError(f"input_mode {input_mode!r} is not valid; choose 'rgb' or 'rgb_diff'")
+        self.input_mode = input_mode
         kind = getattr(head, "input_kind", "map")
         output = getattr(backbone, "output", None)
         if output is not None and output != kind:
@@ -175,6 +196,8 @@ class Recognizer(nn.Module):
         Returns:
             :class:`RecognizerOutput` with the logits of every head.
         """
+        if self.input_mode == "rgb_diff":
+            x = rgb_difference(x)
         feat = self.backbone(x)  # [B, C, T', H', W'] or [B, C]
         coarse_labels = fine_to_coarse(labels) if labels is not None and self.has_coarse else None
         if isinstance(self.cls_head, TSNHead):
@@ -304,20 +327,6 @@ def coarse_scores(fine_probs, rule: CoarseRule = "map_top1", coarse_probs=None):
     return scores.numpy() if as_numpy else scores
 
 
-def coarse_from_fine(probs, rule: Literal["map_top1", "sum_probs"] = "map_top1"):
-    """Coarse (body-part) ids ``[N]`` predicted from fine probabilities ``[N, 52]``.
-
-    ``"map_top1"`` (seed) is g(argmax fine); ``"sum_probs"`` picks the body part with the largest summed fine
-    probability. Returns int64 of the input's type (torch tensor or numpy array).
-    """
-    if rule not in ("map_top1", "sum_probs"):
-        raise MicroactError(f"coarse rule {rule!r} is not valid here; choose 'map_top1' or 'sum_probs'")
-    scores = coarse_scores(probs, rule)
-    if isinstance(scores, np.ndarray):
-        return scores.argmax(axis=1).astype(np.int64)
-    return scores.argmax(dim=1)
-
-
 def build_recognizer_heads(in_channels: int, num_classes: int, grid_t: int, head: str = "tsn",
                            use_arcface: bool = True, use_frame: bool = True, use_coarse: bool = True,
                            head_dropout: float = 0.5, frame_layout: str = "channel_group", se_mode: str = "replace",
@@ -352,6 +361,6 @@ def build_recognizer_heads(in_channels: int, num_classes: int, grid_t: int, head
 
 
 __all__ = [
-    "RecognizerOutput", "Recognizer", "TwoStreamBackbone", "coarse_scores", "coarse_from_fine",
+    "RecognizerOutput", "Recognizer", "TwoStreamBackbone", "coarse_scores",
     "build_recognizer_heads",
 ]

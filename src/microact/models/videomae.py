@@ -432,7 +432,7 @@ class VideoMAE(nn.Module):
 _ARCHS: dict[str, dict] = {
     # Tiny sizes for CI and the synthetic demo (no pretrained weights).
     "videomae_test": dict(embed_dim=64, depth=2, num_heads=2),
-    "videomae_tiny": dict(embed_dim=128, depth=4, num_heads=4, patch_size=8),
+    "videomae_tiny": dict(embed_dim=128, depth=4, num_heads=4),
     # VIDEOMAE.md §1.1.
     "videomae_small": dict(embed_dim=384, depth=12, num_heads=6),
     "videomae_base": dict(embed_dim=768, depth=12, num_heads=12),
