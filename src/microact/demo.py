@@ -53,7 +53,7 @@ def run_demo(out: str | Path, config: str | Path | None = None, num_classes: int
     overrides = [f"data.root={cropped}", f"train.seed={seed}"] + ([f"train.epochs={epochs}"] if epochs else [])
     resume = ["--resume"] if (run_dir / "checkpoints").is_dir() else []
     _run("3/6 train", ["train", recipe, *overrides, "--out", str(run_dir), *resume], log)
-    weights = run_dir / "model_final.safetensors"
+    weights = run_dir / json.loads((run_dir / "metrics.json").read_text()).get("selected", "model_final.safetensors")
     _run("4/6 test", ["test", recipe, str(weights), f"data.root={cropped}", "--split", "test",
                       "--dump", str(test_dir / "results.pkl"), "--out", str(test_dir)], log)
     _run("5/6 submission", ["submit", str(test_dir / "results.pkl"), "--out", str(submission_dir),

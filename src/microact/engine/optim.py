@@ -67,10 +67,10 @@ def describe_groups(groups: list[dict]) -> str:
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW over :func:`param_groups` (fused kernels on CUDA when ``optim.fused``)."""
+    """AdamW over :func:`param_groups` (fused kernels on CUDA and CPU when ``optim.fused``; torch >= 2.4)."""
     groups = param_groups(model, cfg)
     kwargs = {}
-    if cfg.fused and device.type == "cuda":
+    if cfg.fused and device.type in ("cuda", "cpu"):
         kwargs["fused"] = True
     opt_groups = [{k: v for k, v in g.items() if k != "param_names"} for g in groups]
     return torch.optim.AdamW(opt_groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
