@@ -16,6 +16,7 @@ Every backend answers ``detect(frame_rgb) -> list[Box]`` (pixel boxes with a sco
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 from typing import NamedTuple, Optional, Protocol
 
@@ -119,6 +120,9 @@ class MediaPipeDetector:
 
     def __init__(self, min_confidence: float = 0.3, pad: float = 0.08):
         try:
+            # mediapipe's C++ side logs a dozen INFO/WARNING lines per process; users only need our messages.
+            os.environ.setdefault("GLOG_minloglevel", "2")
+            os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
             import mediapipe as mp
         except ImportError as e:
             raise DetectorError(f"--detector mediapipe needs the 'mediapipe' package (0.10.21, installed with "
