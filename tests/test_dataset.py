@@ -125,3 +125,26 @@ def test_test_mode_items_and_cache(folder, tmp_path, view, num_views):
     batches = list(loader)
     assert sum((b["index"].tolist() for b in batches), []) == list(range(5))
     assert batches[0]["video"].shape == (2, num_views, 3, 4, 16, 16)
+
+
+def test_training_cache_keeps_every_frame_once_and_changes_nothing(folder, tmp_path, monkeypatch):
+    cache = tmp_path / "train_cache"
+    plain = train_ds(folder)
+    cached = VideoDataset(records(GOOD), folder, clip_len=4, transform=plain.transform, seed=0, cache_dir=cache)
+    for epoch in (0, 1):  # epoch 1 samples new indices: served from the same per-video files
+        for i in range(len(GOOD)):
+            assert torch.equal(cached[(epoch, i)]["video"], plain[(epoch, i)]["video"])
+    files = list(cache.glob("*.npy"))
+    assert len(files) == len(GOOD)  # one file per video, whatever the sampled indices
+    assert sorted(np.load(f).shape[0] for f in files) == [12, 13, 14, 15, 16]  # every frame of each clip
+
+    import microact.data.dataset as dataset_module
+
+    expected = plain[(2, 3)]["video"]
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("the cache should have served this clip")
+
+    monkeypatch.setattr(dataset_module, "read_frames", no_decoding)
+    item = cached[(2, 3)]
+    assert item["video"] is not None and torch.equal(item["video"], expected)

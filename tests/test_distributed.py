@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import moving_square_frames
+from conftest import write_labelled_clips
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -22,13 +22,8 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    from microact.data.video_writer import write_video
-
     root = tmp_path_factory.mktemp("data")
-    lines = []
-    for i in range(8):
-        write_video(root / f"v{i}.mp4", moving_square_frames(10, 40, 32, seed=i), fps=15, crf=18)
-        lines.append(f"v{i}.mp4 {i % 4}")
+    lines = write_labelled_clips(root, 8, name=lambda i: f"v{i}.mp4")
     (root / "train.txt").write_text("\n".join(lines) + "\n")
     return root
 

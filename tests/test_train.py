@@ -4,6 +4,7 @@ Runs that are compared bit for bit all run as subprocesses with the same thread 
 block differently with another thread count).
 """
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import moving_square_frames
+from conftest import write_labelled_clips
 from microact.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,13 +26,8 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBU
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     """16 real mp4 clips (moving squares), labels 0..3, a train list and a val list."""
-    from microact.data.video_writer import write_video
-
     root = tmp_path_factory.mktemp("data")
-    lines = []
-    for i in range(16):
-        write_video(root / f"v{i:02d}.mp4", moving_square_frames(10, 40, 32, seed=i), fps=15, crf=18)
-        lines.append(f"v{i:02d}.mp4 {i % 4}")
+    lines = write_labelled_clips(root, 16)
     (root / "train.txt").write_text("\n".join(lines) + "\n")
     (root / "val.txt").write_text("\n".join(lines[:4]) + "\n")
     return root
@@ -87,11 +83,13 @@ def _start_and_wait_for_checkpoint(args, out):
     return proc
 
 
-def test_sigkill_then_resume_gives_identical_weights(data_root, reference, tmp_path):
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_sigkill_then_resume_gives_identical_weights(data_root, reference, tmp_path, seed):
     out = tmp_path / "killed"
     args = overrides(data_root, "train.checkpoint_every_steps=3")
     proc = _start_and_wait_for_checkpoint(args, out)
-    time.sleep(0.1)  # land somewhere after the checkpoint, possibly in the middle of the next save
+    # a random point after the first checkpoint: mid-step, mid-save or mid-epoch, differently for each seed
+    time.sleep(random.Random(seed).uniform(0.0, 0.4))
     assert proc.poll() is None, "the run finished before it could be killed"
     proc.kill()
     proc.communicate()

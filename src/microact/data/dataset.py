@@ -39,8 +39,11 @@ class VideoDataset(Dataset):
         decoder: ``"pyav"`` or ``"decord"``.
         decode_timeout: seconds per video before it counts as bad (``None``: no limit).
         seed: base of the per-item random generators.
-        cache_dir: test mode only: keep decoded sampled frames here (``.npy``) so repeated evaluations skip
-            decoding. The key covers the file's path, size, mtime, decoder and indices.
+        cache_dir: decode-once cache (``.npy`` files). Test mode keeps the sampled frames of each video, so
+            repeated evaluations skip decoding; training keeps every frame of each video once (memory-mapped,
+            so an epoch reads only the sampled frames from disk). Needs the disk: frames x H x W x 3 bytes per
+            video, which is why cropped, downscaled videos come first. The key covers the file's path, size,
+            mtime and the decoder, so an edited video is decoded again.
 
     Items: ``{"video": uint8 tensor [3,T,S,S] (train) or [V,3,T,S,S] (test), "label": int, "index": int}``,
     or ``{"video": None, ..., "error": "path: reason"}`` for a bad video.
@@ -58,7 +61,7 @@ class VideoDataset(Dataset):
         self.decoder = decoder
         self.decode_timeout = decode_timeout
         self.seed = seed
-        self.cache_dir = Path(cache_dir) if cache_dir and test_mode else None
+        self.cache_dir = Path(cache_dir) if cache_dir else None
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -94,26 +97,32 @@ class VideoDataset(Dataset):
     def _frames(self, path: Path, rng: np.random.Generator) -> np.ndarray:
         num_frames = count_frames(path, timeout=self.decode_timeout)
         indices = uniform_sample(num_frames, self.clip_len, self.num_clips, self.test_mode, rng)
-        cache_file = self._cache_file(path, indices)
-        if cache_file is not None and cache_file.is_file():
+        if self.cache_dir is None:
+            return read_frames(path, indices, decoder=self.decoder, timeout=self.decode_timeout)
+        if self.test_mode:  # the views never change: keep exactly the sampled frames
+            return self._cached(path, str(indices.tolist()),
+                                lambda: read_frames(path, indices, decoder=self.decoder, timeout=self.decode_timeout))
+        # Training draws new indices every epoch: keep every frame of the video once, memory-mapped, and pick.
+        everything = self._cached(
+            path, "all", lambda: read_frames(path, np.arange(num_frames), decoder=self.decoder,
+                                             timeout=self.decode_timeout), mmap=True)
+        return np.asarray(everything[np.minimum(indices, len(everything) - 1)])
+
+    def _cached(self, path: Path, what: str, decode: Callable[[], np.ndarray], mmap: bool = False) -> np.ndarray:
+        st = path.stat()
+        key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{self.decoder}|{what}"
+        cache_file = self.cache_dir / f"{hashlib.sha1(key.encode()).hexdigest()}.npy"
+        if cache_file.is_file():
             try:
-                return np.load(cache_file)
+                return np.load(cache_file, mmap_mode="r" if mmap else None)
             except (OSError, ValueError):
                 pass  # a damaged cache entry is rewritten below
-        frames = read_frames(path, indices, decoder=self.decoder, timeout=self.decode_timeout)
-        if cache_file is not None:
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.tmp.npy")
-            np.save(tmp, frames)
-            os.replace(tmp, cache_file)  # atomic: concurrent workers never read half a file
+        frames = decode()
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.tmp.npy")
+        np.save(tmp, frames)
+        os.replace(tmp, cache_file)  # atomic: concurrent workers never read half a file
         return frames
-
-    def _cache_file(self, path: Path, indices: np.ndarray) -> Optional[Path]:
-        if self.cache_dir is None:
-            return None
-        st = path.stat()
-        key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{self.decoder}|{indices.tolist()}"
-        return self.cache_dir / f"{hashlib.sha1(key.encode()).hexdigest()}.npy"
 
 
 def collate(items: Sequence[dict]) -> dict:

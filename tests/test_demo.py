@@ -1,0 +1,35 @@
+"""`microact demo` end to end at a reduced size: every stage runs and leaves its files."""
+from __future__ import annotations
+
+import json
+import zipfile
+
+from microact.cli import main
+
+
+def test_demo_pipeline_small(tmp_path, capsys):
+    out = tmp_path / "demo"
+    code = main(["demo", "--out", str(out), "--num-classes", "4", "--clips-per-class", "5", "--epochs", "2"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "demo finished" in printed and "where everything is" in printed
+
+    summary = json.loads((out / "demo_summary.json").read_text())
+    assert [s["exit"] for s in summary["steps"]] == [0] * 6
+    assert 0.0 <= summary["test_f1_mean"] <= 1.0 and 0.0 <= summary["chance_f1_mean"] <= 1.0
+
+    cropped = out / "data_cropped"
+    boxes = json.loads((cropped / "boxes.json").read_text())
+    assert len(boxes) == 20 and (cropped / "crop_preview.png").is_file()
+    run = out / "run"
+    for name in ("config.yaml", "env.json", "log.csv", "metrics.json", "model_final.safetensors"):
+        assert (run / name).is_file(), name
+    test_dir = run / "test"
+    for name in ("metrics.json", "results.pkl", "results.npz", "confusion_fine.png", "per_class_f1.png"):
+        assert (test_dir / name).is_file(), name
+    with zipfile.ZipFile(out / "submission" / "submission_mac2024.zip") as z:
+        rows = z.read("prediction.csv").decode().splitlines()
+    test_names = [line.split()[0] for line in (cropped / "test_list_videos.txt").read_text().splitlines() if line]
+    assert rows[0] == "id,pred_label_1,pred_label_2" and [r.split(",")[0] for r in rows[1:]] == test_names
+    prediction = json.loads((out / "predict.json").read_text())
+    assert prediction and (out / "predict_annotated.mp4").is_file()
