@@ -63,3 +63,23 @@ def test_two_processes_match_one(data_root, tmp_path):
     for k in w1:
         torch.testing.assert_close(w1[k], w2[k], rtol=1e-3, atol=1e-4, msg=k)
     assert len(set(l1)) > 1  # the runs did train
+
+
+def test_rank_with_only_unreadable_clips_does_not_hang(data_root, tmp_path):
+    """micro-batch 1 per rank and half the list broken: some rank meets an all-bad micro-batch; DDP must go on."""
+    root = tmp_path / "data"
+    root.mkdir()
+    lines = []
+    for i in range(8):
+        (root / f"v{i}.mp4").symlink_to(data_root / f"v{i}.mp4")
+        (root / f"broken{i}.mp4").write_bytes(b"not a video" * 50)
+        lines += [f"v{i}.mp4 {i % 4}", f"broken{i}.mp4 {i % 4}"]
+    (root / "train.txt").write_text("\n".join(lines) + "\n")
+    args = _args(root, 1) + ["train.global_batch=2", "train.epochs=1"]
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        "-m", "microact.cli", *args, "--out", str(tmp_path / "run")], env=ENV,
+                       capture_output=True, text=True, timeout=180)
+    assert p.returncode == 0, p.stderr[-3000:]
+    skipped = [int(r["skipped"]) for r in csv.DictReader(open(tmp_path / "run" / "log.csv", newline=""))]
+    assert max(skipped) > 0  # the all-bad micro-batch really happened (micro-batch 1: one bad clip = all bad)
+    assert (tmp_path / "run" / "model_final.safetensors").is_file()

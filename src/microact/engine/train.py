@@ -242,6 +242,10 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo) -> int:
     # ---- state: fresh or resumed --------------------------------------------------------------
     epoch, step_in_epoch, global_step = 0, 0, 0
     best, history, nan_skipped = -1.0, [], 0
+    # A stand-in for a micro-batch whose clips were all unreadable, under DDP (see the training loop).
+    size = cfg.data.img_size
+    last_good = {"video": torch.zeros(1, 3, cfg.data.clip_len, size, size, dtype=torch.uint8),
+                 "label": torch.zeros(1, dtype=torch.long)}
     resumed_rng = None
     if not resume and latest_checkpoint(run_dir) is not None:
         raise MicroactError(f"{run_dir}: already holds checkpoints of a run; continue it with --resume, or choose "
@@ -338,9 +342,16 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo) -> int:
                         batch = next(it)
                         batch_no += 1
                         skipped_clips += batch["skipped"]
-                        if batch["video"] is None:
-                            continue  # every clip of this micro-batch was unreadable (already counted)
-                        step_indices += batch["index"].tolist()
+                        weight = 1.0
+                        if batch["video"] is None:  # every clip of this micro-batch was unreadable (already counted)
+                            if not info.distributed:
+                                continue
+                            # DDP all-reduces gradients inside backward(): this rank must still take part, or the
+                            # others wait forever. It repeats its last good clips with zero weight.
+                            batch, weight = last_good, 0.0
+                        else:
+                            last_good = {"video": batch["video"][:1], "label": batch["label"][:1]}
+                            step_indices += batch["index"].tolist()
                         x = normalize_batch(batch["video"].to(device, non_blocking=True))
                         labels = batch["label"].to(device, non_blocking=True)
                         last = m == n_micro - 1
@@ -348,10 +359,10 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo) -> int:
                         with sync:
                             with autocast(device, precision):
                                 out = model(x, labels)
-                            loss = criterion(out.as_seed_tuple(), labels) / n_micro
+                            loss = criterion(out.as_seed_tuple(), labels) * (weight / n_micro)
                             scaler.scale(loss).backward()
                         step_loss += loss.detach()
-                        clips += x.shape[0]
+                        clips += x.shape[0] if weight else 0
 
                     # One host sync per optimiser step: a NaN must be caught before the weights change, and every
                     # rank must agree on skipping a step or stopping after it (SIGTERM may reach only some ranks).
