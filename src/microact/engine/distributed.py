@@ -85,29 +85,26 @@ def barrier() -> None:
         dist.barrier()
 
 
-def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
-    """Mean of ``x`` over ranks (in place on a copy; ``x`` itself without a process group)."""
+def _all_reduce(x: torch.Tensor, op) -> torch.Tensor:
+    """``op`` over ranks on a detached copy (``x`` itself without a process group)."""
     if not _active():
         return x
     y = x.detach().clone()
-    dist.all_reduce(y, op=dist.ReduceOp.SUM)
-    return y / dist.get_world_size()
+    dist.all_reduce(y, op=op)
+    return y
+
+
+def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean of ``x`` over ranks."""
+    return _all_reduce(x, dist.ReduceOp.SUM) / (dist.get_world_size() if _active() else 1)
 
 
 def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
-    if not _active():
-        return x
-    y = x.detach().clone()
-    dist.all_reduce(y, op=dist.ReduceOp.SUM)
-    return y
+    return _all_reduce(x, dist.ReduceOp.SUM)
 
 
 def all_reduce_max(x: torch.Tensor) -> torch.Tensor:
-    if not _active():
-        return x
-    y = x.detach().clone()
-    dist.all_reduce(y, op=dist.ReduceOp.MAX)
-    return y
+    return _all_reduce(x, dist.ReduceOp.MAX)
 
 
 def broadcast_object(obj, src: int = 0):
