@@ -357,8 +357,7 @@ def test_cli_convert_roundtrip(tmp_path, clip, capsys):
     src = source_model(num_classes=5)
     torch.save({"state_dict": mmaction2_state_dict(src)}, tmp_path / "mma.pth")
     out = tmp_path / "out" / "canon.safetensors"
-    args = argparse.Namespace(input=str(tmp_path / "mma.pth"), output=str(out), backbone=None, keep_head=True,
-                              allow_pickle_classes=False)
+    args = argparse.Namespace(input=str(tmp_path / "mma.pth"), output=str(out), backbone=None, keep_head=True)
     assert cli_convert(args) == 0
     printed = capsys.readouterr().out
     assert "layout mmaction2" in printed and "videomae_test (guessed)" in printed

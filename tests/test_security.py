@@ -220,11 +220,13 @@ def test_genuine_dump_still_loads(tmp_path):
     assert back.labels.tolist() == [1, 2, 3]
 
 
-def test_convert_refuses_the_pickle_escape_hatch(tmp_path):
+def test_convert_has_no_pickle_escape_hatch(tmp_path):
     from microact.cli import main
 
     torch.save({"w": torch.zeros(1)}, tmp_path / "x.pth")
-    assert main(["convert", str(tmp_path / "x.pth"), str(tmp_path / "y.safetensors"), "--allow-pickle-classes"]) == 2
+    with pytest.raises(SystemExit) as exit_info:  # no option can turn on full unpickling
+        main(["convert", str(tmp_path / "x.pth"), str(tmp_path / "y.safetensors"), "--allow-pickle-classes"])
+    assert exit_info.value.code == 2
     assert not (tmp_path / "y.safetensors").exists()
 
 

@@ -156,7 +156,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="output .safetensors file")
     p.add_argument("--backbone", default=None, help="backbone name to check shapes against (default: guessed from the weights)")
     p.add_argument("--keep-head", action="store_true", help="keep the classifier head weights")
-    p.add_argument("--allow-pickle-classes", action="store_true", help="(refused) arbitrary pickles are never loaded")
 
     # bench ----------------------------------------------------------------------------------
     p = _sub(sub, "bench", "benchmarks (figures are printed, never asserted)")

@@ -85,11 +85,17 @@ def run_demo(out: str | Path, config: str | Path | None = None, num_classes: int
     return summary
 
 
+def _labels(root: Path, list_name: str):
+    from microact.data.annotations import load_list
+
+    return load_list(root / list_name, video_dir=root, num_classes=52, check_files=False)
+
+
 def _first_test_video(root: Path) -> Path:
-    for line in (root / "test_list_videos.txt").read_text().splitlines():
-        if line.strip():
-            return root / line.split()[0]
-    raise MicroactError(f"{root / 'test_list_videos.txt'}: empty test list")
+    records = _labels(root, "test_list_videos.txt")
+    if not records:
+        raise MicroactError(f"{root / 'test_list_videos.txt'}: empty test list")
+    return root / records[0].path
 
 
 def _chance_f1_mean(root: Path) -> float:
@@ -98,10 +104,8 @@ def _chance_f1_mean(root: Path) -> float:
 
     from microact.metrics import f1_mean
 
-    def labels(name):
-        return np.array([int(line.split()[1]) for line in (root / name).read_text().splitlines() if line.strip()])
-
-    train, test = labels("train_list_videos.txt"), labels("test_list_videos.txt")
+    train, test = (np.array([r.label for r in _labels(root, name)])
+                   for name in ("train_list_videos.txt", "test_list_videos.txt"))
     majority = np.bincount(train).argmax()
     return round(float(f1_mean(test, np.full_like(test, majority))["f1_mean"]), 4)
 

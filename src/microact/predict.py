@@ -105,17 +105,10 @@ def person_box(path: Path, cfg, detector: str, num_frames: int) -> tuple[tuple[i
 
 
 def crop_frames(frames: np.ndarray, box: Sequence[int], short_side: Optional[int]) -> np.ndarray:
-    """Cut ``box`` out of ``[T, H, W, 3]`` frames and downscale like ``microact crop`` (short side, INTER_AREA)."""
-    import cv2
+    """Cut ``box`` out of ``[T, H, W, 3]`` frames and downscale exactly like ``microact crop``."""
+    from microact.data.crop.run import crop_frame
 
-    from microact.data.crop.boxes import short_side_size
-
-    x0, y0, x1, y1 = box
-    crop = frames[:, y0:y1, x0:x1]  # [T, H, W, 3] -> [T, h, w, 3]
-    out_w, out_h = short_side_size(x1 - x0, y1 - y0, short_side)
-    if (crop.shape[2], crop.shape[1]) == (out_w, out_h):
-        return np.ascontiguousarray(crop)
-    return np.stack([cv2.resize(f, (out_w, out_h), interpolation=cv2.INTER_AREA) for f in crop])
+    return np.stack([crop_frame(f, box, short_side) for f in frames])
 
 
 def _ranked(probs: np.ndarray, names: Sequence[str], k: int) -> list[dict]:

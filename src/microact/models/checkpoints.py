@@ -576,9 +576,6 @@ def cli_convert(args) -> int:
     """``microact convert IN OUT.safetensors [--backbone NAME] [--keep-head]``."""
     from safetensors.torch import save_file
 
-    if getattr(args, "allow_pickle_classes", False):
-        raise CheckpointError("--allow-pickle-classes: refused; microact never unpickles arbitrary classes. "
-                              "Re-save the weights as a plain state_dict or .safetensors in a trusted environment.")
     src, out = Path(args.input), Path(args.output)
     if out.suffix != ".safetensors":
         raise CheckpointError(f"{out}: the output must be a .safetensors file")

@@ -90,8 +90,6 @@ def crop_video(path: str | os.PathLike, out_path: str | os.PathLike, detector: P
     Raises:
         VideoDecodeError: the video cannot be opened or decoded.
     """
-    import cv2
-
     from microact.data.decode import probe_video, read_frames
     from microact.data.video_writer import write_video
 
@@ -105,19 +103,28 @@ def crop_video(path: str | os.PathLike, out_path: str | os.PathLike, detector: P
         warnings.warn(f"{path}: no person found by {detector.name}; using the full frame", stacklevel=2)
     x1, y1, x2, y2 = entry["box"]
     out_w, out_h = short_side_size(x2 - x1, y2 - y1, cfg.short_side)
-
-    def cropped():
-        for frame in _iter_frames(path):
-            crop = frame[y1:y2, x1:x2]
-            if crop.shape[1] != out_w or crop.shape[0] != out_h:
-                crop = cv2.resize(crop, (out_w, out_h), interpolation=cv2.INTER_AREA)
-            yield crop
-
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fps = info.fps if info.fps > 0 else 30.0
-    written = write_video(out_path, cropped(), fps=fps, crf=18)
+    written = write_video(out_path, (crop_frame(f, entry["box"], cfg.short_side) for f in _iter_frames(path)),
+                          fps=fps, crf=18)
     entry.update(detector=detector.name, output_size=[out_w, out_h], frames=written)
     return entry
+
+
+def crop_frame(frame: np.ndarray, box, short_side: int | None) -> np.ndarray:
+    """Cut ``box`` ``[x1, y1, x2, y2]`` out of one ``[H, W, 3]`` frame and shrink its short side to ``short_side``.
+
+    The one rule shared by ``microact crop`` and ``microact predict``, so a predicted video is framed exactly
+    like the training videos.
+    """
+    import cv2
+
+    x1, y1, x2, y2 = box
+    out_w, out_h = short_side_size(x2 - x1, y2 - y1, short_side)
+    crop = frame[y1:y2, x1:x2]  # [H, W, 3] -> [h, w, 3]
+    if crop.shape[1] != out_w or crop.shape[0] != out_h:
+        crop = cv2.resize(crop, (out_w, out_h), interpolation=cv2.INTER_AREA)
+    return crop
 
 
 # --------------------------------------------------------------------------------------------
