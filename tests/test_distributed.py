@@ -5,6 +5,8 @@ off, no dropout): with the seed's soft-F1 terms the per-process statistics of a 
 micro-batch of 4 by design (``loss.f1_sync=local``, SEED.md §12 row 7), so only CE gives the same gradients.
 """
 import csv
+import json
+import re
 import os
 import subprocess
 import sys
@@ -83,3 +85,63 @@ def test_rank_with_only_unreadable_clips_does_not_hang(data_root, tmp_path):
     skipped = [int(r["skipped"]) for r in csv.DictReader(open(tmp_path / "run" / "log.csv", newline=""))]
     assert max(skipped) > 0  # the all-bad micro-batch really happened (micro-batch 1: one bad clip = all bad)
     assert (tmp_path / "run" / "model_final.safetensors").is_file()
+
+
+def _torchrun(args, out, timeout=240):
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "microact.cli", *args, "--out", str(out)], env=ENV, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_fsdp_two_processes_match_one(data_root, tmp_path):
+    """train.parallel=fsdp shards weights, gradients and AdamW state over 2 ranks; the run equals 1 plain process.
+
+    With EMA and validation on, so the unsharding of the EMA weights and the evaluation replica are exercised too.
+    """
+    one, two = tmp_path / "one", tmp_path / "two"
+    extra = ["train.ema_decay=0.9", "data.val_list=train.txt", "eval.val_clips=1"]
+    p = subprocess.run([sys.executable, "-m", "microact.cli", *_args(data_root, 2), *extra, "--out", str(one)],
+                       env=ENV, capture_output=True, text=True, timeout=240)
+    assert p.returncode == 0, p.stderr[-3000:]
+    p = _torchrun([*_args(data_root, 2), *extra, "train.parallel=fsdp"], two)
+    assert p.returncode == 0, p.stderr[-3000:]
+    held, total = (int(v.replace(",", "")) for v in
+                   re.search(r"this process holds ([\d,]+) of the ([\d,]+) parameters", p.stdout).groups())
+    assert total / 2 <= held < 0.6 * total  # rank 0's shards: about half (dim-0 shards round up)
+    assert _losses(one) == pytest.approx(_losses(two), rel=1e-4, abs=1e-5)
+    for name in ("model_final.safetensors", "model_ema_final.safetensors", "model_best.safetensors"):
+        w1, w2 = load_file(str(one / name)), load_file(str(two / name))
+        assert w1.keys() == w2.keys(), name  # full, unsharded names and shapes (no FSDP wrappers in the file)
+        for k in w1:
+            assert w1[k].shape == w2[k].shape, k
+            torch.testing.assert_close(w1[k], w2[k], rtol=1e-3, atol=1e-4, msg=f"{name}: {k}")
+    val1 = json.loads((one / "metrics.json").read_text())["val"]
+    val2 = json.loads((two / "metrics.json").read_text())["val"]
+    assert [v["f1_mean"] for v in val1] == pytest.approx([v["f1_mean"] for v in val2], abs=1e-6)
+
+
+def test_fsdp_resume_continues_exactly(data_root, tmp_path):
+    """Stop an FSDP run after 2 of 4 steps, resume it: the weights equal those of an uninterrupted FSDP run."""
+    args = [*_args(data_root, 2), "train.parallel=fsdp", "train.checkpoint_every_steps=1"]
+    full, part = tmp_path / "full", tmp_path / "part"
+    p = _torchrun(args, full)
+    assert p.returncode == 0, p.stderr[-3000:]
+    p = _torchrun([*args, "train.max_steps=2"], part)
+    assert p.returncode == 0, p.stderr[-3000:]
+    state = torch.load(part / "checkpoints" / "state_00000002.pt", weights_only=True)
+    assert state["parallel"] == "fsdp" and isinstance(next(iter(state["optimizer"]["state"])), str)  # by name
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        "-m", "microact.cli", *args, "--out", str(part), "--resume"], env=ENV, capture_output=True,
+                       text=True, timeout=240)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "resumed from" in p.stdout
+    w1, w2 = load_file(str(full / "model_final.safetensors")), load_file(str(part / "model_final.safetensors"))
+    for k in w1:
+        torch.testing.assert_close(w1[k], w2[k], rtol=0, atol=0, msg=k)
+
+
+def test_fsdp_needs_torchrun(data_root, tmp_path):
+    p = subprocess.run([sys.executable, "-m", "microact.cli", *_args(data_root, 2), "train.parallel=fsdp",
+                        "--out", str(tmp_path / "run")], env=ENV, capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0
+    assert "train.parallel=fsdp" in p.stderr and "torchrun" in p.stderr

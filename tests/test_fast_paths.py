@@ -353,3 +353,43 @@ def test_training_loop_with_compile_matches_eager(make_video, tmp_path):
         # two AdamW steps of lr 1e-3: each parameter moves by up to ~2e-3 (Adam's early steps are ~ lr * sign(g)),
         # so a wrong gradient shows at the 1e-4 scale; inductor's fp32 reordering stays far below it
         assert torch.allclose(compiled[k], w, rtol=0, atol=2e-5), (k, (compiled[k] - w).abs().max().item())
+
+
+def test_patch_embedding_matmul_equals_conv3d():
+    """The tubelet embedding runs as one matmul; it must equal the Conv3d whose weight it holds (fp32 and bf16)."""
+    from microact.models.videomae import PatchEmbed
+
+    torch.manual_seed(0)
+    embed = PatchEmbed(in_chans=3, embed_dim=48, patch_size=8, tubelet_size=2)
+    x = torch.randn(2, 3, 6, 32, 24)
+    ref = torch.nn.functional.conv3d(x, embed.proj.weight, embed.proj.bias, stride=(2, 8, 8))  # [B, D, T', H', W']
+    ref = ref.flatten(2).transpose(1, 2)  # [B, N, D]
+    torch.testing.assert_close(embed(x), ref, rtol=1e-5, atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = embed(x)
+    torch.testing.assert_close(got.float(), ref, rtol=2e-2, atol=2e-2)
+
+
+def test_inference_fast_path_equals_autograd_path_and_keeps_hooked_outputs():
+    """Without autograd the blocks update their own temporaries in place; the output must not change, and a tensor a
+    forward hook captured from a block must not be modified by the blocks after it."""
+    from microact.models.videomae import create_backbone
+
+    torch.manual_seed(0)
+    backbone = create_backbone("videomae_test", output="map", num_frames=4, img_size=32).eval()
+    captured = {}
+
+    def keep_output(module, inputs, output):  # returns None: the output itself is not replaced
+        captured["block0"] = (output, output.clone())
+
+    backbone.blocks[0].register_forward_hook(keep_output)
+    x = torch.randn(2, 3, 4, 32, 32)
+    with_grad = backbone(x)
+    captured.clear()
+    with torch.no_grad():
+        fast = backbone(x)
+    torch.testing.assert_close(fast, with_grad.detach(), rtol=0, atol=0)
+    kept, copy_at_hook_time = captured["block0"]
+    torch.testing.assert_close(kept, copy_at_hook_time, rtol=0, atol=0)
+    with torch.inference_mode():
+        torch.testing.assert_close(backbone(x), fast, rtol=0, atol=0)

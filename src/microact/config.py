@@ -182,6 +182,7 @@ class TrainConfig:
     ema_decay: Optional[float] = None
     nan_policy: Literal["stop", "skip"] = "stop"  # what a NaN/inf loss does
     compile: bool = False
+    parallel: Literal["ddp", "fsdp"] = "ddp"  # how torchrun processes share the model (fsdp: sharded, for L/H)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     max_steps: Optional[int] = None  # stop early (smoke tests, benchmarks)
     tensorboard: bool = True

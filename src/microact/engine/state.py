@@ -200,14 +200,20 @@ def latest_checkpoint(run_dir: Path) -> Optional[tuple[Path, Path]]:
     return folder / f"model_{tag}.safetensors", folder / f"state_{tag}.pt"
 
 
-def load_checkpoint(weights: Path, state: Path, model) -> dict[str, Any]:
-    """Load weights into ``model`` (strict) and return the training state (``torch.load(weights_only=True)``)."""
+def load_checkpoint(weights: Path, state: Path, model, load_weights=None) -> dict[str, Any]:
+    """Load weights into ``model`` (strict) and return the training state (``torch.load(weights_only=True)``).
+
+    ``load_weights(state_dict)``, when given, replaces ``model.load_state_dict`` (sharded FSDP models).
+    """
     from safetensors.torch import load_file
 
     target = getattr(model, "module", model)
     target = getattr(target, "_orig_mod", target)
     try:
-        target.load_state_dict(load_file(str(weights)), strict=True)
+        if load_weights is not None:
+            load_weights(load_file(str(weights)))
+        else:
+            target.load_state_dict(load_file(str(weights)), strict=True)
         return torch.load(state, map_location="cpu", weights_only=True)
     except (RuntimeError, OSError, ValueError) as e:
         raise MicroactError(f"{state.parent}: cannot resume from checkpoint {state.name}: {e}") from None

@@ -51,6 +51,7 @@ import torch
 
 from microact.config import Config, ConfigError, load_config
 from microact.engine import distributed as D
+from microact.engine import fsdp as sharding
 from microact.engine.builders import build_criterion, build_eval_loader, build_model, build_train_loader
 from microact.engine.optim import EMA, build_optimizer, describe_groups, lr_factor, param_groups, set_lr
 from microact.engine.state import (check_run_dir, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint,
@@ -212,22 +213,52 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo) -> int:
     precision, note = resolve_precision(t.precision, device)
 
     # ---- model, loss, optimizer --------------------------------------------------------------
+    fsdp = t.parallel == "fsdp"
+    if fsdp and not info.distributed:
+        raise ConfigError("train.parallel=fsdp shards the model across torchrun processes; this run has one process. "
+                          "Launch it with torchrun --nproc_per_node=N (N >= 2), or use train.parallel=ddp")
     seed_everything(t.seed)  # identical initialisation on every rank
     model = build_model(cfg).to(device)
     n_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     check_run_dir(run_dir, min_free_bytes=8 * n_bytes + 16 * 2**20)  # weights + Adam moments, twice, plus margin
+    if fsdp:
+        sharding.shard_model(model)  # before the optimizer: it must hold the sharded parameters
     criterion = build_criterion(cfg, model).to(device)
     groups = param_groups(model, cfg.optim)
     optimizer = build_optimizer(model, cfg.optim, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16" and device.type == "cuda")
+    fp16_scaling = precision == "fp16" and device.type == "cuda"
+    if fsdp and fp16_scaling:  # skipping a step must be agreed by every rank holding a shard
+        from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+        scaler = ShardedGradScaler(device.type)
+    else:
+        scaler = torch.amp.GradScaler(device.type, enabled=fp16_scaling)
     ema = EMA(model, t.ema_decay) if t.ema_decay else None
     raw_model = model  # what we save and validate (no DDP / compile wrappers)
     if t.compile:
         model = torch.compile(model)
-    if info.distributed:
+    if info.distributed and not fsdp:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def full_weights():
+        """The unsharded weights (a collective under FSDP: every rank must call it), or the model itself."""
+        return sharding.full_state_dict(raw_model) if fsdp else raw_model
+
+    eval_replica = None
+
+    def model_for_eval():
+        """Under FSDP, a plain copy holding the gathered weights: evaluation then needs no collectives per batch."""
+        nonlocal eval_replica
+        if not fsdp:
+            return raw_model, raw_model
+        weights = full_weights()
+        if eval_replica is None:
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # keep training's RNG
+                eval_replica = build_model(cfg, pretrained=False).to(device)
+        eval_replica.load_state_dict(weights, strict=True)
+        return eval_replica, weights
 
     loader = build_train_loader(cfg, distributed=info.distributed)
     val_loader = build_eval_loader(cfg, "val", distributed=info.distributed) if cfg.data.val_list else None
@@ -255,15 +286,23 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo) -> int:
         if found is None:
             D.log(f"--resume: no checkpoint in {run_dir / 'checkpoints'}; starting from scratch")
         else:
-            state = load_checkpoint(*found, raw_model)
-            if state["global_batch"] != t.global_batch or state["world_size"] != info.world_size:
+            load_weights = (lambda sd: sharding.load_full_state_dict(raw_model, sd)) if fsdp else None
+            state = load_checkpoint(*found, raw_model, load_weights=load_weights)
+            saved_parallel = state.get("parallel", "ddp")
+            if (state["global_batch"] != t.global_batch or state["world_size"] != info.world_size
+                    or saved_parallel != t.parallel):
                 raise MicroactError(
                     f"{found[1]}: saved with train.global_batch={state['global_batch']} on {state['world_size']} "
-                    f"process(es); this run has {t.global_batch} on {info.world_size}. Resume with the same layout.")
-            optimizer.load_state_dict(state["optimizer"])
+                    f"process(es), train.parallel={saved_parallel}; this run has {t.global_batch} on "
+                    f"{info.world_size}, train.parallel={t.parallel}. Resume with the same layout.")
+            if fsdp:
+                sharding.load_full_optimizer_state(raw_model, optimizer, state["optimizer"])
+            else:
+                optimizer.load_state_dict(state["optimizer"])
             scaler.load_state_dict(state["scaler"])
             if ema is not None and state.get("ema"):
-                ema.load_state_dict(state["ema"])
+                ema.load_state_dict({k: sharding.shard_like(v, ema.shadow[k]) for k, v in state["ema"].items()}
+                                    if fsdp else state["ema"])
             epoch, step_in_epoch, global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
             best, history, nan_skipped = state["best"], state["history"], state["nan_skipped"]
             resumed_rng = state["rng"][info.rank]
@@ -292,23 +331,31 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo) -> int:
               f"parameter groups:\n{describe_groups(groups)}")
         D.log(f"{len(dataset)} training clips; {info.world_size} process(es) x micro-batch {t.micro_batch} x "
               f"{accum} accumulation step(s) = {t.global_batch} clips per step; {steps_per_epoch} steps per epoch; "
-              f"{t.epochs} epochs; {precision} on {device}")
+              f"{t.epochs} epochs; {precision} on {device}"
+              + (f"; FSDP: this process holds {sharding.local_numel(raw_model):,d} of the "
+                 f"{sum(p.numel() for p in raw_model.parameters()):,d} parameters (and their gradients and "
+                 "optimizer state)" if fsdp else ""))
 
     def train_state() -> dict[str, Any]:
         rngs = [rng_state()]
         if info.distributed:
             rngs = [None] * info.world_size
             torch.distributed.all_gather_object(rngs, rng_state())
-        return {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
+        ema_state = {}
+        if ema is not None:
+            ema_state = sharding.gather_full(ema.state_dict()) if fsdp else ema.state_dict()
+        return {"optimizer": sharding.full_optimizer_state(raw_model, optimizer) if fsdp else optimizer.state_dict(),
+                "scaler": scaler.state_dict(), "epoch": epoch,
                 "step_in_epoch": step_in_epoch, "global_step": global_step, "rng": rngs,
-                "ema": ema.state_dict() if ema is not None else {}, "best": best, "history": history,
+                "ema": ema_state, "best": best, "history": history,
                 "nan_skipped": nan_skipped, "global_batch": t.global_batch, "world_size": info.world_size,
-                "config": cfg.to_yaml()}
+                "parallel": t.parallel, "config": cfg.to_yaml()}
 
     def checkpoint() -> None:
-        state = train_state()  # every rank joins the RNG gather
+        state = train_state()  # every rank joins the RNG gather (and, under FSDP, the unsharding)
+        weights = full_weights()
         if main:
-            save_checkpoint(run_dir, global_step, raw_model, state, t.keep_checkpoints)
+            save_checkpoint(run_dir, global_step, weights, state, t.keep_checkpoints)
         D.barrier()
 
     # ---- training -----------------------------------------------------------------------------
@@ -355,7 +402,10 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo) -> int:
                         x = normalize_batch(batch["video"].to(device, non_blocking=True))
                         labels = batch["label"].to(device, non_blocking=True)
                         last = m == n_micro - 1
-                        sync = model.no_sync() if info.distributed and not last else contextlib.nullcontext()
+                        # DDP: all-reduce gradients once, on the last micro-batch. FSDP reduce-scatters every
+                        # micro-batch so that only the shards of the accumulated gradients stay in memory.
+                        skip_sync = info.distributed and not fsdp and not last
+                        sync = model.no_sync() if skip_sync else contextlib.nullcontext()
                         with sync:
                             with autocast(device, precision):
                                 out = model(x, labels)
@@ -441,7 +491,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo) -> int:
             if epoch_done:
                 epoch, step_in_epoch = epoch + 1, 0
             if val_loader is not None and epoch_done and (epoch % t.val_every == 0 or epoch == t.epochs or done):
-                scores = validate(raw_model, val_loader, device, precision, cfg)
+                eval_model, weights = model_for_eval()
+                scores = validate(eval_model, val_loader, device, precision, cfg)
                 scores.update(epoch=epoch, step=global_step)
                 history.append(scores)
                 if main:
@@ -452,16 +503,20 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo) -> int:
                                 writer.add_scalar(f"val/{k}", v, global_step)
                     if scores["f1_mean"] > best:
                         best = scores["f1_mean"]
-                        save_weights(raw_model, run_dir / "model_best.safetensors")
+                        save_weights(weights, run_dir / "model_best.safetensors")
                     (run_dir / "metrics.json").write_text(json.dumps({"val": history, "best_f1_mean": best}, indent=2))
             if done or (epoch_done and (epoch % t.checkpoint_every == 0 or epoch == t.epochs)):
                 checkpoint()
 
     # ---- the end ------------------------------------------------------------------------------
+    final_weights = full_weights()
+    ema_weights = None
+    if ema is not None:
+        ema_weights = sharding.gather_full(ema.state_dict()) if fsdp else ema.state_dict()
     if main:
-        save_weights(raw_model, run_dir / "model_final.safetensors")
-        if ema is not None:
-            save_weights(ema.state_dict(), run_dir / "model_ema_final.safetensors")
+        save_weights(final_weights, run_dir / "model_final.safetensors")
+        if ema_weights is not None:
+            save_weights(ema_weights, run_dir / "model_ema_final.safetensors")
         selected = "model_final.safetensors"
         if t.select == "best_val":
             if (run_dir / "model_best.safetensors").is_file():
