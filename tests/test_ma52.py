@@ -34,6 +34,10 @@ def test_names_and_counts_match_the_official_files():
     counts = Counter(int(line.split()[1]) for line in (SHARED / "train_list_videos.txt").read_text().splitlines()
                      if line.strip())
     assert tuple(counts[i] for i in range(52)) == ma52.TRAIN_CLASS_COUNTS
+    for split, expected in (("train", ma52.NUM_TRAIN_VIDEOS), ("val", ma52.NUM_VAL_VIDEOS),
+                            ("test", ma52.NUM_TEST_VIDEOS)):
+        lines = (SHARED / f"{split}_list_videos.txt").read_text().splitlines()
+        assert sum(1 for line in lines if line.strip()) == expected, split
 
 
 def test_body_part_names_match_fine_groups():

@@ -42,6 +42,12 @@ TRAIN_CLASS_COUNTS: tuple[int, ...] = (
     497, 92, 20,
 )
 
+# Videos in the official lists; train + val is what the seed's best recipe trains on for 42 epochs.
+NUM_TRAIN_VIDEOS = sum(TRAIN_CLASS_COUNTS)  # 11,250
+NUM_VAL_VIDEOS = 5_586
+NUM_TEST_VIDEOS = 5_586
+SEED_BEST_RECIPE_CLIP_PASSES = 42 * (NUM_TRAIN_VIDEOS + NUM_VAL_VIDEOS)  # 707,112 (SEED.md §6, row 6)
+
 assert len(FINE_NAMES) == NUM_FINE and len(FINE_TO_COARSE) == NUM_FINE and len(TRAIN_CLASS_COUNTS) == NUM_FINE
 
 

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from microact.errors import MicroactError
+from microact.ma52 import SEED_BEST_RECIPE_CLIP_PASSES
 
 # Dense (no sparsity) peak FLOP/s by device-name substring and precision; fp32 means plain fp32 matmuls
 # (PyTorch keeps TF32 off for matmuls by default). Sources: NVIDIA data sheets.
@@ -242,6 +243,9 @@ def bench_train(preset: str = "videomae_b_k710_frame_coarse_tsn", batch: Optiona
     ours = _result("microact", _time_steps(step, dev, steps, warmup), batch, ours_flops, peak,
                    sum(q.numel() for q in model.parameters()))
     out: dict[str, Any] = {"settings": settings, "microact": ours}
+    # Meaningful for the seed's own model (ViT-B 16x224); for other sizes it says what that size would cost.
+    out["seed_recipe_projection"] = {"clip_passes": SEED_BEST_RECIPE_CLIP_PASSES,
+                                     "hours": SEED_BEST_RECIPE_CLIP_PASSES / ours["clips_per_s"] / 3600}
     del step, run_model, model
     _free(dev)
 
@@ -339,6 +343,11 @@ def format_report(res: dict) -> str:
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
         lines.append(f"  {r['model']:<14}{r['params'] / 1e6:>9.2f}M{r['clips_per_s']:>10.2f}{r['step_ms']:>10.1f}"
                      f"{_fmt_bytes(r['peak_mem_bytes']):>12}{r['tflops']:>10.3f}{mfu:>8}")
+    proj = res.get("seed_recipe_projection")
+    if proj:
+        lines.append(f"  at this rate the seed's best recipe ({proj['clip_passes']:,d} clip passes: 42 epochs of "
+                     f"train+val) takes {proj['hours']:.2f} h of training steps on one device (goal: <= 1 h on one "
+                     "H100; data loading and validation not included)")
     if "ratio" in res:
         lines.append(f"  microact / HF clips/s: {res['ratio']:.2f}x  (HF: same ViT, SDPA, plain CE, no assisting "
                      "heads)")
