@@ -243,6 +243,30 @@ def test_hf_token_map_parity():
     assert (got - ref).abs().max().item() <= 1e-5
 
 
+def test_hf_gradients_match():
+    """Backward parity: the gradients of every weight (ours fuse q/k/v into one matrix) and of the input equal HF's."""
+    from transformers import VideoMAEModel
+    hf = randomize(VideoMAEModel(hf_config(False)), seed=5)
+    ours = fresh(output="map", pos_embed_mode="analytic")
+    load_pretrained(ours, hf.state_dict(), load_final_norm=True)
+    x = torch.randn(2, 3, T, S, S)
+    x_ours, x_hf = x.clone().requires_grad_(), x.clone().requires_grad_()
+    target = torch.randn(2, ours.num_tokens, 64)
+    (ours(x_ours).flatten(2).transpose(1, 2) * target).sum().backward()  # [B, D, T', H', W'] -> [B, N, D]
+    (hf(pixel_values=x_hf.permute(0, 2, 1, 3, 4)).last_hidden_state * target).sum().backward()
+    torch.testing.assert_close(x_ours.grad, x_hf.grad, rtol=1e-4, atol=1e-5)
+    for i, layer in enumerate(hf.encoder.layer):
+        att, blk = layer.attention.attention, ours.blocks[i]
+        fused = torch.cat([att.query.weight.grad, att.key.weight.grad, att.value.weight.grad])  # [3D, D]
+        torch.testing.assert_close(blk.attn.qkv.weight.grad, fused, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(blk.attn.q_bias.grad, att.query.bias.grad, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(blk.attn.v_bias.grad, att.value.bias.grad, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(blk.mlp.fc1.weight.grad, layer.intermediate.dense.weight.grad, rtol=1e-4,
+                                   atol=1e-5)
+    torch.testing.assert_close(ours.patch_embed.proj.weight.grad,
+                               hf.embeddings.patch_embeddings.projection.weight.grad, rtol=1e-4, atol=1e-5)
+
+
 def test_hf_nonzero_key_bias_is_refused():
     from transformers import VideoMAEModel
     hf = VideoMAEModel(hf_config(True))
