@@ -29,6 +29,7 @@ _HANDLERS = {
     "bench train": "microact.bench.train:cli_main",
     "bench data": "microact.bench.data:cli_main",
     "bench e2e": "microact.bench.e2e:cli_main",
+    "bench memory": "microact.engine.memory:cli_main",
     "demo": "microact.demo:cli_main",
     "info": "microact.info:cli_main",
 }
@@ -187,6 +188,15 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--batch", type=int, default=4)
     q.add_argument("--steps", type=int, default=10)
     q.add_argument("--device", default="auto")
+    q.add_argument("--json", default=None, help="also write the figures here")
+
+    q = _sub(bench_sub, "memory", "estimated training-step memory per preset and batch; what fits a GPU (no GPU needed)")
+    q.add_argument("--preset", nargs="+", default=["videomae_b_k710_frame_coarse_tsn", "videomae_b_k710_timesformer",
+                                                   "videomae_l_k700_timesformer", "videomae_h_timesformer"],
+                   help="model presets")
+    q.add_argument("--batch", type=int, nargs="+", default=[1, 6, 10, 24], help="micro-batch sizes to show")
+    q.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"])
+    q.add_argument("--gpu-mem-gib", type=float, default=80.0, help="GPU memory to plan for")
     q.add_argument("--json", default=None, help="also write the figures here")
 
     # demo -----------------------------------------------------------------------------------

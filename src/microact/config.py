@@ -87,7 +87,8 @@ class ModelConfig:
     num_classes: int = 52
     drop_path_rate: float = 0.0
     head_dropout: float = 0.5
-    grad_checkpointing: bool = False
+    # true / false, or auto: on only when the estimated training memory would not fit the GPU (microact bench memory)
+    grad_checkpointing: typing.Union[bool, Literal["auto"]] = False
     attn_impl: Literal["sdpa", "manual"] = "sdpa"
     input_mode: Literal["rgb", "rgb_diff"] = "rgb"  # rgb_diff: consecutive-frame differences (TSN's RGB-diff), not the seed
     overrides: dict[str, Any] = field(default_factory=dict)  # extra create_model(...) keyword arguments
@@ -411,6 +412,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except ConfigError as e:
                 errors.append(str(e))
+        if len(errors) > 1:  # e.g. bool or "auto": say every accepted form
+            raise ConfigError(f"{key}: " + "; or ".join(e.split(": ", 1)[-1] for e in errors))
         raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
     if origin is Literal:
         if value not in args:

@@ -53,6 +53,7 @@ from microact.config import Config, ConfigError, load_config
 from microact.engine import distributed as D
 from microact.engine import fsdp as sharding
 from microact.engine.builders import build_criterion, build_eval_loader, build_model, build_train_loader
+from microact.engine.memory import checkpointing_decision
 from microact.engine.optim import EMA, build_optimizer, describe_groups, lr_factor, param_groups, set_lr
 from microact.engine.state import (check_run_dir, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint,
                                    save_weights, set_rng_state)
@@ -221,6 +222,11 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo) -> int:
     model = build_model(cfg).to(device)
     n_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     check_run_dir(run_dir, min_free_bytes=8 * n_bytes + 16 * 2**20)  # weights + Adam moments, twice, plus margin
+    enable_ckpt, memory_note = checkpointing_decision(
+        cfg, torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None,
+        info.world_size)
+    if enable_ckpt is not None:
+        model.set_grad_checkpointing(enable_ckpt)
     if fsdp:
         sharding.shard_model(model)  # before the optimizer: it must hold the sharded parameters
     criterion = build_criterion(cfg, model).to(device)
@@ -327,6 +333,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo) -> int:
         D.log(f"{cfg.description or 'training'}\nrun directory {run_dir}")
         if note:
             D.log(f"note: {note}")
+        if memory_note:
+            D.log(memory_note)
         D.log(f"model {cfg.model.preset}: {sum(p.numel() for p in raw_model.parameters()):,d} parameters; "
               f"parameter groups:\n{describe_groups(groups)}")
         D.log(f"{len(dataset)} training clips; {info.world_size} process(es) x micro-batch {t.micro_batch} x "

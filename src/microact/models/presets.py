@@ -236,7 +236,7 @@ def create_model_from_config(cfg, pretrained: bool = True):
     m = cfg.model
     kwargs = dict(
         num_classes=m.num_classes, num_frames=cfg.data.clip_len, img_size=cfg.data.img_size,
-        drop_path_rate=m.drop_path_rate, head_dropout=m.head_dropout, grad_checkpointing=m.grad_checkpointing,
+        drop_path_rate=m.drop_path_rate, head_dropout=m.head_dropout, grad_checkpointing=m.grad_checkpointing is True,
         attn_impl=m.attn_impl, frame_layout=cfg.frame_head.layout, se_mode=cfg.frame_head.se_mode,
         margin_mode=cfg.arcface.margin_mode, arcface_scale=cfg.arcface.scale, arcface_margin=cfg.arcface.margin,
         load_final_norm=cfg.backbone.load_final_norm, input_mode=m.input_mode,
