@@ -49,6 +49,11 @@ def test_static_parts_follow_from_the_parameter_count():
     assert est.peak == est.weights + est.gradients + est.optimizer + est.activations
     half = _step(2, world_size=2, fsdp=True)
     assert half.optimizer == -(-est.optimizer // 2) and half.activations == est.activations
+    # the CUDA figure scales the activation part only (the factor measured on an H200, README "Training memory")
+    from microact.engine.memory import CUDA_ACTIVATION_FACTOR
+    static = est.weights + est.gradients + est.optimizer
+    assert est.cuda_peak == pytest.approx(static + CUDA_ACTIVATION_FACTOR * est.activations, abs=1)
+    assert est.cuda_peak > est.peak
 
 
 def test_activations_are_affine_in_batch_and_checkpointing_lowers_them():
@@ -100,10 +105,13 @@ def test_checkpointing_decision_auto_and_warnings():
     from microact.engine.memory import checkpointing_decision
 
     cfg, estimate_config = _cfg(grad_checkpointing="auto")
-    off = estimate_config(cfg, grad_checkpointing=False).peak
-    on = estimate_config(cfg, grad_checkpointing=True).peak
+    off_est = estimate_config(cfg, grad_checkpointing=False)
+    off = off_est.cuda_peak  # decisions plan with the CUDA-calibrated peak
+    on = estimate_config(cfg, grad_checkpointing=True).cuda_peak
     assert on < off
     assert checkpointing_decision(cfg, None, 1)[0] is False  # CPU: nothing to plan for
+    # room for the raw CPU estimate but not for the CUDA one: checkpointing goes on
+    assert checkpointing_decision(cfg, int(off_est.peak / 0.9) + 1, 1)[0] is True
     enable, note = checkpointing_decision(cfg, int(off / 0.9) + 1, 1)  # fits without: stays off
     assert enable is False and "auto: off" in note
     enable, note = checkpointing_decision(cfg, int((on + off) / 2 / 0.9), 1)  # fits only with checkpointing

@@ -1,0 +1,166 @@
+"""CUDA correctness checks: the GPU paths compute what the reference computes (no timings here).
+
+    PYTHONPATH=src python bench/gpu_checks.py            # needs a CUDA GPU and transformers
+    PYTHONPATH=src python bench/gpu_checks.py cpu        # a dry run of the script on the CPU (slow)
+
+What is checked, each against an independent computation:
+
+1. ViT-B 16x224 (real size, HF's own initialisation, random q/v biases): our backbone and HuggingFace
+   ``VideoMAEModel`` with the same weights, forward token maps and input gradients, in fp32 (TF32 off) and under
+   bf16 autocast, each against a float64 run of our model. Our error must not exceed HF's by more than 2x,
+   and fp32 must be near fp32 rounding.
+2. ``torch.compile`` vs eager on CUDA (test-size recognizer, seed loss): loss and every gradient.
+3. Fused AdamW (the CUDA default) vs the for-loop AdamW: parameters after three steps.
+4. bf16 autocast training step vs an fp32 step on CUDA: loss and gradients within bf16 rounding.
+
+Prints one line per check and a summary; exits 1 when a check fails.
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+import torch
+
+from microact.losses import build_loss
+from microact.models import create_model
+from microact.models.checkpoints import load_pretrained
+from microact.models.videomae import create_backbone
+
+DEV = torch.device(sys.argv[1] if len(sys.argv) > 1 else "cuda")  # "cpu": a dry run of the script itself
+results: list[tuple[str, bool, str]] = []
+
+
+def rel(a: torch.Tensor, ref: torch.Tensor) -> float:
+    """||a - ref|| / ||ref|| in float64."""
+    a, ref = a.detach().double(), ref.detach().double()
+    return ((a - ref).norm() / ref.norm()).item()
+
+
+def record(name: str, ok: bool, detail: str) -> None:
+    results.append((name, ok, detail))
+    print(f"{'PASS' if ok else 'FAIL'}  {name}: {detail}", flush=True)
+
+
+def check_hf_parity() -> None:
+    from transformers import VideoMAEConfig, VideoMAEModel
+
+    torch.manual_seed(0)
+    frames, size = (16, 224) if DEV.type == "cuda" else (4, 64)  # the CPU dry run checks the script, quickly
+    cfg = VideoMAEConfig(use_mean_pooling=False, layer_norm_eps=1e-6, attn_implementation="sdpa", num_frames=frames,
+                         image_size=size)  # ViT-B
+    hf = VideoMAEModel(cfg)
+    with torch.no_grad():  # HF initialises the q/v biases to zero: make them matter
+        for layer in hf.encoder.layer:
+            layer.attention.attention.query.bias.normal_(0.0, 0.02)
+            layer.attention.attention.value.bias.normal_(0.0, 0.02)
+    ours = create_backbone("videomae_base", output="map", pos_embed_mode="analytic", num_frames=frames, img_size=size)
+    load_pretrained(ours, hf.state_dict(), load_final_norm=True)
+    x = torch.randn(2, 3, frames, size, size, device=DEV)
+
+    # float64 reference: our model (its fp32 parity with HF is a CPU unit test), on the same device.
+    ref_model = create_backbone("videomae_base", output="map", pos_embed_mode="analytic", num_frames=frames,
+                                img_size=size).to(DEV).double()
+    ref_model.load_state_dict(ours.state_dict())
+    x_ref = x.double().requires_grad_()
+    y_ref = ref_model(x_ref).flatten(2).transpose(1, 2)
+    target = torch.randn_like(y_ref)
+    (y_ref * target).sum().backward()
+    del ref_model
+
+    ours.to(DEV)
+    hf.to(DEV)
+    target_dev = target.float()
+    errors = {}
+    for precision in ("fp32", "bf16"):
+        for name, model in (("ours", ours), ("hf", hf)):
+            xi = x.clone().requires_grad_()
+            with torch.autocast(DEV.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                if name == "ours":
+                    y = model(xi).flatten(2).transpose(1, 2)
+                else:
+                    y = model(pixel_values=xi.permute(0, 2, 1, 3, 4)).last_hidden_state
+            (y.float() * target_dev).sum().backward()
+            errors[precision, name] = (rel(y, y_ref), rel(xi.grad, x_ref.grad))
+            model.zero_grad(set_to_none=True)
+    for precision, bound in (("fp32", 1e-5), ("bf16", 3e-2)):
+        (fo, go), (fh, gh) = errors[precision, "ours"], errors[precision, "hf"]
+        ok = fo <= max(2 * fh, bound) and go <= max(2 * gh, bound) and fo <= bound and go <= bound
+        record(f"ViT-B vs float64, {precision}", ok,
+               f"forward rel err ours {fo:.2e} / HF {fh:.2e}; input-grad rel err ours {go:.2e} / HF {gh:.2e} "
+               f"(bound {bound:.0e}, and ours <= 2x HF)")
+    del ours, hf
+    torch.cuda.empty_cache()
+
+
+def tiny(seed: int = 0):
+    torch.manual_seed(seed)
+    return create_model("videomae_test_frame_coarse_tsn", num_frames=4, img_size=32, head_dropout=0.0,
+                        drop_path_rate=0.0).to(DEV)
+
+
+def step(model, x, labels, criterion, bf16=False):
+    model.zero_grad(set_to_none=True)
+    with torch.autocast(DEV.type, dtype=torch.bfloat16, enabled=bf16):
+        out = model(x, labels)
+    loss = criterion(out.as_seed_tuple(), labels)
+    loss.backward()
+    grads = torch.cat([p.grad.flatten() for _, p in sorted(model.named_parameters(), key=lambda t: t[0]
+                                                            .removeprefix("_orig_mod."))])
+    return loss.detach(), grads
+
+
+def check_compile_and_precision() -> None:
+    x = torch.randn(4, 3, 4, 32, 32, device=DEV)
+    labels = torch.tensor([0, 5, 17, 40], device=DEV)
+    model = tiny()
+    criterion = build_loss(model.preset.loss, model.num_classes)
+    loss_e, grads_e = step(model, x, labels, criterion)
+    compiled = torch.compile(tiny())
+    t0 = time.perf_counter()
+    loss_c, grads_c = step(compiled, x, labels, criterion)
+    record(f"torch.compile vs eager ({DEV.type}, fp32)",
+           rel(loss_c, loss_e) <= 1e-5 and rel(grads_c, grads_e) <= 1e-4,
+           f"loss rel {rel(loss_c, loss_e):.1e}, grads rel {rel(grads_c, grads_e):.1e} (bounds 1e-5, 1e-4; "
+           f"compiled in {time.perf_counter() - t0:.0f} s)")
+    loss_b, grads_b = step(model, x, labels, criterion, bf16=True)
+    record(f"bf16 autocast step vs fp32 step ({DEV.type})", rel(loss_b, loss_e) <= 2e-2 and rel(grads_b, grads_e) <= 5e-2,
+           f"loss rel {rel(loss_b, loss_e):.1e}, grads rel {rel(grads_b, grads_e):.1e} (bounds 2e-2, 5e-2)")
+
+
+def check_fused_adamw() -> None:
+    x = torch.randn(4, 3, 4, 32, 32, device=DEV)
+    labels = torch.tensor([1, 9, 20, 33], device=DEV)
+    finals = []
+    for fused in (True, False):
+        model = tiny(seed=3)
+        criterion = build_loss(model.preset.loss, model.num_classes)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05, fused=fused, foreach=False if not fused else None)
+        for _ in range(3):
+            step(model, x, labels, criterion)
+            opt.step()
+        finals.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    diff = (finals[0] - finals[1]).abs().max().item()
+    record(f"fused AdamW vs for-loop AdamW ({DEV.type}, 3 steps)", diff <= 1e-5, f"max |param diff| {diff:.1e} (bound 1e-5)")
+
+
+def main() -> int:
+    if DEV.type == "cuda" and not torch.cuda.is_available():
+        print("gpu_checks: no CUDA device")
+        return 1
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    name = torch.cuda.get_device_name() if DEV.type == "cuda" else "cpu"
+    print(f"gpu_checks on {name} (torch {torch.__version__})", flush=True)
+    for check in (check_hf_parity, check_compile_and_precision, check_fused_adamw):
+        try:
+            check()
+        except Exception as e:  # a crash is a failed check; the others still run
+            record(check.__name__, False, f"{type(e).__name__}: {e}")
+    failed = [n for n, ok, _ in results if not ok]
+    print(f"gpu_checks: {len(results) - len(failed)}/{len(results)} passed" + (f"; failed: {failed}" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
