@@ -124,7 +124,8 @@ def check_compile_and_precision() -> None:
            f"loss rel {rel(loss_c, loss_e):.1e}, grads rel {rel(grads_c, grads_e):.1e} (bounds 1e-5, 1e-4; "
            f"compiled in {time.perf_counter() - t0:.0f} s)")
     loss_b, grads_b = step(model, x, labels, criterion, bf16=True)
-    record(f"bf16 autocast step vs fp32 step ({DEV.type})", rel(loss_b, loss_e) <= 2e-2 and rel(grads_b, grads_e) <= 5e-2,
+    record(f"bf16 autocast step vs fp32 step ({DEV.type})",
+           rel(loss_b, loss_e) <= 2e-2 and rel(grads_b, grads_e) <= 5e-2,
            f"loss rel {rel(loss_b, loss_e):.1e}, grads rel {rel(grads_b, grads_e):.1e} (bounds 2e-2, 5e-2)")
 
 
@@ -135,18 +136,20 @@ def check_fused_adamw() -> None:
     for fused in (True, False):
         model = tiny(seed=3)
         criterion = build_loss(model.preset.loss, model.num_classes)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05, fused=fused, foreach=False if not fused else None)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05, fused=fused,
+                                foreach=None if fused else False)  # fused=False, foreach=False: the for-loop
         for _ in range(3):
             step(model, x, labels, criterion)
             opt.step()
         finals.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
     diff = (finals[0] - finals[1]).abs().max().item()
-    record(f"fused AdamW vs for-loop AdamW ({DEV.type}, 3 steps)", diff <= 1e-5, f"max |param diff| {diff:.1e} (bound 1e-5)")
+    record(f"fused AdamW vs for-loop AdamW ({DEV.type}, 3 steps)", diff <= 1e-5,
+           f"max |param diff| {diff:.1e} (bound 1e-5)")
 
 
 def main() -> int:
     if DEV.type == "cuda" and not torch.cuda.is_available():
-        print("gpu_checks: no CUDA device")
+        print("gpu_checks: no CUDA device here (`python bench/gpu_checks.py cpu` dry-runs the script on the CPU)")
         return 1
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False

@@ -21,6 +21,7 @@ Examples::
 from __future__ import annotations
 
 import json
+import sys
 import weakref
 from dataclasses import asdict, dataclass
 from typing import Callable, Optional
@@ -250,17 +251,23 @@ def plan_preset(preset: str, batches: list[int], memory_bytes: int, precision: s
     with torch.device("meta"):
         backbone = create_model(preset).preset.backbone
     budget = int(headroom * memory_bytes)
+    estimates: dict[tuple[int, bool], MemoryEstimate] = {}  # the table and the largest-batch search share some
+
+    def estimate(b: int, ckpt: bool) -> MemoryEstimate:
+        if (b, ckpt) not in estimates:
+            estimates[b, ckpt] = estimate_preset(preset, b, precision, grad_checkpointing=ckpt)
+        return estimates[b, ckpt]
+
     rows = []
     for b in batches:
         row = {"batch": b}
         for key, ckpt in (("off", False), ("on", True)):
-            est = estimate_preset(preset, b, precision, grad_checkpointing=ckpt)
+            est = estimate(b, ckpt)
             row[key] = {**asdict(est), "cuda_peak": est.cuda_peak}
         rows.append(row)
     fit = {}
     for ckpt in (False, True):
-        fit["on" if ckpt else "off"] = max_batch(
-            lambda b, ckpt=ckpt: estimate_preset(preset, b, precision, grad_checkpointing=ckpt).cuda_peak, budget)
+        fit["on" if ckpt else "off"] = max_batch(lambda b, ckpt=ckpt: estimate(b, ckpt).cuda_peak, budget)
     seed_batch = _DEFAULT_BATCH["cuda"].get(backbone)
     return {"preset": preset, "backbone": backbone, "precision": precision, "memory_bytes": memory_bytes,
             "headroom": headroom, "rows": rows, "max_batch": fit, "seed_batch": seed_batch}
@@ -322,11 +329,9 @@ def checkpointing_decision(cfg, total: Optional[int], world_size: int) -> tuple[
         return True, (f"warning: estimated {on.cuda_peak_gib:.1f} GiB per process even with checkpointing ({where}): "
                       "expect out-of-memory; lower train.micro_batch (gradient accumulation keeps "
                       "train.global_batch) or use train.parallel=fsdp")
-    if setting is True:
-        est = estimate_config(cfg, grad_checkpointing=True, world_size=world_size)
-        fits = est.cuda_peak <= budget
-        return None, (f"memory estimate: {est.cuda_peak_gib:.1f} GiB per process with checkpointing ({where})"
-                      + ("" if fits else "; expect out-of-memory: lower train.micro_batch"))
+    if setting is True:  # `on` is the estimate of this very run
+        return None, (f"memory estimate: {on.cuda_peak_gib:.1f} GiB per process with checkpointing ({where})"
+                      + ("" if on.cuda_peak <= budget else "; expect out-of-memory: lower train.micro_batch"))
     hint = f"model.grad_checkpointing=true (about {on.cuda_peak_gib:.1f} GiB)" if on.cuda_peak <= budget else \
         "a smaller train.micro_batch"
     return None, (f"warning: estimated {off.cuda_peak_gib:.1f} GiB per process ({where}): expect out-of-memory; "
@@ -343,6 +348,9 @@ def cli_main(args) -> int:
             raise MicroactError(f"--preset {p!r}: unknown preset; choose from: {', '.join(valid)}")
     plans = []
     for p in args.preset:
+        # a few dozen fake-tensor steps per preset: say so before the first minute of silence
+        print(f"estimating {p} (a few seconds per estimate; the largest-batch search takes a couple of minutes) ...",
+              file=sys.stderr, flush=True)
         plan = plan_preset(p, list(args.batch), int(args.gpu_mem_gib * GIB), args.precision)
         plans.append(plan)
         print(format_plan(plan) + "\n")
