@@ -183,6 +183,36 @@ def test_crop_video_single_file(carphone_path, tmp_path, mp_detector):
     assert min(frames.shape[1:3]) == 64
 
 
+def _x264_settings(path: Path) -> str:
+    """The option string x264 writes into every stream it encodes (an SEI message: "... options: cabac=1 ...")."""
+    data = path.read_bytes()
+    start = data.index(b"x264 - core")
+    return data[start:data.index(b"\x00", start)].decode("ascii", "replace")
+
+
+@pytest.mark.parametrize("fast_decode", [True, False])
+def test_crop_encoding_is_chosen_for_decoding_speed(tmp_path, fast_decode):
+    src = tmp_path / "in.mp4"
+    rng = np.random.default_rng(0)
+    write_video(src, rng.integers(0, 255, size=(6, 96, 160, 3), dtype=np.uint8), fps=12)
+    out = tmp_path / "out.mp4"
+    cfg = CropConfig(detector="none", short_side=None, crf=21, fast_decode=fast_decode)
+    entry = crop_video(src, out, create_detector("none"), cfg)
+    settings = _x264_settings(out)
+    # tune=fastdecode is exactly: no CABAC, no deblocking filter (x264's --tune help).
+    assert ("cabac=0" in settings) == ("deblock=0" in settings) == fast_decode, settings
+    assert ("cabac=1" in settings) == (not fast_decode) and "crf=21.0" in settings
+    assert entry["encoding"] == {"codec": "libx264", "preset": "veryfast", "crf": 21, "fast_decode": fast_decode}
+    assert _decode(out).shape == (6, 96, 160, 3)
+
+
+def test_crop_crf_out_of_range_is_rejected():
+    from microact.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"crop.crf: must be in \[0, 51\]"):
+        CropConfig(crf=60).validate()
+
+
 def test_run_crop_resumable_and_survives_corrupt_files(tmp_path, capsys):
     src = tmp_path / "in"
     synth.synthesize(src, num_classes=3, clips_per_class=1, seed=5, frames=6, width=192, height=144, workers=1,

@@ -85,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-aspect", type=float, default=0.6, help="minimum width/height of the box")
     p.add_argument("--sample-frames", type=int, default=8, help="frames per video given to the detector")
     p.add_argument("--short-side", type=int, default=320, help="downscale the cropped video's short side (0 = keep)")
+    p.add_argument("--crf", type=int, default=18,
+                   help="x264 quality of the cropped videos, 0-51 (lower = better, larger)")
+    p.add_argument("--no-fast-decode", dest="fast_decode", action="store_false",
+                   help="encode with CABAC and deblocking (smaller files, 1.4-1.6x slower to decode in training)")
     p.add_argument("--workers", type=int, default=0, help="parallel processes (0 = all cores)")
     p.add_argument("--preview", type=int, default=8, help="videos shown in the preview image (0 = none)")
     p.add_argument("--overwrite", action="store_true", help="redo videos that are already cropped")
@@ -188,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--batch", type=int, default=4)
     q.add_argument("--steps", type=int, default=10)
     q.add_argument("--device", default="auto")
+    q.add_argument("--cache-dir", default=None, help="use the decode-once cache (data.cache_dir) in this folder")
+    q.add_argument("--cache-format", default="npy", choices=["npy", "jpeg"],
+                   help="data.cache_format: npy (lossless, ~46 MB per clip) or jpeg (lossy, ~19x smaller)")
     q.add_argument("--json", default=None, help="also write the figures here")
 
     q = _sub(bench_sub, "memory", "estimated training-step memory per preset and batch; what fits a GPU (no GPU needed)")

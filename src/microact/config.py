@@ -52,12 +52,16 @@ class DataConfig:
     allow_absolute_paths: bool = False  # list files may not point outside root unless this is set
     check_files: bool = True  # verify every listed video exists before training starts
     cache_dir: Optional[str] = None  # decode-once cache of sampled frames (off by default)
+    cache_format: Literal["npy", "jpeg"] = "npy"  # npy: lossless, frames x H x W x 3 bytes; jpeg: ~19x smaller, lossy
+    cache_jpeg_quality: int = 95  # JPEG quality of cache_format=jpeg (1-100)
 
     def validate(self):
         _positive(self, "num_classes", "clip_len", "img_size", "decode_timeout")
         _non_negative(self, "num_workers")
         if not self.train_lists:
             raise ConfigError("data.train_lists: needs at least one list file")
+        if not 1 <= self.cache_jpeg_quality <= 100:
+            raise ConfigError(f"data.cache_jpeg_quality: must be in [1, 100], got {self.cache_jpeg_quality}")
 
 
 @dataclass
@@ -228,10 +232,14 @@ class CropConfig:
     min_aspect: float = 0.6  # width / height of the final box
     sample_frames: int = 8  # frames per video given to the detector
     short_side: Optional[int] = 320  # downscale cropped videos so training decodes fast (None = keep)
+    crf: int = 18  # x264 quality of the cropped videos (lower = better and larger)
+    fast_decode: bool = True  # x264 tune=fastdecode (no CABAC, no deblocking): 1.4-1.6x cheaper decode, ~25 % larger
     weights: Optional[str] = None  # YOLO (.pt) or ONNX weights, when the detector needs them
 
     def validate(self):
         _positive(self, "min_aspect", "sample_frames")
+        if not 0 <= self.crf <= 51:
+            raise ConfigError(f"crop.crf: must be in [0, 51] (x264's range), got {self.crf}")
 
 
 @dataclass

@@ -1,9 +1,12 @@
 """``microact bench data``: training data pipeline throughput (figures are printed, never asserted).
 
-Writes two kinds of short H.264 clips into a temporary folder: raw camera-like 1920x1080 clips and
-person-cropped, downscaled portrait clips (320 px short side), then measures, for each kind:
+Writes two kinds of short H.264 clips into a temporary folder: raw camera-like 1920x1080 clips (CABAC,
+deblocking) and person-cropped, downscaled portrait clips (320 px short side) encoded exactly as ``microact crop``
+encodes them, then measures, for each kind:
 
-- decode only: ours (PyAV sequential, or decord through microact) vs decord ``get_batch``;
+- decode only: ours (PyAV sequential, or decord through microact) vs decord ``get_batch``; for the crops also
+  without ``crop.fast_decode``, to show what that encoding choice buys, and reading the sampled frames from a
+  filled decode-once cache (``data.cache_format`` npy and jpeg) with its size on disk;
 - transforms only on already decoded frames: ours (vectorised, :class:`TrainTransform`) vs a straightforward
   per-frame numpy/cv2 implementation of the same ops;
 - the whole pipeline through a DataLoader with N workers: clips/s and clips/s per worker, ours vs the
@@ -18,14 +21,17 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Sequence
 
 import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from microact.config import AugConfig
+from microact.config import AugConfig, CropConfig
 from microact.data.annotations import VideoRecord
+from microact.data.cache import CACHE_FORMATS, FrameCache
+from microact.data.crop.run import crop_encoding
 from microact.data.dataset import VideoDataset, build_loader
 from microact.data.decode import read_frames
 from microact.data.sampling import uniform_sample
@@ -33,6 +39,9 @@ from microact.data.transforms import TrainTransform
 from microact.data.video_writer import write_video
 
 KINDS = {"raw1080p": (1080, 1920), "crop320": (534, 320)}  # (H, W); 320x534 is w/h 0.6, the seed's crop aspect
+# How each kind is encoded: raw clips like a camera's H.264 (CABAC, deblocking), crops exactly as `microact crop`
+# writes them. A decode-only comparison also writes the crops without fast_decode.
+RAW_ENCODING = {"crf": 23, "preset": "veryfast"}
 FPS = 30
 SECONDS = 3
 CLIP_LEN = 16
@@ -53,12 +62,14 @@ def _frames(height: int, width: int, n: int, seed: int) -> np.ndarray:
     return out
 
 
-def _write_clips(folder: Path, kind: str, count: int) -> list[Path]:
+def _write_clips(folder: Path, kind: str, count: int, fast_decode: bool = True) -> list[Path]:
+    """``count`` clips of ``kind``; crops are encoded as ``microact crop`` encodes them (``fast_decode`` as given)."""
     h, w = KINDS[kind]
+    encoding = RAW_ENCODING if kind == "raw1080p" else crop_encoding(CropConfig(fast_decode=fast_decode))
     paths = []
     for i in range(count):
-        path = folder / f"{kind}_{i}.mp4"
-        write_video(path, _frames(h, w, FPS * SECONDS, seed=i), fps=FPS, preset="ultrafast")
+        path = folder / f"{kind}{'' if fast_decode else '_cabac'}_{i}.mp4"
+        write_video(path, _frames(h, w, FPS * SECONDS, seed=i), fps=FPS, **encoding)
         paths.append(path)
     return paths
 
@@ -143,8 +154,8 @@ def _loader_rate(loader) -> float:
     return seen / (time.perf_counter() - t)
 
 
-def run(workers: list[int], clips: int, progress=print) -> dict:
-    """Run every measurement and return the figures (see the module docstring)."""
+def run(workers: list[int], clips: int, kinds: Sequence[str] = tuple(KINDS), progress=print) -> dict:
+    """Run every measurement on the clip ``kinds`` and return the figures (see the module docstring)."""
     import decord  # noqa: F401  (the peer needs it; fail early with a clear ImportError)
 
     cv2.setNumThreads(1)
@@ -154,7 +165,7 @@ def run(workers: list[int], clips: int, progress=print) -> dict:
                      "kinds": {}}
     with tempfile.TemporaryDirectory(prefix="microact_bench_data_") as tmp:
         folder = Path(tmp)
-        for kind in KINDS:
+        for kind in kinds:
             progress(f"writing {kind} clips ...")
             paths = _write_clips(folder, kind, 2)
             items = [(paths[i % len(paths)], np.random.default_rng(i)) for i in range(max(4, clips // 4))]
@@ -162,6 +173,19 @@ def run(workers: list[int], clips: int, progress=print) -> dict:
             r["decode_ms_pyav"] = _median_ms(
                 lambda it: read_frames(it[0], uniform_sample(FPS * SECONDS, CLIP_LEN, rng=it[1])), items)
             r["decode_ms_decord"] = _median_ms(lambda it: _decord_batch(it[0], it[1]), items)
+            if kind != "raw1080p":
+                slow = _write_clips(folder, kind, len(paths), fast_decode=False)  # same content, same samples
+                slow_items = [(slow[i % len(slow)], np.random.default_rng(i)) for i in range(len(items))]
+                r["decode_ms_pyav_without_fast_decode"] = _median_ms(
+                    lambda it: read_frames(it[0], uniform_sample(FPS * SECONDS, CLIP_LEN, rng=it[1])), slow_items)
+                for fmt in CACHE_FORMATS:  # what an epoch costs once the decode-once cache is filled
+                    cache = FrameCache(folder / f"cache_{fmt}", fmt)
+                    for p in paths:
+                        cache.frames(p, "all", lambda p=p: read_frames(p, np.arange(FPS * SECONDS)))
+                    r[f"cache_ms_{fmt}"] = _median_ms(lambda it: cache.frames(
+                        it[0], "all", None, indices=uniform_sample(FPS * SECONDS, CLIP_LEN, rng=it[1])), items)
+                    r[f"cache_mb_per_clip_{fmt}"] = sum(
+                        f.stat().st_size for f in (folder / f"cache_{fmt}").iterdir()) / len(paths) / 1e6
             frames = read_frames(paths[0], uniform_sample(FPS * SECONDS, CLIP_LEN, rng=np.random.default_rng(0)))
             rngs = [np.random.default_rng(i) for i in range(len(items))]
             r["transform_ms_ours"] = _median_ms(lambda g: ours_tf(frames, g), rngs)
@@ -191,6 +215,17 @@ def format_results(res: dict, workers: list[int]) -> str:
             f"{kind}:",
             f"  decode     PyAV (ours) {dec:7.1f} ms/clip   decord get_batch {r['decode_ms_decord']:7.1f} ms/clip"
             f"   PyAV/decord {r['decode_ms_decord'] / dec:.2f}x",
+        ]
+        if "decode_ms_pyav_without_fast_decode" in r:
+            slow = r["decode_ms_pyav_without_fast_decode"]
+            lines.append(f"  decode     without fast_decode (CABAC, deblocking) {slow:7.1f} ms/clip   "
+                         f"fast_decode {slow / dec:.2f}x faster")
+        for fmt in CACHE_FORMATS:
+            if f"cache_ms_{fmt}" in r:
+                ms = r[f"cache_ms_{fmt}"]
+                lines.append(f"  from the decode cache ({fmt:4s}) {ms:7.1f} ms/clip   {dec / ms:5.1f}x faster than "
+                             f"decoding   {r[f'cache_mb_per_clip_{fmt}']:6.1f} MB per {SECONDS} s clip on disk")
+        lines += [
             f"  transforms ours        {tf:7.1f} ms/clip   plain per-frame  {r['transform_ms_plain']:7.1f} ms/clip"
             f"   ours/plain  {r['transform_ms_plain'] / tf:.2f}x",
             f"  one process is limited by {limit}: {max(dec, tf) / (dec + tf):.0%} of decode + transform time",

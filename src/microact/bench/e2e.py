@@ -38,15 +38,22 @@ def _sync(device: torch.device) -> None:
 
 
 def run(preset: str, workers: int, batch: int, steps: int, device_name: str = "auto", clips: int | None = None,
-        num_frames: int = 16, img_size: int = 224, progress=print) -> dict:
-    """Measure loader, step and end-to-end throughput; return the figures as a dict."""
+        num_frames: int = 16, img_size: int = 224, cache_dir: str | None = None, cache_format: str = "npy",
+        progress=print) -> dict:
+    """Measure loader, step and end-to-end throughput; return the figures as a dict.
+
+    With ``cache_dir`` the dataset uses the decode-once cache there (``data.cache_dir``, ``data.cache_format``):
+    the loader-alone pass decodes and fills it, the step and end-to-end passes read frames from it.
+    """
     from microact.bench.data import _write_clips  # the data benchmark's portrait, person-cropped-like clips
 
     device = _device(device_name)
     on_cpu = device.type == "cpu"
     if on_cpu and preset.startswith("videomae_tiny"):
         num_frames, img_size = 8, 96  # the tiny synthetic recipe's input
-    precision = torch.bfloat16
+    # bf16 autocast on GPUs; fp32 on the CPU, as the CPU recipe trains (bf16 autocast made the tiny model's CPU step
+    # 10x slower with torch 2.13).
+    precision = "fp32" if on_cpu else "bf16"
     with tempfile.TemporaryDirectory(prefix="microact-e2e-") as tmp:
         folder = Path(tmp)
         n_clips = clips or max(batch * (steps + 2), 8)
@@ -54,7 +61,9 @@ def run(preset: str, workers: int, batch: int, steps: int, device_name: str = "a
         paths = _write_clips(folder, "crop320", min(n_clips, 32))
         records = [VideoRecord(path=p.name, label=i % 52, source=f"bench:{i}") for i, p in enumerate(paths)]
         records = (records * (n_clips // len(records) + 1))[:n_clips]
-        dataset = VideoDataset(records, folder, clip_len=num_frames, transform=TrainTransform(AugConfig(), img_size, rng=0))
+        transform = TrainTransform(AugConfig(), img_size, rng=0)
+        dataset = VideoDataset(records, folder, clip_len=num_frames, transform=transform, cache_dir=cache_dir,
+                               cache_format=cache_format)
         loader = build_loader(dataset, batch_size=batch, shuffle=True, num_workers=workers, seed=0, drop_last=True)
 
         model = create_model(preset, num_frames=num_frames, img_size=img_size).to(device).train()
@@ -63,7 +72,7 @@ def run(preset: str, workers: int, batch: int, steps: int, device_name: str = "a
 
         def step(video_uint8, labels):
             x = normalize_batch(video_uint8.to(device, non_blocking=True))
-            with torch.autocast(device.type, dtype=precision):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                 out = model(x)
             loss = criterion(out.as_seed_tuple(), labels.to(device, non_blocking=True))
             loss.backward()
@@ -74,16 +83,17 @@ def run(preset: str, workers: int, batch: int, steps: int, device_name: str = "a
         # 1. loader alone
         loader.sampler.set_epoch(0)
         it = iter(loader)
-        next(it)  # workers start up
+        fixed = next(it)  # workers start up
         start, delivered = time.perf_counter(), 0
         for batch_data in it:
             delivered += len(batch_data["label"])
+            fixed = batch_data
         loader_rate = delivered / (time.perf_counter() - start)
-        progress(f"loader: {loader_rate:.1f} clips/s with {workers} workers")
+        progress(f"loader: {loader_rate:.1f} clips/s with {workers} workers"
+                 + (" (decoding into the cache)" if cache_dir else ""))
 
-        # 2. step alone on a fixed batch
-        loader.sampler.set_epoch(1)
-        fixed = next(iter(loader))
+        # 2. step alone on a fixed batch (the loader's last one: a new iterator would set the workers decoding
+        # again, and on the CPU they would take cores from the step being timed)
         step(fixed["video"], fixed["label"])  # warm-up
         _sync(device)
         start = time.perf_counter()
@@ -91,7 +101,7 @@ def run(preset: str, workers: int, batch: int, steps: int, device_name: str = "a
             step(fixed["video"], fixed["label"])
         _sync(device)
         step_rate = batch * steps / (time.perf_counter() - start)
-        progress(f"training step: {step_rate:.1f} clips/s ({preset}, batch {batch}, bf16, {device})")
+        progress(f"training step: {step_rate:.1f} clips/s ({preset}, batch {batch}, {precision}, {device})")
 
         # 3. together: how long the loop waits for data. The epoch's first batch is timed on its own: every
         # worker assembles a whole batch before the first one arrives, a once-per-epoch cost that a short run
@@ -118,10 +128,11 @@ def run(preset: str, workers: int, batch: int, steps: int, device_name: str = "a
         e2e_rate = done * batch / total
         del it, loader  # stop the persistent workers' prefetching before the clips are deleted
     result = {
-        "preset": preset, "device": str(device), "workers": workers, "batch": batch, "num_frames": num_frames,
+        "preset": preset, "device": str(device), "precision": precision, "workers": workers, "batch": batch,
+        "num_frames": num_frames,
         "img_size": img_size, "loader_clips_per_s": loader_rate, "step_clips_per_s": step_rate,
         "e2e_clips_per_s": e2e_rate, "data_wait_fraction": wait / total if total else 0.0,
-        "epoch_first_batch_s": first_batch_s,
+        "epoch_first_batch_s": first_batch_s, "decode_cache": cache_format if cache_dir else None,
         "bound": "data" if wait / total > 0.1 else "compute",
     }
     return result
@@ -129,19 +140,23 @@ def run(preset: str, workers: int, batch: int, steps: int, device_name: str = "a
 
 def format_result(r: dict) -> str:
     return "\n".join([
-        f"e2e benchmark: {r['preset']} on {r['device']}, batch {r['batch']}, {r['num_frames']}x{r['img_size']}², "
-        f"{r['workers']} workers",
-        f"  loader alone        {r['loader_clips_per_s']:8.1f} clips/s",
+        f"e2e benchmark: {r['preset']} on {r['device']} ({r.get('precision', 'bf16')}), batch {r['batch']}, "
+        f"{r['num_frames']}x{r['img_size']}², "
+        f"{r['workers']} workers" + (f", decode cache ({r['decode_cache']})" if r.get("decode_cache") else ""),
+        f"  loader alone        {r['loader_clips_per_s']:8.1f} clips/s"
+        + ("  (first epoch: decoding and filling the cache)" if r.get("decode_cache") else ""),
         f"  training step alone {r['step_clips_per_s']:8.1f} clips/s",
         f"  end to end          {r['e2e_clips_per_s']:8.1f} clips/s  (waiting for data {100 * r['data_wait_fraction']:.0f}% "
         f"of the time: {r['bound']}-bound)",
         f"  first batch of an epoch {r['epoch_first_batch_s']:.2f} s (workers fill their first batches; once per "
         "epoch, not in the figures above)",
-    ])
+    ] + (["  on the CPU the loader's workers and the step share the cores, so together both run slower than alone"]
+         if r["device"] == "cpu" else []))
 
 
 def cli_main(args) -> int:
-    result = run(args.preset, args.workers, args.batch, args.steps, args.device)
+    result = run(args.preset, args.workers, args.batch, args.steps, args.device, cache_dir=args.cache_dir,
+                 cache_format=args.cache_format)
     print(format_result(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

@@ -9,7 +9,6 @@ A video that cannot be decoded never raises out of ``__getitem__``: it yields ``
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import warnings
@@ -21,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from microact.data.annotations import VideoRecord
+from microact.data.cache import CacheFormat, FrameCache
 from microact.data.decode import VideoDecodeError, count_frames, read_frames
 from microact.data.sampling import uniform_sample
 
@@ -39,11 +39,13 @@ class VideoDataset(Dataset):
         decoder: ``"pyav"`` or ``"decord"``.
         decode_timeout: seconds per video before it counts as bad (``None``: no limit).
         seed: base of the per-item random generators.
-        cache_dir: decode-once cache (``.npy`` files). Test mode keeps the sampled frames of each video, so
-            repeated evaluations skip decoding; training keeps every frame of each video once (memory-mapped,
-            so an epoch reads only the sampled frames from disk). Needs the disk: frames x H x W x 3 bytes per
-            video, which is why cropped, downscaled videos come first. The key covers the file's path, size,
-            mtime and the decoder, so an edited video is decoded again.
+        cache_dir: decode-once cache (:class:`~microact.data.cache.FrameCache`). Test mode keeps the sampled
+            frames of each video, so repeated evaluations skip decoding; training keeps every frame of each
+            video once and an epoch reads only the sampled frames. ``npy`` needs frames x H x W x 3 bytes per
+            video (which is why cropped, downscaled videos come first); ``jpeg`` about 19x less, lossy.
+            An edited video is decoded again.
+        cache_format: ``"npy"`` (lossless) or ``"jpeg"``.
+        cache_jpeg_quality: quality of the ``jpeg`` format.
 
     Items: ``{"video": uint8 tensor [3,T,S,S] (train) or [V,3,T,S,S] (test), "label": int, "index": int}``,
     or ``{"video": None, ..., "error": "path: reason"}`` for a bad video.
@@ -51,7 +53,8 @@ class VideoDataset(Dataset):
 
     def __init__(self, records: Sequence[VideoRecord], video_root: str | os.PathLike, *, clip_len: int,
                  transform: Callable, num_clips: int = 1, test_mode: bool = False, decoder: str = "pyav",
-                 decode_timeout: Optional[float] = None, seed: int = 0, cache_dir: str | os.PathLike | None = None):
+                 decode_timeout: Optional[float] = None, seed: int = 0, cache_dir: str | os.PathLike | None = None,
+                 cache_format: CacheFormat = "npy", cache_jpeg_quality: int = 95):
         self.records = list(records)
         self.video_root = Path(video_root)
         self.clip_len = clip_len
@@ -61,7 +64,7 @@ class VideoDataset(Dataset):
         self.decoder = decoder
         self.decode_timeout = decode_timeout
         self.seed = seed
-        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.cache = FrameCache(cache_dir, cache_format, cache_jpeg_quality) if cache_dir else None
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -97,32 +100,15 @@ class VideoDataset(Dataset):
     def _frames(self, path: Path, rng: np.random.Generator) -> np.ndarray:
         num_frames = count_frames(path, timeout=self.decode_timeout)
         indices = uniform_sample(num_frames, self.clip_len, self.num_clips, self.test_mode, rng)
-        if self.cache_dir is None:
+        if self.cache is None:
             return read_frames(path, indices, decoder=self.decoder, timeout=self.decode_timeout)
         if self.test_mode:  # the views never change: keep exactly the sampled frames
-            return self._cached(path, str(indices.tolist()),
-                                lambda: read_frames(path, indices, decoder=self.decoder, timeout=self.decode_timeout))
-        # Training draws new indices every epoch: keep every frame of the video once, memory-mapped, and pick.
-        everything = self._cached(
-            path, "all", lambda: read_frames(path, np.arange(num_frames), decoder=self.decoder,
-                                             timeout=self.decode_timeout), mmap=True)
-        return np.asarray(everything[np.minimum(indices, len(everything) - 1)])
-
-    def _cached(self, path: Path, what: str, decode: Callable[[], np.ndarray], mmap: bool = False) -> np.ndarray:
-        st = path.stat()
-        key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{self.decoder}|{what}"
-        cache_file = self.cache_dir / f"{hashlib.sha1(key.encode()).hexdigest()}.npy"
-        if cache_file.is_file():
-            try:
-                return np.load(cache_file, mmap_mode="r" if mmap else None)
-            except (OSError, ValueError):
-                pass  # a damaged cache entry is rewritten below
-        frames = decode()
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.tmp.npy")
-        np.save(tmp, frames)
-        os.replace(tmp, cache_file)  # atomic: concurrent workers never read half a file
-        return frames
+            return self.cache.frames(path, f"{self.decoder}|{indices.tolist()}", lambda: read_frames(
+                path, indices, decoder=self.decoder, timeout=self.decode_timeout))
+        # Training draws new indices every epoch: keep every frame of the video once and read the sampled ones.
+        return self.cache.frames(path, f"{self.decoder}|all",
+                                 lambda: read_frames(path, np.arange(num_frames), decoder=self.decoder,
+                                                     timeout=self.decode_timeout), indices=indices)
 
 
 def collate(items: Sequence[dict]) -> dict:

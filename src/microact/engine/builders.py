@@ -58,7 +58,8 @@ def build_train_dataset(cfg: Config):
     return VideoDataset(records, video_dir(cfg), clip_len=cfg.data.clip_len,
                         transform=TrainTransform(cfg.aug, cfg.data.img_size, rng=cfg.train.seed),
                         test_mode=False, decoder=cfg.data.decoder, decode_timeout=cfg.data.decode_timeout,
-                        seed=cfg.train.seed, cache_dir=cfg.data.cache_dir)
+                        seed=cfg.train.seed, cache_dir=cfg.data.cache_dir,
+                        cache_format=cfg.data.cache_format, cache_jpeg_quality=cfg.data.cache_jpeg_quality)
 
 
 def build_train_loader(cfg: Config, *, distributed: bool = False):

@@ -105,10 +105,23 @@ def crop_video(path: str | os.PathLike, out_path: str | os.PathLike, detector: P
     out_w, out_h = short_side_size(x2 - x1, y2 - y1, cfg.short_side)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fps = info.fps if info.fps > 0 else 30.0
+    encoding = crop_encoding(cfg)
     written = write_video(out_path, (crop_frame(f, entry["box"], cfg.short_side) for f in _iter_frames(path)),
-                          fps=fps, crf=18)
-    entry.update(detector=detector.name, output_size=[out_w, out_h], frames=written)
+                          fps=fps, **encoding)
+    entry.update(detector=detector.name, output_size=[out_w, out_h], frames=written,
+                 encoding={"codec": "libx264", "preset": encoding["preset"], "crf": cfg.crf,
+                           "fast_decode": cfg.fast_decode})
     return entry
+
+
+def crop_encoding(cfg: CropConfig) -> dict:
+    """:func:`~microact.data.video_writer.write_video` settings of cropped videos.
+
+    Training decodes every cropped video once per epoch, so the encoding is chosen for decoding speed:
+    x264's ``tune=fastdecode`` drops CABAC and the deblocking filter, which made decoding a cropped clip
+    1.4-1.6x cheaper for files about 25 % larger at the same PSNR (README, "Data pipeline").
+    """
+    return {"crf": cfg.crf, "preset": "veryfast", "options": {"tune": "fastdecode"} if cfg.fast_decode else None}
 
 
 def crop_frame(frame: np.ndarray, box, short_side: int | None) -> np.ndarray:
@@ -295,7 +308,8 @@ def _write_preview(in_dir: Path, out_dir: Path, boxes: dict, count: int) -> Opti
 def cli_main(args) -> int:
     """``microact crop IN_DIR OUT_DIR ...``."""
     cfg = CropConfig(detector=args.detector, margins=tuple(args.margins), min_aspect=args.min_aspect,
-                     sample_frames=args.sample_frames, short_side=args.short_side or None, weights=args.weights)
+                     sample_frames=args.sample_frames, short_side=args.short_side or None, weights=args.weights,
+                     crf=args.crf, fast_decode=args.fast_decode)
     cfg.validate()
     s = run_crop(args.in_dir, args.out_dir, cfg, workers=args.workers, preview=args.preview, overwrite=args.overwrite)
     print(f"cropped {s['done']}, skipped {s['skipped']} (already done), failed {s['failed']}, "
