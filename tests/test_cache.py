@@ -97,6 +97,15 @@ def test_frame_cache_decodes_once_follows_edits_and_repairs(video_frames, tmp_pa
     assert len(calls) == 3 and len(list((tmp_path / "cache").iterdir())) == 2
 
 
+def test_an_unwritable_cache_costs_the_speed_up_not_the_clip(video_frames, tmp_path):
+    path, frames = video_frames
+    blocked = tmp_path / "not_a_folder"
+    blocked.write_text("a file where the cache folder should be")
+    with pytest.warns(RuntimeWarning, match="cannot store v.mp4"):
+        out = FrameCache(blocked, "jpeg").frames(path, "k", lambda: frames, indices=[1, 2])
+    np.testing.assert_array_equal(out, frames[[1, 2]])
+
+
 def test_jpeg_and_npy_entries_and_qualities_never_mix(video_frames, tmp_path):
     path, frames = video_frames
     for fmt, quality in [("npy", 95), ("jpeg", 95), ("jpeg", 50)]:

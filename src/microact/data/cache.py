@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+import warnings
 from pathlib import Path
 from typing import Callable, Literal, Optional, Sequence
 
@@ -68,7 +69,11 @@ class FrameCache:
             except (OSError, ValueError):
                 pass  # damaged (an interrupted disk, an old layout): decoded and written again below
         frames = decode()
-        self._write(entry, frames)
+        try:
+            self._write(entry, frames)
+        except OSError as e:  # a full or read-only disk costs the speed-up, never the clip
+            warnings.warn(f"frame cache {self.folder}: cannot store {path.name} ({e}); it will be decoded again "
+                          "next time", RuntimeWarning, stacklevel=2)
         return frames if indices is None else frames[np.minimum(np.asarray(indices), len(frames) - 1)]
 
     def _entry(self, path: Path, key: str) -> Path:
@@ -88,11 +93,14 @@ class FrameCache:
     def _write(self, entry: Path, frames: np.ndarray) -> None:
         entry.parent.mkdir(parents=True, exist_ok=True)
         tmp = entry.with_name(f".{entry.stem}.{os.getpid()}.tmp{entry.suffix}")
-        if self.format == "npy":
-            np.save(tmp, frames)
-        else:
-            write_jpeg_frames(tmp, frames, self.jpeg_quality)
-        os.replace(tmp, entry)  # atomic: concurrent workers never read half a file
+        try:
+            if self.format == "npy":
+                np.save(tmp, frames)
+            else:
+                write_jpeg_frames(tmp, frames, self.jpeg_quality)
+            os.replace(tmp, entry)  # atomic: concurrent workers never read half a file
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def write_jpeg_frames(path: str | os.PathLike, frames: np.ndarray, quality: int = 95) -> None:
