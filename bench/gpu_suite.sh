@@ -48,6 +48,8 @@ best=videomae_b_k710_frame_coarse_tsn
 step checks 150 "$py" "$here/gpu_checks.py"
 bench backbone 120 backbone --batch 1 4 --precision fp32 bf16 --repeats 10 --device cuda
 bench train_b_bf16 60 train --preset $best --precision bf16 --batch 24 --steps 20 --device cuda
+bench train_b_bf16_profile 60 train --preset $best --precision bf16 --batch 24 --steps 3 --no-peer --device cuda \
+    --profile "$out/profile_b_bf16"
 bench train_b_bf16_b64 60 train --preset $best --precision bf16 --batch 64 --steps 10 --device cuda
 bench train_b_fp16 60 train --preset $best --precision fp16 --batch 24 --steps 10 --device cuda
 bench train_l_bf16 60 train --preset videomae_l_k700_timesformer --precision bf16 --batch 10 --steps 10 --device cuda

@@ -47,3 +47,69 @@ def test_bench_e2e_reads_through_the_jpeg_cache(tmp_path):
     assert r["precision"] == "fp32" and r["decode_cache"] == "jpeg"
     assert r["loader_clips_per_s"] > 0 and r["step_clips_per_s"] > 0 and r["e2e_clips_per_s"] > 0
     assert "decode cache (jpeg)" in format_result(r)
+
+
+@pytest.mark.parametrize("name,category", [
+    ("aten::_scaled_dot_product_flash_attention_for_cpu_backward", "attention"),
+    ("void pytorch_flash::flash_bwd_dq_dk_dv_loop_seqk_parallel_kernel<Flash_bwd_kernel_traits<64, 128>, true>",
+     "attention"),
+    ("fmha_cutlassF_bf16_aligned_64x64_rf_sm80(PyTorchMemEffAttention::AttentionKernel<bfloat16_t>::Params)",
+     "attention"),
+    ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64_warpgroupsize1x1x1_execute_segment_k_off_kernel"
+     "__5x_cublas", "matmul"),
+    ("nvjet_tst_192x192_64x3_2x1_v_bz_coopB_TNT", "matmul"),
+    ("aten::addmm", "matmul"),
+    ("aten::mm", "matmul"),
+    ("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<at::native::(anonymous namespace)::"
+     "TensorListMetadata<4>, at::native::(anonymous namespace)::FusedAdamMathFunctor<float, 4>>", "optimizer"),
+    ("aten::_fused_adamw_", "optimizer"),
+    ("void at::native::(anonymous namespace)::vectorized_layer_norm_kernel<c10::BFloat16, float>", "normalization"),
+    ("aten::native_layer_norm_backward", "normalization"),
+    ("Memcpy HtoD (Pageable -> Device)", "memory copies"),
+    ("aten::copy_", "memory copies"),
+    ("triton_poi_fused_add_gelu_3", "compiled fusions"),
+    ("void at::native::reduce_kernel<512, 1, at::native::ReduceOp<float, at::native::func_wrapper_t<float>>>",
+     "reductions"),
+    ("void at::native::vectorized_elementwise_kernel<4, at::native::GeluCUDAKernelImpl(at::TensorIteratorBase&)>",
+     "elementwise"),
+    ("aten::gelu_backward", "elementwise"),
+    ("cudaStreamSynchronize", "other"),
+])
+def test_profile_categories_of_real_kernel_and_operator_names(name, category):
+    from microact.bench.profile import categorize
+
+    assert categorize(name) == category
+
+
+def test_busy_time_is_the_union_of_kernel_intervals():
+    import numpy as np
+
+    from microact.bench.profile import _union_us
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        starts = rng.integers(0, 100, size=rng.integers(1, 12))
+        intervals = [(int(s), int(s + rng.integers(0, 20))) for s in starts]
+        covered = np.zeros(200, dtype=bool)  # brute force on a unit grid
+        for s, e in intervals:
+            covered[s:e] = True
+        assert _union_us(intervals) == covered.sum()
+
+
+def test_bench_train_profile_writes_a_trace_and_a_breakdown(tmp_path):
+    import gzip
+    import json
+
+    from microact.bench.train import bench_train, format_report
+
+    res = bench_train("videomae_test_frame_coarse_tsn", batch=2, precision="fp32", steps=2, device="cpu", peer=False,
+                      profile_dir=str(tmp_path), num_frames=4, img_size=32)
+    p = res["profile"]
+    assert p["steps"] == 2 and p["device_busy_fraction"] is None  # busy time is a GPU figure
+    assert p["by_category"]["matmul"] > 0 and p["by_category"]["attention"] > 0
+    assert [t["ms_per_step"] for t in p["top"]] == sorted((t["ms_per_step"] for t in p["top"]), reverse=True)
+    # every operator's self time is in exactly one category
+    assert sum(p["by_category"].values()) >= sum(t["ms_per_step"] for t in p["top"])
+    events = json.loads(gzip.open(tmp_path / "trace.json.gz").read())["traceEvents"]
+    assert any(e.get("name") == "aten::addmm" for e in events)
+    assert "[matmul] aten::addmm" in format_report(res)

@@ -256,3 +256,26 @@ def test_dead_loader_worker_is_reported_with_its_clips(data_root, tmp_path):
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 2, stderr[-3000:]
     assert "a DataLoader worker died in epoch" in stderr and ".mp4" in stderr and "data.num_workers=0" in stderr
+
+
+@pytest.mark.parametrize("precision,native,expected", [
+    ("fp16", True, "bf16"), ("bf16", True, "bf16"), ("fp32", True, "fp32"),
+    ("fp16", False, "fp32"), ("bf16", False, "fp32"), ("fp32", False, "fp32"),
+])
+def test_cpu_precision_follows_the_hardware(precision, native, expected):
+    from microact.engine.train import resolve_precision
+
+    used, note = resolve_precision(precision, torch.device("cpu"), native_bf16=native)
+    assert used == expected
+    assert (note is None) == (used == precision)
+    if used != precision and not native:
+        assert "no hardware bf16" in note
+    # GPUs run what the recipe says
+    assert resolve_precision(precision, torch.device("cuda"), native_bf16=native) == (precision, None)
+
+
+def test_native_bf16_detection_agrees_with_the_cpu_flags():
+    from microact.engine.train import cpu_has_native_bf16
+
+    flags = next(set(line.split(":", 1)[1].split()) for line in open("/proc/cpuinfo") if line.startswith("flags"))
+    assert cpu_has_native_bf16() == bool({"avx512_bf16", "amx_bf16", "amx_tile"} & flags)

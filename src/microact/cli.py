@@ -181,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--grad-checkpointing", action="store_true", help="activation checkpointing")
     q.add_argument("--steps", type=int, default=5, help="timed steps")
     q.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    q.add_argument("--no-peer", dest="peer", action="store_false", help="skip the HF VideoMAE peer")
+    q.add_argument("--profile", default=None, metavar="DIR",
+                   help="also profile our step: time by kind of work (and GPU busy time), Chrome trace into DIR")
     q.add_argument("--json", default=None, help="also write the figures here")
     q = _sub(bench_sub, "data", "training data pipeline throughput: raw vs cropped clips, ours vs decord+numpy")
     q.add_argument("--workers", type=int, nargs="*", default=[0, 2], help="DataLoader workers to try")

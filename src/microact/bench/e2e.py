@@ -51,8 +51,8 @@ def run(preset: str, workers: int, batch: int, steps: int, device_name: str = "a
     on_cpu = device.type == "cpu"
     if on_cpu and preset.startswith("videomae_tiny"):
         num_frames, img_size = 8, 96  # the tiny synthetic recipe's input
-    # bf16 autocast on GPUs; fp32 on the CPU, as the CPU recipe trains (bf16 autocast made the tiny model's CPU step
-    # 10x slower with torch 2.13).
+    # bf16 autocast on GPUs; fp32 on the CPU, as the CPU recipe trains (on a CPU without hardware bf16, bf16
+    # autocast made even the tiny model's step 10x slower).
     precision = "fp32" if on_cpu else "bf16"
     with tempfile.TemporaryDirectory(prefix="microact-e2e-") as tmp:
         folder = Path(tmp)

@@ -177,7 +177,7 @@ def _result(name: str, timing: dict, batch: int, flops_per_clip: float, peak: Op
 def bench_train(preset: str = "videomae_b_k710_frame_coarse_tsn", batch: Optional[int] = None,
                 precision: str = "bf16", compile: bool = False, grad_checkpointing: bool = False, steps: int = 5,
                 device: str = "auto", peer: bool = True, warmup: Optional[int] = None,
-                **model_overrides: Any) -> dict[str, Any]:
+                profile_dir: Optional[str] = None, **model_overrides: Any) -> dict[str, Any]:
     """Time the training step of a preset and of the HF VideoMAE peer.
 
     Args:
@@ -190,6 +190,8 @@ def bench_train(preset: str = "videomae_b_k710_frame_coarse_tsn", batch: Optiona
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
         peer: also run HF ``VideoMAEForVideoClassification`` (skipped with a note when transformers is missing).
         warmup: untimed steps first (default 1 on CPU, 3 on CUDA, +2 with compile).
+        profile_dir: also profile our step (:mod:`microact.bench.profile`): the summary goes to ``"profile"``,
+            the Chrome trace into this folder.
         **model_overrides: passed to ``create_model`` (e.g. ``num_frames=4, img_size=32`` for a quick run).
 
     Returns:
@@ -235,6 +237,10 @@ def bench_train(preset: str = "videomae_b_k710_frame_coarse_tsn", batch: Optiona
                 "grad_checkpointing": grad_checkpointing, "steps": steps, "warmup": warmup, "device": str(dev),
                 "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_name(),
                 "torch": torch.__version__, "flops_per_clip_train": ours_flops, "loss": p.loss}
+    if dev.type == "cpu":
+        from microact.engine.train import cpu_has_native_bf16
+
+        settings["cpu_native_bf16"] = cpu_has_native_bf16()
     peak = peak_flops(dev, precision)
     settings["peak_flops"] = peak
 
@@ -243,6 +249,10 @@ def bench_train(preset: str = "videomae_b_k710_frame_coarse_tsn", batch: Optiona
     ours = _result("microact", _time_steps(step, dev, steps, warmup), batch, ours_flops, peak,
                    sum(q.numel() for q in model.parameters()))
     out: dict[str, Any] = {"settings": settings, "microact": ours}
+    if profile_dir is not None:
+        from microact.bench.profile import profile_steps
+
+        out["profile"] = profile_steps(step, dev, steps=min(steps, 3), out_dir=profile_dir)
     # Meaningful for the seed's own model (ViT-B 16x224); for other sizes it says what that size would cost.
     out["seed_recipe_projection"] = {"clip_passes": SEED_BEST_RECIPE_CLIP_PASSES,
                                      "hours": SEED_BEST_RECIPE_CLIP_PASSES / ours["clips_per_s"] / 3600}
@@ -351,19 +361,27 @@ def format_report(res: dict) -> str:
     if "ratio" in res:
         lines.append(f"  microact / HF clips/s: {res['ratio']:.2f}x  (HF: same ViT, SDPA, plain CE, no assisting "
                      "heads)")
+    if s["device"] == "cpu" and s["precision"] != "fp32" and not s.get("cpu_native_bf16", True):
+        lines.append("  note: this CPU has no hardware bf16 (AVX512-BF16 or AMX): its bf16 matmuls are emulated and "
+                     "tens of times slower than fp32 (microact train runs fp32 here)")
     for key in ("hf_skipped", "hf_note"):
         if key in res:
             lines.append(f"  note: {res[key]}")
     r = res["microact"]
     lines.append(f"  peak memory is the {r['peak_mem_kind']}; MFU uses model FLOPs (3x forward)"
                  + ("" if s["peak_flops"] else "; no peak FLOP/s known for this device, MFU not reported"))
+    if "profile" in res:
+        from microact.bench.profile import format_profile
+
+        lines.append("microact step " + format_profile(res["profile"]))
     return "\n".join(lines)
 
 
 def cli_main(args) -> int:
     """``microact bench train`` (options in :mod:`microact.cli`)."""
     res = bench_train(args.preset, batch=args.batch, precision=args.precision, compile=args.compile,
-                      grad_checkpointing=args.grad_checkpointing, steps=args.steps, device=args.device)
+                      grad_checkpointing=args.grad_checkpointing, steps=args.steps, device=args.device,
+                      profile_dir=args.profile, peer=args.peer)
     print(format_report(res))
     if args.json:
         with open(args.json, "w") as f:
