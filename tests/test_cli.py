@@ -48,7 +48,10 @@ def test_info_json(capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["decoders"]["pyav"]["available"] is True
     assert info["torch"]
-    assert any(d["type"] == "cpu" for d in info["devices"])
+    (cpu,) = [d for d in info["devices"] if d["type"] == "cpu"]
+    from microact.engine.train import cpu_has_native_bf16
+
+    assert cpu["hardware_bf16"] == cpu_has_native_bf16()
 
 
 def test_console_script_runs():

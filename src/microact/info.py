@@ -43,8 +43,11 @@ def collect_info() -> dict:
     from microact import __version__
 
     cuda = torch.cuda.is_available()
+    from microact.engine.train import cpu_has_native_bf16
+
     devices = [{"type": "cpu", "threads": torch.get_num_threads(),
-                "capability": getattr(torch.backends.cpu, "get_cpu_capability", lambda: "unknown")()}]
+                "capability": getattr(torch.backends.cpu, "get_cpu_capability", lambda: "unknown")(),
+                "hardware_bf16": cpu_has_native_bf16()}]
     if cuda:
         for i in range(torch.cuda.device_count()):
             p = torch.cuda.get_device_properties(i)
@@ -87,7 +90,8 @@ def cli_main(args) -> int:
     print(f"microact {info['microact']}  python {info['python']}  torch {info['torch']}  ({info['platform']})")
     for d in info["devices"]:
         if d["type"] == "cpu":
-            print(f"  device cpu: {d['threads']} threads, SIMD {d['capability']}")
+            print(f"  device cpu: {d['threads']} threads, SIMD {d['capability']}, "
+                  + ("hardware bf16" if d["hardware_bf16"] else "no hardware bf16 (training on it runs fp32)"))
         else:
             print(f"  device cuda:{d['index']}: {d['name']}, {d['memory_gib']} GiB, bf16 {'yes' if d['bf16'] else 'no'}")
     if info["cuda"] is None:
