@@ -169,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     q = _sub(bench_sub, "backbone", "ViT forward / forward+backward: ours vs HuggingFace VideoMAE (sdpa, eager)")
     q.add_argument("--model", default="videomae_base", help="backbone name")
     q.add_argument("--batch", type=int, nargs="*", default=[1, 4], help="batch sizes")
-    q.add_argument("--precision", nargs="*", default=["fp32", "bf16"], help="precisions")
+    q.add_argument("--precision", nargs="*", default=None,
+                   help="precisions (default: fp32 bf16; fp32 only on a CPU without hardware bf16)")
     q.add_argument("--repeats", type=int, default=3, help="timed repeats per cell (median)")
     q.add_argument("--device", default="auto", help="auto | cpu | cuda")
     q.add_argument("--json", default=None, help="also write the figures here")

@@ -222,7 +222,16 @@ def format_table(res: dict) -> str:
 def cli_main(args) -> int:
     """``microact bench backbone``."""
     device = _resolve_device(args.device)
-    res = run_benchmark(args.model, list(args.batch), list(args.precision), args.repeats, device)
+    precisions = args.precision
+    if precisions is None:
+        from microact.engine.train import cpu_has_native_bf16
+
+        precisions = ["fp32", "bf16"]
+        if device.type == "cpu" and not cpu_has_native_bf16():
+            precisions = ["fp32"]
+            print("bf16 cells left out: this CPU has no hardware bf16 (AVX512-BF16 or AMX), so bf16 would be emulated "
+                  "and tens of times slower; --precision fp32 bf16 measures them anyway")
+    res = run_benchmark(args.model, list(args.batch), list(precisions), args.repeats, device)
     print(format_table(res))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
