@@ -129,8 +129,8 @@ def run(preset: str, workers: int, batch: int, steps: int, device_name: str = "a
         del it, loader  # stop the persistent workers' prefetching before the clips are deleted
     result = {
         "preset": preset, "device": str(device), "precision": precision, "workers": workers, "batch": batch,
-        "num_frames": num_frames,
-        "img_size": img_size, "loader_clips_per_s": loader_rate, "step_clips_per_s": step_rate,
+        "num_frames": num_frames, "img_size": img_size, "loader_clips_per_s": loader_rate,
+        "step_clips_per_s": step_rate,
         "e2e_clips_per_s": e2e_rate, "data_wait_fraction": wait / total if total else 0.0,
         "epoch_first_batch_s": first_batch_s, "decode_cache": cache_format if cache_dir else None,
         "bound": "data" if wait / total > 0.1 else "compute",
@@ -141,8 +141,8 @@ def run(preset: str, workers: int, batch: int, steps: int, device_name: str = "a
 def format_result(r: dict) -> str:
     return "\n".join([
         f"e2e benchmark: {r['preset']} on {r['device']} ({r.get('precision', 'bf16')}), batch {r['batch']}, "
-        f"{r['num_frames']}x{r['img_size']}², "
-        f"{r['workers']} workers" + (f", decode cache ({r['decode_cache']})" if r.get("decode_cache") else ""),
+        f"{r['num_frames']}x{r['img_size']}², {r['workers']} workers"
+        + (f", decode cache ({r['decode_cache']})" if r.get("decode_cache") else ""),
         f"  loader alone        {r['loader_clips_per_s']:8.1f} clips/s"
         + ("  (first epoch: decoding and filling the cache)" if r.get("decode_cache") else ""),
         f"  training step alone {r['step_clips_per_s']:8.1f} clips/s",
