@@ -4,9 +4,10 @@
 #   bash bench/gpu_suite.sh OUT_DIR [BUDGET_S]   # needs microact installed (or PYTHONPATH=src) and a CUDA GPU
 #
 # Writes OUT_DIR/<name>.txt (the printed output) and OUT_DIR/<name>.json (the figures) per measurement. Each
-# measurement has its own time limit and the whole suite a budget (default 900 s; about 9 minutes on one H200
-# (2026-11-30) ran everything before e2e_cache_jpeg, limited to 2 minutes, was added): a step that fails, runs out of memory or time is reported and the suite goes on; steps that
-# no longer fit the budget are skipped and named. Most important first.
+# measurement has its own time limit and the whole suite a budget (default 900 s; on one H200 on 2026-11-30
+# everything ran in about 9 minutes, before the profile and e2e_cache_jpeg steps were added). A step that fails or
+# runs out of memory or time is reported and the suite goes on; steps that no longer fit the budget are skipped and
+# named. Most important first.
 set -uo pipefail
 out=${1:?usage: bash bench/gpu_suite.sh OUT_DIR [BUDGET_S]}
 budget=${2:-900}

@@ -144,4 +144,7 @@ def test_training_with_the_jpeg_cache(make_video, tmp_path, monkeypatch):
 
 def test_cache_settings_are_validated():
     with pytest.raises(ConfigError, match=r"data.cache_jpeg_quality: must be in \[1, 100\]"):
-        DataConfig(cache_jpeg_quality=0).validate()
+        DataConfig(cache_dir="c", cache_jpeg_quality=0).validate()
+    with pytest.raises(ConfigError, match="data.cache_format=jpeg needs data.cache_dir"):
+        DataConfig(cache_format="jpeg").validate()
+    DataConfig(cache_dir="c", cache_format="jpeg").validate()

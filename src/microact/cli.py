@@ -197,8 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--steps", type=int, default=10)
     q.add_argument("--device", default="auto")
     q.add_argument("--cache-dir", default=None, help="use the decode-once cache (data.cache_dir) in this folder")
-    q.add_argument("--cache-format", default="npy", choices=["npy", "jpeg"],
-                   help="data.cache_format: npy (lossless, ~46 MB per clip) or jpeg (lossy, ~19x smaller)")
+    q.add_argument("--cache-format", default=None, choices=["npy", "jpeg"],
+                   help="data.cache_format with --cache-dir: npy (lossless, ~46 MB per clip, the default) or jpeg "
+                        "(lossy, ~19x smaller)")
     q.add_argument("--json", default=None, help="also write the figures here")
 
     q = _sub(bench_sub, "memory", "estimated training-step memory per preset and batch; what fits a GPU (no GPU needed)")

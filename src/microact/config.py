@@ -60,6 +60,8 @@ class DataConfig:
         _non_negative(self, "num_workers")
         if not self.train_lists:
             raise ConfigError("data.train_lists: needs at least one list file")
+        if self.cache_format != "npy" and not self.cache_dir:
+            raise ConfigError(f"data.cache_format={self.cache_format} needs data.cache_dir (the folder of the cache)")
         if not 1 <= self.cache_jpeg_quality <= 100:
             raise ConfigError(f"data.cache_jpeg_quality: must be in [1, 100], got {self.cache_jpeg_quality}")
 

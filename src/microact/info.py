@@ -41,10 +41,9 @@ def collect_info() -> dict:
     import torch
 
     from microact import __version__
-
-    cuda = torch.cuda.is_available()
     from microact.engine.train import cpu_has_native_bf16
 
+    cuda = torch.cuda.is_available()
     devices = [{"type": "cpu", "threads": torch.get_num_threads(),
                 "capability": getattr(torch.backends.cpu, "get_cpu_capability", lambda: "unknown")(),
                 "hardware_bf16": cpu_has_native_bf16()}]

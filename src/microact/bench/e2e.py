@@ -22,6 +22,7 @@ from microact.config import AugConfig
 from microact.data.annotations import VideoRecord
 from microact.data.dataset import VideoDataset, build_loader
 from microact.data.transforms import TrainTransform, normalize_batch
+from microact.errors import MicroactError
 from microact.losses import build_loss
 from microact.models import create_model
 
@@ -155,8 +156,10 @@ def format_result(r: dict) -> str:
 
 
 def cli_main(args) -> int:
+    if args.cache_format and not args.cache_dir:
+        raise MicroactError("--cache-format needs --cache-dir (the folder of the decode-once cache)")
     result = run(args.preset, args.workers, args.batch, args.steps, args.device, cache_dir=args.cache_dir,
-                 cache_format=args.cache_format)
+                 cache_format=args.cache_format or "npy")
     print(format_result(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
