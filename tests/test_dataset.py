@@ -7,7 +7,7 @@ import torch
 
 from microact.config import AugConfig, EvalConfig
 from microact.data import TestTransform, TrainTransform, VideoDataset, VideoRecord, build_loader, collate, read_frames
-from microact.data.dataset import ResumableSampler
+from microact.data.dataset import EpochBatchSampler, ResumableSampler
 from microact.data.sampling import uniform_sample
 
 
@@ -68,7 +68,7 @@ def test_results_do_not_depend_on_worker_count(folder):
                               persistent_workers=False)
         out = []
         for epoch in (0, 1):
-            loader.sampler.set_epoch(epoch)
+            loader.batch_sampler.set_epoch(epoch)
             out += [(b["index"].tolist(), b["video"]) for b in loader]
         return out
 
@@ -100,6 +100,72 @@ def test_sampler_resume_and_distributed_split():
     test_shares = [[i for _, i in ResumableSampler(10, shuffle=False, rank=r, world_size=3, pad=False)]
                    for r in range(3)]
     assert sorted(sum(test_shares, [])) == list(range(10)) and [len(x) for x in test_shares] == [4, 3, 3]
+
+
+def test_epoch_batches_run_through_epochs_without_mixing_them():
+    items = ResumableSampler(10, shuffle=True, seed=3, rank=1, world_size=3)  # 4 items per epoch (padded)
+    batches = EpochBatchSampler(items, batch_size=3)
+    per_epoch = {}
+    for e in range(2, 5):
+        one = ResumableSampler(10, shuffle=True, seed=3, rank=1, world_size=3)
+        one.set_epoch(e)
+        per_epoch[e] = [i for _, i in one]
+    batches.set_epoch(2, until_epoch=5)
+    got = list(batches)
+    assert len(got) == len(batches) == 6  # 3 + 1 per epoch: each epoch's short batch stays its own
+    assert all(len({e for e, _ in b}) == 1 for b in got)
+    assert [[i for _, i in b] for b in got] == [per_epoch[e][k:k + 3] for e in (2, 3, 4) for k in (0, 3)]
+    assert [b[0][0] for b in got] == [2, 2, 3, 3, 4, 4]
+    # resuming after one batch of epoch 3 skips in that epoch only
+    batches.set_epoch(3, skip_batches=1, until_epoch=5)
+    resumed = list(batches)
+    assert resumed == got[3:] and len(batches) == 3
+    assert [batches.batch_indices(e, k) for e, k in ((3, 0), (4, 0), (4, 1), (4, 2))] == [
+        [i for _, i in b] for b in resumed] + [[]]
+    with pytest.raises(ValueError, match="not in this pass"):
+        batches.batch_indices(2, 0)
+    with pytest.raises(ValueError, match="must come after"):
+        batches.set_epoch(3, until_epoch=3)
+    dropping = EpochBatchSampler(ResumableSampler(10, shuffle=True, seed=3, rank=1, world_size=3), 3, drop_last=True)
+    dropping.set_epoch(2, until_epoch=5)
+    assert list(dropping) == [b for b in got if len(b) == 3] and len(dropping) == 3
+
+
+class _RecordingSampler(ResumableSampler):
+    """Remembers every key the loader has drawn (it draws them to dispatch work to its workers)."""
+
+    drawn: list
+
+    def __iter__(self):
+        for key in super().__iter__():
+            self.drawn.append(key)
+            yield key
+
+
+def test_one_iterator_through_epochs_gives_the_same_batches_and_prefetches_across_them(folder):
+    def loader(workers):
+        return build_loader(train_ds(folder), batch_size=2, shuffle=True, num_workers=workers, seed=7,
+                            persistent_workers=False)
+
+    per_epoch_loader = loader(0)
+    expected = []
+    for epoch in (0, 1, 2):
+        per_epoch_loader.batch_sampler.set_epoch(epoch)
+        expected += list(per_epoch_loader)
+
+    through = loader(2)
+    recording = _RecordingSampler(5, shuffle=True, seed=7, batch_size=2)
+    recording.drawn = []
+    through.batch_sampler.sampler = recording
+    through.batch_sampler.set_epoch(0, until_epoch=3)
+    it = iter(through)
+    got = [next(it) for _ in range(3)]  # all of epoch 0 (5 clips in batches of 2)
+    # The workers were handed epoch 1's clips before anyone asked for them: no wait at the epoch boundary.
+    assert any(epoch == 1 for epoch, _ in recording.drawn)
+    got += list(it)
+    assert [b["index"].tolist() for b in got] == [b["index"].tolist() for b in expected]
+    assert all(torch.equal(a["video"], b["video"]) for a, b in zip(got, expected))
+    assert len(got) == 9
 
 
 def test_distributed_loader_uses_given_rank(folder):

@@ -51,6 +51,24 @@ def test_carphone_real_video(carphone_path):
     np.testing.assert_array_equal(read_frames(carphone_path, idx), ref[idx])
 
 
+@pytest.mark.parametrize("threads", [1, 5])
+def test_decoding_threads_are_set_and_change_no_pixel(carphone_path, monkeypatch, threads):
+    import microact.data.decode as decode
+
+    streams = []
+
+    def recording_open(path):
+        container = real_open(path)
+        streams.append(container.streams.video[0])
+        return container
+
+    real_open = decode._open
+    monkeypatch.setattr(decode, "_open", recording_open)
+    idx = np.linspace(0, 119, 16).astype(int)
+    np.testing.assert_array_equal(read_frames(carphone_path, idx, threads=threads), all_frames(carphone_path)[idx])
+    assert streams[-1].codec_context.thread_count == threads
+
+
 def test_indices_past_the_end_are_clamped(make_video):
     path = make_video("c.mp4", num_frames=10, height=32, width=32)
     ref = all_frames(path)

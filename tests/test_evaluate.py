@@ -172,7 +172,7 @@ def _dist_worker(rank, world, port, root, out):
         cfg = _cfg(root)
         model = _model(cfg)
         loader = build_test_loader(cfg, root / "val.txt", num_clips=2, distributed=True)
-        assert len(loader.sampler) == 2  # each rank scores its share of the 4 videos
+        assert len(loader.batch_sampler.sampler) == 2  # each rank scores its share of the 4 videos
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             results = evaluate(model, loader, "cpu", progress=False)

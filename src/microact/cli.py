@@ -192,10 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", default=None, help="also write the figures here")
     q = _sub(bench_sub, "e2e", "decoded synthetic clips through the loader into the training step")
     q.add_argument("--preset", default="videomae_tiny_frame_coarse_tsn", help="model preset")
-    q.add_argument("--workers", type=int, default=2)
-    q.add_argument("--batch", type=int, default=4)
-    q.add_argument("--steps", type=int, default=10)
-    q.add_argument("--device", default="auto")
+    q.add_argument("--workers", type=int, default=2, help="DataLoader workers")
+    q.add_argument("--batch", type=int, default=4, help="clips per training step")
+    q.add_argument("--steps", type=int, default=10,
+                   help="timed steps of the step-alone pass; the end-to-end pass runs one epoch of steps + 2 batches")
+    q.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     q.add_argument("--cache-dir", default=None, help="use the decode-once cache (data.cache_dir) in this folder")
     q.add_argument("--cache-format", default=None, choices=["npy", "jpeg"],
                    help="data.cache_format with --cache-dir: npy (lossless, ~46 MB per clip, the default) or jpeg "

@@ -4,7 +4,8 @@ Writes two kinds of short H.264 clips into a temporary folder: raw camera-like 1
 deblocking) and person-cropped, downscaled portrait clips (320 px short side) encoded exactly as ``microact crop``
 encodes them, then measures, for each kind:
 
-- decode only: ours (PyAV sequential, or decord through microact) vs decord ``get_batch``; for the crops also
+- decode only, with one decoding thread as in a DataLoader worker: ours (PyAV sequential) vs decord
+  ``get_batch``, and ours with FFmpeg's automatic threads (a process decoding alone); for the crops also
   without ``crop.fast_decode``, to show what that encoding choice buys, and reading the sampled frames from a
   filled decode-once cache (``data.cache_format`` npy and jpeg) with its size on disk;
 - transforms only on already decoded frames: ours (vectorised, :class:`TrainTransform`) vs a straightforward
@@ -147,8 +148,8 @@ def _loader_rate(loader) -> float:
     """Clips/s of the second pass: the first starts the (persistent) workers and warms caches."""
     for _ in loader:
         pass
-    if hasattr(loader.sampler, "set_epoch"):
-        loader.sampler.set_epoch(1)
+    if hasattr(loader.batch_sampler, "set_epoch"):  # ours; the plain peer's loader has no epochs
+        loader.batch_sampler.set_epoch(1)
     t = time.perf_counter()
     seen = sum(len(batch["video"]) for batch in loader)
     return seen / (time.perf_counter() - t)
@@ -171,13 +172,15 @@ def run(workers: list[int], clips: int, kinds: Sequence[str] = tuple(KINDS), pro
             items = [(paths[i % len(paths)], np.random.default_rng(i)) for i in range(max(4, clips // 4))]
             r: dict = {}
 
-            def decode_sampled(item):  # item: (path, rng) -> the clip's 16 sampled frames
-                return read_frames(item[0], uniform_sample(FPS * SECONDS, CLIP_LEN, rng=item[1]))
+            def decode_sampled(item, threads=1):  # item: (path, rng) -> the clip's 16 sampled frames
+                # One FFmpeg thread, as in a DataLoader worker (and as decord decodes): the cost per core.
+                return read_frames(item[0], uniform_sample(FPS * SECONDS, CLIP_LEN, rng=item[1]), threads=threads)
 
             def decode_all(path):
-                return read_frames(path, np.arange(FPS * SECONDS))
+                return read_frames(path, np.arange(FPS * SECONDS), threads=1)
 
             r["decode_ms_pyav"] = _median_ms(decode_sampled, items)
+            r["decode_ms_pyav_threads_auto"] = _median_ms(lambda it: decode_sampled(it, threads=0), items)
             r["decode_ms_decord"] = _median_ms(lambda it: _decord_batch(it[0], it[1]), items)
             if kind != "raw1080p":
                 slow = _write_clips(folder, kind, len(paths), fast_decode=False)  # same content, same samples
@@ -220,8 +223,11 @@ def format_results(res: dict, workers: list[int]) -> str:
         lines += [
             f"{kind}:",
             f"  decode     PyAV (ours) {dec:7.1f} ms/clip   decord get_batch {r['decode_ms_decord']:7.1f} ms/clip"
-            f"   PyAV/decord {r['decode_ms_decord'] / dec:.2f}x",
+            f"   PyAV/decord {r['decode_ms_decord'] / dec:.2f}x   (one thread each, as in a loader worker)",
         ]
+        if "decode_ms_pyav_threads_auto" in r:
+            lines.append(f"  decode     PyAV with FFmpeg's threads {r['decode_ms_pyav_threads_auto']:7.1f} ms/clip "
+                         "(wall time of a process decoding alone, as when predicting)")
         if "decode_ms_pyav_without_fast_decode" in r:
             slow = r["decode_ms_pyav_without_fast_decode"]
             lines.append(f"  decode     without fast_decode (CABAC, deblocking) {slow:7.1f} ms/clip   "

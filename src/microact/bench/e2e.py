@@ -82,7 +82,7 @@ def run(preset: str, workers: int, batch: int, steps: int, device_name: str = "a
             return loss.detach()
 
         # 1. loader alone
-        loader.sampler.set_epoch(0)
+        loader.batch_sampler.set_epoch(0)
         it = iter(loader)
         fixed = next(it)  # workers start up
         start, delivered = time.perf_counter(), 0
@@ -104,10 +104,15 @@ def run(preset: str, workers: int, batch: int, steps: int, device_name: str = "a
         step_rate = batch * steps / (time.perf_counter() - start)
         progress(f"training step: {step_rate:.1f} clips/s ({preset}, batch {batch}, {precision}, {device})")
 
-        # 3. together: how long the loop waits for data. The epoch's first batch is timed on its own: every
-        # worker assembles a whole batch before the first one arrives, a once-per-epoch cost that a short run
-        # would otherwise spread over a handful of steps (an MA-52 epoch has hundreds).
-        loader.sampler.set_epoch(2)
+        # 3. together: how long the loop waits for data, over one epoch and into the next with the same iterator
+        # (as training runs). The epoch's first batch from a new iterator is timed on its own: every worker
+        # assembles a whole batch before the first one arrives, a cost that a short run would otherwise spread over
+        # a handful of steps (an MA-52 epoch has hundreds). Training pays it once per run, not once per epoch:
+        # the iterator carries on into the next epoch, whose first batch is timed too.
+        loader.batch_sampler.set_epoch(2, until_epoch=4)
+        per_epoch = len(loader.batch_sampler) // 2
+        if per_epoch < 1:
+            raise MicroactError(f"{n_clips} clips do not make one batch of {batch}")
         t0 = time.perf_counter()
         it = iter(loader)
         first = next(it)
@@ -115,25 +120,26 @@ def run(preset: str, workers: int, batch: int, steps: int, device_name: str = "a
         wait, done = 0.0, 1
         start = time.perf_counter()
         step(first["video"], first["label"])
-        while done < steps:
+        while done < per_epoch:
             t0 = time.perf_counter()
-            try:
-                batch_data = next(it)
-            except StopIteration:
-                break
+            batch_data = next(it)
             wait += time.perf_counter() - t0
             step(batch_data["video"], batch_data["label"])
             done += 1
         _sync(device)
         total = time.perf_counter() - start
         e2e_rate = done * batch / total
+        t0 = time.perf_counter()
+        next(it)  # the next epoch's first batch
+        next_epoch_first_batch_s = time.perf_counter() - t0
         del it, loader  # stop the persistent workers' prefetching before the clips are deleted
     result = {
         "preset": preset, "device": str(device), "precision": precision, "workers": workers, "batch": batch,
         "num_frames": num_frames, "img_size": img_size, "loader_clips_per_s": loader_rate,
         "step_clips_per_s": step_rate,
         "e2e_clips_per_s": e2e_rate, "data_wait_fraction": wait / total if total else 0.0,
-        "epoch_first_batch_s": first_batch_s, "decode_cache": cache_format if cache_dir else None,
+        "epoch_first_batch_s": first_batch_s, "next_epoch_first_batch_s": next_epoch_first_batch_s,
+        "decode_cache": cache_format if cache_dir else None,
         "bound": "data" if wait / total > 0.1 else "compute",
     }
     return result
@@ -149,8 +155,11 @@ def format_result(r: dict) -> str:
         f"  training step alone {r['step_clips_per_s']:8.1f} clips/s",
         f"  end to end          {r['e2e_clips_per_s']:8.1f} clips/s  (waiting for data {100 * r['data_wait_fraction']:.0f}% "
         f"of the time: {r['bound']}-bound)",
-        f"  first batch of an epoch {r['epoch_first_batch_s']:.2f} s (workers fill their first batches; once per "
-        "epoch, not in the figures above)",
+        f"  first batch from a new loader iterator {r['epoch_first_batch_s']:.2f} s (every worker fills a whole "
+        "batch first; once per run, not in the figures above)",
+        f"  first batch of the next epoch, same iterator {r['next_epoch_first_batch_s']:.2f} s "
+        + ("(decoded while the last epoch ended; a new iterator per epoch would wait as long as above)"
+           if r["workers"] else "(no workers: nothing is decoded ahead)"),
     ] + (["  on the CPU the loader's workers and the step share the cores, so together both run slower than alone"]
          if r["device"] == "cpu" else []))
 

@@ -15,6 +15,7 @@ _EXPORTS = {
     "TrainTransform": "transforms", "TestTransform": "transforms", "ColorJitter": "transforms",
     "normalize_batch": "transforms",
     "VideoDataset": "dataset", "collate": "dataset", "build_loader": "dataset", "ResumableSampler": "dataset",
+    "EpochBatchSampler": "dataset",
     "write_video": "video_writer",
 }
 

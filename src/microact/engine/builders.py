@@ -63,8 +63,9 @@ def build_train_dataset(cfg: Config):
 
 
 def build_train_loader(cfg: Config, *, distributed: bool = False):
-    """Shuffled training loader of ``train.micro_batch`` clips (``loader.sampler.set_epoch(e, skip_batches=k)``
-    selects the epoch and resumes after ``k`` batches).
+    """Shuffled training loader of ``train.micro_batch`` clips (``loader.batch_sampler.set_epoch(e,
+    skip_batches=k, until_epoch=E)`` starts at epoch ``e`` after ``k`` batches and runs through the epochs before
+    ``E``).
 
     The loader gets its own ``torch.Generator`` so creating its iterator never draws from the global torch RNG
     (that RNG drives dropout / drop path and is restored exactly on resume).

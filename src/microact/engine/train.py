@@ -192,10 +192,8 @@ class _CsvLog:
 
 def _loader_crash(error: Exception, loader, epoch: int, batch_no: int) -> DataLoaderCrashError:
     """Name the clips a dead worker may have been loading: the next batch due (workers prefetch a few more)."""
-    sampler, dataset = loader.sampler, loader.dataset
-    order = sampler.rank_indices()[sampler.start:]
-    ids = order[batch_no * loader.batch_size:(batch_no + 1) * loader.batch_size]
-    paths = ", ".join(str(dataset.records[i].path) for i in ids) or "none left"
+    ids = loader.batch_sampler.batch_indices(epoch, batch_no)
+    paths = ", ".join(str(loader.dataset.records[i].path) for i in ids) or "none left"
     return DataLoaderCrashError(
         f"a DataLoader worker died in epoch {epoch} while batch {batch_no} of this epoch was due (its videos: {paths}; "
         f"the worker may also have been prefetching a later batch): {error}. Run with data.num_workers=0 to see the "
@@ -291,9 +289,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo) -> int:
     if val_loader is not None:
         val_loader.generator = torch.Generator().manual_seed(t.seed)  # keep the global RNG untouched
     dataset = loader.dataset
-    sampler = loader.sampler
-    sampler.set_epoch(0)
-    micro_per_epoch = math.ceil(len(sampler.rank_indices()) / t.micro_batch)
+    batches = loader.batch_sampler
+    micro_per_epoch = math.ceil(len(batches.sampler.rank_indices(0)) / t.micro_batch)
     steps_per_epoch = math.ceil(micro_per_epoch / accum)
 
     # ---- state: fresh or resumed --------------------------------------------------------------
@@ -394,10 +391,14 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo) -> int:
     model.train()
     stop = None
     done = t.max_steps is not None and global_step >= t.max_steps
+    it = None
     with _StopFlag() as flag:
         while epoch < t.epochs and not done:
-            sampler.set_epoch(epoch, skip_batches=step_in_epoch * accum)
-            it = iter(loader)
+            if it is None:
+                # One iterator for every remaining epoch: the workers decode the next epoch's first batches while
+                # this one ends and while validation runs (a batch never mixes two epochs).
+                batches.set_epoch(epoch, skip_batches=step_in_epoch * accum, until_epoch=t.epochs)
+                it = iter(loader)
             if resumed_rng is not None:  # after building the iterator: exactly the state saved at the checkpoint
                 set_rng_state(resumed_rng)
                 resumed_rng = None
