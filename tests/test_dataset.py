@@ -1,13 +1,15 @@
 """VideoDataset, collate and the resumable, distributed-aware loader on real mp4 files."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
 
 from microact.config import AugConfig, EvalConfig
 from microact.data import TestTransform, TrainTransform, VideoDataset, VideoRecord, build_loader, collate, read_frames
-from microact.data.dataset import EpochBatchSampler, ResumableSampler
+from microact.data.dataset import EpochBatchSampler, ResumableSampler, decode_threads
 from microact.data.sampling import uniform_sample
 
 
@@ -214,3 +216,25 @@ def test_training_cache_keeps_every_frame_once_and_changes_nothing(folder, tmp_p
     monkeypatch.setattr(dataset_module, "read_frames", no_decoding)
     item = cached[(2, 3)]
     assert item["video"] is not None and torch.equal(item["video"], expected)
+
+
+class _ThreadsSeenByWorkers(torch.utils.data.Dataset):
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        return decode_threads()
+
+
+def test_decode_threads_share_the_cores_among_workers(monkeypatch):
+    assert decode_threads(cores=16, workers=15) == 1  # the GPU host's 15 workers: one thread each
+    assert decode_threads(cores=32, workers=4) == 8  # few workers on many cores still use them
+    assert decode_threads(cores=128, workers=15, processes_per_node=8) == 1
+    assert decode_threads(cores=2, workers=8) == 1
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert decode_threads() == 0  # not in a worker: FFmpeg chooses
+    cores = len(os.sched_getaffinity(0))
+    seen = torch.utils.data.DataLoader(_ThreadsSeenByWorkers(), batch_size=None, num_workers=2)
+    assert [int(t) for t in seen] == [max(1, cores // 2)] * 4
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert [int(t) for t in seen] == [max(1, cores // 8)] * 4

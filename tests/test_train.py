@@ -150,7 +150,8 @@ def test_unwritable_run_dir_fails_before_training(data_root, tmp_path):
         train(cfg, blocker / "run")
 
 
-def test_validation_and_run_directory(data_root, tmp_path):
+def test_validation_and_run_directory(data_root, tmp_path, capsys):
+    import csv
     import json
 
     from microact.engine.train import train
@@ -160,8 +161,12 @@ def test_validation_and_run_directory(data_root, tmp_path):
     assert train(cfg, tmp_path / "run") == 0
     run_dir = tmp_path / "run"
     for name in ("config.yaml", "env.json", "log.csv", "metrics.json", "model_final.safetensors",
-                 "model_best.safetensors", "plots/loss.png", "plots/val_f1.png"):
+                 "model_best.safetensors", "plots/loss.png", "plots/throughput.png", "plots/val_f1.png"):
         assert (run_dir / name).is_file(), name
+    with open(run_dir / "log.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 8 and all(0.0 <= float(r["data_wait"]) <= 1.0 for r in rows)
+    assert "waited for data" in capsys.readouterr().out
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["selected"] == "model_best.safetensors"
     assert set(metrics["val"][0]) >= {"f1_mean", "fine_macro", "fine_micro", "coarse_macro", "coarse_micro"}

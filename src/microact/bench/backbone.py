@@ -160,8 +160,12 @@ def run_benchmark(name: str, batches: list[int], precisions: list[str], repeats:
                     continue
                 if device.type == "cuda":
                     peak_mem[impl] = torch.cuda.max_memory_allocated(device) / 2 ** 30
-            for _ in range(repeats):  # round-robin so machine drift hits every implementation alike
-                for impl in IMPLS:
+            for r in range(repeats):
+                # Round-robin so machine drift hits every implementation alike, starting one further each round so
+                # that each follows every other equally often: on a CPU a pass inherits the allocator state (heap
+                # size, pages already mapped) of the pass before it, and a fixed order would always hand one model
+                # the heap that HF eager's large attention matrices just gave back.
+                for impl in IMPLS[r % len(IMPLS):] + IMPLS[:r % len(IMPLS)]:
                     if times[impl] is not None:
                         times[impl].append(_time(runs[impl], device))
         ms = {impl: (statistics.median(t) * 1e3 if t else None) for impl, t in times.items()}

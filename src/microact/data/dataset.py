@@ -100,9 +100,7 @@ class VideoDataset(Dataset):
     def _frames(self, path: Path, rng: np.random.Generator) -> np.ndarray:
         num_frames = count_frames(path, timeout=self.decode_timeout)
         indices = uniform_sample(num_frames, self.clip_len, self.num_clips, self.test_mode, rng)
-        # In a DataLoader worker, decode with one thread: the workers already keep every core busy, and FFmpeg's
-        # own threads would only add CPU time per clip (read_frames' ``threads``).
-        threads = 1 if torch.utils.data.get_worker_info() is not None else 0
+        threads = decode_threads()
 
         def decode(wanted: np.ndarray) -> np.ndarray:
             return read_frames(path, wanted, decoder=self.decoder, timeout=self.decode_timeout, threads=threads)
@@ -114,6 +112,32 @@ class VideoDataset(Dataset):
         # Training draws new indices every epoch: keep every frame of the video once and read the sampled ones.
         return self.cache.frames(path, f"{self.decoder}|all", lambda: decode(np.arange(num_frames)),
                                  indices=indices)
+
+
+def decode_threads(cores: Optional[int] = None, workers: Optional[int] = None,
+                   processes_per_node: Optional[int] = None) -> int:
+    """FFmpeg threads for one video decode in this process (``read_frames(..., threads=)``).
+
+    Outside a DataLoader worker: 0, FFmpeg's choice (about one per core). In a worker: this node's cores shared
+    among all workers of all training processes on it, at least 1. The workers already decode in parallel, and
+    threads beyond a core each only add CPU time per clip (a cropped clip took 67 ms of CPU with FFmpeg's
+    automatic threads on 2 cores, 56 ms with one); a few workers on many cores still get several threads each.
+
+    Args:
+        cores: cores this process may use (default: its CPU affinity).
+        workers: DataLoader workers of this process (default: from ``torch.utils.data.get_worker_info()``).
+        processes_per_node: training processes on this node (default: torchrun's ``LOCAL_WORLD_SIZE``, else 1).
+    """
+    if workers is None:
+        info = torch.utils.data.get_worker_info()
+        if info is None:
+            return 0
+        workers = info.num_workers
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if processes_per_node is None:
+        processes_per_node = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    return max(1, cores // max(1, workers * processes_per_node))
 
 
 def collate(items: Sequence[dict]) -> dict:

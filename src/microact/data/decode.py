@@ -250,9 +250,8 @@ def read_frames(path: str | os.PathLike, indices: Sequence[int] | np.ndarray, de
         decoder: ``"pyav"`` (sequential decode, default) or ``"decord"`` (``get_batch``, optional package).
         timeout: seconds allowed for this call (``None``: no limit); see :func:`_deadline` for how it works.
         threads: PyAV decoding threads; 0 lets FFmpeg choose (about one per core, for a process decoding alone).
-            Pass 1 where several processes decode at once, such as DataLoader workers: one thread per worker
-            already uses every core, and FFmpeg's threads on top cost CPU time (on 2 cores a cropped clip took
-            67 ms of CPU with automatic threading, 56 ms with one thread). decord always decodes with one thread.
+            Where several processes decode at once, such as DataLoader workers, share the cores among them
+            (:func:`microact.data.dataset.decode_threads`). decord always decodes with one thread.
 
     Returns:
         ``[len(indices), H, W, 3]`` uint8.

@@ -172,7 +172,7 @@ class _StopFlag:
 
 
 class _CsvLog:
-    FIELDS = ["step", "epoch", "loss", "lr", "clips_per_s", "skipped", "nan_skipped"]
+    FIELDS = ["step", "epoch", "loss", "lr", "clips_per_s", "data_wait", "skipped", "nan_skipped"]
 
     def __init__(self, path: Path, resume_step: Optional[int]):
         self.path = path
@@ -392,6 +392,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo) -> int:
     stop = None
     done = t.max_steps is not None and global_step >= t.max_steps
     it = None
+    data_hint_given = False
     with _StopFlag() as flag:
         while epoch < t.epochs and not done:
             if it is None:
@@ -399,12 +400,16 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo) -> int:
                 # this one ends and while validation runs (a batch never mixes two epochs).
                 batches.set_epoch(epoch, skip_batches=step_in_epoch * accum, until_epoch=t.epochs)
                 it = iter(loader)
+                starting = True  # the first batch waits for the workers to start: not counted as waiting for data
             if resumed_rng is not None:  # after building the iterator: exactly the state saved at the checkpoint
                 set_rng_state(resumed_rng)
                 resumed_rng = None
             skipped_clips, batch_no = [], 0
             loss_acc = torch.zeros((), device=device)
             acc_steps, clips, tick = 0, 0, time.perf_counter()
+            # Time spent in next(it): the step waiting for the loader. Reported per log interval and per epoch,
+            # so a data-bound run says so (and what helps) instead of just being slow.
+            waited, epoch_waited, epoch_start = 0.0, 0.0, time.perf_counter()
             bar = tqdm(total=steps_per_epoch, initial=step_in_epoch, desc=f"epoch {epoch + 1}/{t.epochs}",
                        unit="step", disable=not main, file=sys.stderr, dynamic_ncols=True)
             try:
@@ -415,7 +420,18 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo) -> int:
                     step_loss = torch.zeros((), device=device)
                     step_indices = []
                     for m in range(n_micro):
+                        t_wait = time.perf_counter()
                         batch = next(it)
+                        if starting:
+                            starting = False
+                            if main:  # through tqdm, so the line does not break the progress bar
+                                how = (f"starting {cfg.data.num_workers} loader worker(s)" if cfg.data.num_workers
+                                       else "decoded in this process: data.num_workers=0")
+                                bar.write(f"first batch after {time.perf_counter() - t_wait:.1f} s ({how})",
+                                          file=sys.stdout)
+                            tick = epoch_start = time.perf_counter()
+                        else:
+                            waited += time.perf_counter() - t_wait
                         batch_no += 1
                         skipped_clips += batch["skipped"]
                         weight = 1.0
@@ -479,19 +495,25 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo) -> int:
 
                     if global_step % t.log_every == 0 or step_in_epoch == steps_per_epoch:
                         mean_loss = D.all_reduce_mean(loss_acc / max(acc_steps, 1)).item()
-                        rate = clips * info.world_size / max(time.perf_counter() - tick, 1e-9)
+                        interval = max(time.perf_counter() - tick, 1e-9)
+                        rate = clips * info.world_size / interval
+                        wait_fraction = min(waited / interval, 1.0)
                         lr = optimizer.param_groups[0]["lr"]
-                        bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", clips_s=f"{rate:.1f}")
+                        bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", clips_s=f"{rate:.1f}",
+                                        data_wait=f"{wait_fraction:.0%}")
                         if main:
                             csv_log.write({"step": global_step, "epoch": epoch, "loss": f"{mean_loss:.6f}",
                                            "lr": f"{lr:.6e}", "clips_per_s": f"{rate:.2f}",
+                                           "data_wait": f"{wait_fraction:.3f}",
                                            "skipped": len(skipped_clips), "nan_skipped": nan_skipped})
                             if writer is not None:
                                 writer.add_scalar("train/loss", mean_loss, global_step)
                                 writer.add_scalar("train/lr", lr, global_step)
                                 writer.add_scalar("train/clips_per_s", rate, global_step)
+                                writer.add_scalar("train/data_wait", wait_fraction, global_step)
                         loss_acc.zero_()
-                        acc_steps, clips, tick = 0, 0, time.perf_counter()
+                        epoch_waited += waited
+                        acc_steps, clips, waited, tick = 0, 0, 0.0, time.perf_counter()
 
                     done = t.max_steps is not None and global_step >= t.max_steps
                     if stop or done:
@@ -515,8 +537,16 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo) -> int:
             if skipped_clips:
                 D.warn(f"epoch {epoch}: {len(skipped_clips)} clip(s) could not be read and were skipped, e.g. "
                        f"{skipped_clips[0]}")
+            epoch_wait = min((epoch_waited + waited) / max(time.perf_counter() - epoch_start, 1e-9), 1.0)
             D.log(f"epoch {epoch + 1}/{t.epochs}: global step {global_step}, lr {optimizer.param_groups[0]['lr']:.3e}, "
-                  f"skipped clips {len(skipped_clips)}, NaN steps skipped {nan_skipped}")
+                  f"skipped clips {len(skipped_clips)}, NaN steps skipped {nan_skipped}, "
+                  f"waited for data {epoch_wait:.0%} of the time")
+            if epoch_wait > 0.1 and not data_hint_given:
+                data_hint_given = True
+                D.log(f"note: the training step waited for the loader {epoch_wait:.0%} of this epoch. More "
+                      f"data.num_workers (now {cfg.data.num_workers}), person-cropped videos (microact crop) or the "
+                      "decode-once cache (data.cache_dir=DIR data.cache_format=jpeg) feed it faster; "
+                      "`microact bench e2e` measures the loader and the step apart")
             if epoch_done:
                 epoch, step_in_epoch = epoch + 1, 0
             if val_loader is not None and epoch_done and (epoch % t.val_every == 0 or epoch == t.epochs or done):

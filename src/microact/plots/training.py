@@ -1,4 +1,4 @@
-"""Training curves of a run directory: loss and lr from ``log.csv``, validation F1 from ``metrics.json``."""
+"""Training curves of a run directory: loss, lr and throughput from ``log.csv``, validation F1 from ``metrics.json``."""
 from __future__ import annotations
 
 import csv
@@ -8,7 +8,8 @@ from pathlib import Path
 
 
 def plot_run(run_dir: str | os.PathLike) -> list[Path]:
-    """Draw ``plots/loss.png`` (loss and lr per step) and, when validated, ``plots/val_f1.png``.
+    """Draw ``plots/loss.png`` (loss and lr per step), ``plots/throughput.png`` (clips/s and the share of time
+    the step waited for data) and, when validated, ``plots/val_f1.png``.
 
     Returns:
         The files written.
@@ -40,6 +41,21 @@ def plot_run(run_dir: str | os.PathLike) -> list[Path]:
             fig.savefig(out / "loss.png")
             plt.close(fig)
             written.append(out / "loss.png")
+            if all(r.get("data_wait") for r in rows):  # runs logged before the column existed have no figure
+                fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+                ax.plot(steps, [float(r["clips_per_s"]) for r in rows], color="tab:green")
+                ax.set_xlabel("optimiser step")
+                ax.set_ylabel("clips/s (all processes)")
+                ax.set_ylim(bottom=0)
+                ax2 = ax.twinx()
+                ax2.plot(steps, [100 * float(r["data_wait"]) for r in rows], color="tab:red", alpha=0.6)
+                ax2.set_ylabel("% of the time waiting for data")
+                ax2.set_ylim(0, 100)
+                ax.set_title("throughput (green) and time waiting for the loader (red)")
+                fig.tight_layout()
+                fig.savefig(out / "throughput.png")
+                plt.close(fig)
+                written.append(out / "throughput.png")
     metrics = run_dir / "metrics.json"
     if metrics.is_file():
         val = json.loads(metrics.read_text()).get("val") or []
