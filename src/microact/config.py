@@ -49,6 +49,7 @@ class DataConfig:
     decoder: Literal["pyav", "decord"] = "pyav"  # SEED.md §12 row 21
     decode_timeout: float = 60.0  # seconds per clip before a video counts as bad
     num_workers: int = 4
+    prefetch_factor: int = 2  # batches each loader worker prepares ahead (with num_workers > 0)
     allow_absolute_paths: bool = False  # list files may not point outside root unless this is set
     check_files: bool = True  # verify every listed video exists before training starts
     cache_dir: Optional[str] = None  # decode-once cache of sampled frames (off by default)
@@ -56,7 +57,7 @@ class DataConfig:
     cache_jpeg_quality: int = 95  # JPEG quality of cache_format=jpeg (1-100)
 
     def validate(self):
-        _positive(self, "num_classes", "clip_len", "img_size", "decode_timeout")
+        _positive(self, "num_classes", "clip_len", "img_size", "decode_timeout", "prefetch_factor")
         _non_negative(self, "num_workers")
         if not self.train_lists:
             raise ConfigError("data.train_lists: needs at least one list file")

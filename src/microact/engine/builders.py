@@ -76,7 +76,7 @@ def build_train_loader(cfg: Config, *, distributed: bool = False):
 
     loader = build_loader(build_train_dataset(cfg), batch_size=cfg.train.micro_batch, shuffle=True,
                           num_workers=cfg.data.num_workers, seed=cfg.train.seed, distributed=distributed,
-                          drop_last=False)
+                          drop_last=False, prefetch_factor=cfg.data.prefetch_factor)
     loader.generator = torch.Generator().manual_seed(cfg.train.seed)
     return loader
 

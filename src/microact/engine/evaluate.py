@@ -244,7 +244,7 @@ def build_test_loader(cfg, list_file: str | os.PathLike, num_clips: int, *, dist
                            decode_timeout=cfg.data.decode_timeout, seed=cfg.train.seed, cache_dir=cfg.data.cache_dir,
                            cache_format=cfg.data.cache_format, cache_jpeg_quality=cfg.data.cache_jpeg_quality)
     return build_loader(dataset, batch_size=cfg.eval.batch_size, shuffle=False, num_workers=cfg.data.num_workers,
-                        distributed=distributed)
+                        distributed=distributed, prefetch_factor=cfg.data.prefetch_factor)
 
 
 def cli_main(args) -> int:
