@@ -25,17 +25,19 @@ def test_bench_backbone_figures_are_consistent():
 def test_bench_data_on_crops_written_like_microact_crop():
     from microact.bench.data import format_results, run
 
-    res = run([0], clips=4, kinds=["crop320"], progress=lambda *_: None)
+    res = run([1], clips=4, kinds=["crop320"], progress=lambda *_: None)
     r = res["kinds"]["crop320"]
     assert set(res["kinds"]) == {"crop320"}
-    for key in ("decode_ms_pyav", "decode_ms_pyav_without_fast_decode", "cache_ms_npy", "cache_ms_jpeg",
-                "transform_ms_ours", "clips_per_s_ours_w0", "clips_per_s_plain_w0"):
+    for key in ("decode_ms_pyav", "decode_ms_pyav_threads_auto", "decode_ms_pyav_without_fast_decode",
+                "cache_ms_npy", "cache_ms_jpeg", "transform_ms_ours", "clips_per_s_ours_w1", "clips_per_s_plain_w1",
+                "clips_per_s_ours_ffmpeg_threads_w1"):
         assert r[key] > 0, key
     # npy keeps every frame of both 3-second clips: 90 x 534 x 320 x 3 bytes (+ a header) per clip
     assert r["cache_mb_per_clip_npy"] == pytest.approx(90 * 534 * 320 * 3 / 1e6, rel=1e-3)
     assert r["cache_mb_per_clip_jpeg"] < r["cache_mb_per_clip_npy"] / 4
-    text = format_results(res, [0])
+    text = format_results(res, [1])
     assert "without fast_decode" in text and "from the decode cache (jpeg)" in text
+    assert "FFmpeg's automatic threads (data.decode_threads=0)" in text
 
 
 def test_bench_e2e_reads_through_the_jpeg_cache(tmp_path):

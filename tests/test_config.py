@@ -38,6 +38,7 @@ def test_overrides_are_typed(tmp_path):
     ("optim.lr=-1", ["optim.lr", "> 0"]),
     ("data.clip_len=0", ["data.clip_len", "> 0"]),
     ("data.prefetch_factor=0", ["data.prefetch_factor", "> 0"]),
+    ("data.decode_threads=-1", ["data.decode_threads", ">= 0"]),
     ("aug.rrc_area=[0.9, 0.1]", ["aug.rrc_area"]),
     ("aug.flip_prob=2", ["aug.flip_prob", "[0, 1]"]),
     ("train.micro_batch=5", ["global_batch", "micro_batch", "multiple"]),

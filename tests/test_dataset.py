@@ -238,3 +238,16 @@ def test_decode_threads_share_the_cores_among_workers(monkeypatch):
     assert [int(t) for t in seen] == [max(1, cores // 2)] * 4
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
     assert [int(t) for t in seen] == [max(1, cores // 8)] * 4
+
+
+@pytest.mark.parametrize("setting,expected", [(None, 0), (0, 0), (3, 3)])
+def test_dataset_decodes_with_the_configured_threads(folder, monkeypatch, setting, expected):
+    import microact.data.dataset as dataset_module
+
+    seen = []
+    real = dataset_module.read_frames
+    monkeypatch.setattr(dataset_module, "read_frames",
+                        lambda *a, threads, **k: seen.append(threads) or real(*a, threads=threads, **k))
+    ds = VideoDataset(records(GOOD), folder, clip_len=4, transform=TrainTransform(AugConfig(), 16, rng=0),
+                      decode_threads=setting)
+    assert ds[0]["video"] is not None and seen == [expected]  # None: not in a worker, so FFmpeg chooses

@@ -50,6 +50,7 @@ class DataConfig:
     decode_timeout: float = 60.0  # seconds per clip before a video counts as bad
     num_workers: int = 4
     prefetch_factor: int = 2  # batches each loader worker prepares ahead (with num_workers > 0)
+    decode_threads: Optional[int] = None  # FFmpeg threads per decode; null: the cores shared among workers, 0: FFmpeg's
     allow_absolute_paths: bool = False  # list files may not point outside root unless this is set
     check_files: bool = True  # verify every listed video exists before training starts
     cache_dir: Optional[str] = None  # decode-once cache of sampled frames (off by default)
@@ -59,6 +60,8 @@ class DataConfig:
     def validate(self):
         _positive(self, "num_classes", "clip_len", "img_size", "decode_timeout", "prefetch_factor")
         _non_negative(self, "num_workers")
+        if self.decode_threads is not None:
+            _non_negative(self, "decode_threads")
         if not self.train_lists:
             raise ConfigError("data.train_lists: needs at least one list file")
         if self.cache_format != "npy" and not self.cache_dir:

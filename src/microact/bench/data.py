@@ -11,7 +11,8 @@ encodes them, then measures, for each kind:
 - transforms only on already decoded frames: ours (vectorised, :class:`TrainTransform`) vs a straightforward
   per-frame numpy/cv2 implementation of the same ops;
 - the whole pipeline through a DataLoader with N workers: clips/s and clips/s per worker, ours vs the
-  straightforward decord + numpy/cv2 pipeline.
+  straightforward decord + numpy/cv2 pipeline, and ours with FFmpeg's automatic threads in every worker instead
+  of the cores shared among the workers.
 
 Decode and transform times tell which one limits the pipeline.
 """
@@ -206,6 +207,10 @@ def run(workers: list[int], clips: int, kinds: Sequence[str] = tuple(KINDS), pro
                 ds = VideoDataset(records, folder, clip_len=CLIP_LEN, transform=ours_tf, seed=0)
                 loader = build_loader(ds, batch_size=4, shuffle=False, num_workers=w, seed=0, pin_memory=False)
                 r[f"clips_per_s_ours_w{w}"] = _loader_rate(loader)
+                if w:  # the same loader with FFmpeg's automatic threads in every worker (data.decode_threads=0)
+                    ds = VideoDataset(records, folder, clip_len=CLIP_LEN, transform=ours_tf, seed=0, decode_threads=0)
+                    loader = build_loader(ds, batch_size=4, shuffle=False, num_workers=w, seed=0, pin_memory=False)
+                    r[f"clips_per_s_ours_ffmpeg_threads_w{w}"] = _loader_rate(loader)
                 plain = DataLoader(_PlainDataset([folder / rec.path for rec in records]), batch_size=4,
                                    num_workers=w, worker_init_fn=_worker_init if w else None, persistent_workers=w > 0,
                                    multiprocessing_context="forkserver" if w else None)
@@ -247,6 +252,11 @@ def format_results(res: dict, workers: list[int]) -> str:
             lines.append(f"  loader, {w} worker(s): ours {ours:6.2f} clips/s ({ours / max(w, 1):6.2f}/worker)   "
                          f"decord+numpy {plain:6.2f} clips/s ({plain / max(w, 1):6.2f}/worker)   "
                          f"ours/plain {ours / plain:.2f}x")
+            auto = r.get(f"clips_per_s_ours_ffmpeg_threads_w{w}")
+            if auto:
+                lines.append(f"  loader, {w} worker(s), every worker with FFmpeg's automatic threads "
+                             f"(data.decode_threads=0): {auto:6.2f} clips/s; cores shared among the workers "
+                             f"(the default) {ours / auto:.2f}x")
     kinds = list(res["kinds"])
     if len(kinds) == 2:
         a, b = (res["kinds"][k] for k in kinds)

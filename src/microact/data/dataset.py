@@ -46,6 +46,8 @@ class VideoDataset(Dataset):
             An edited video is decoded again.
         cache_format: ``"npy"`` (lossless) or ``"jpeg"``.
         cache_jpeg_quality: quality of the ``jpeg`` format.
+        decode_threads: FFmpeg threads per decode (PyAV); ``None`` shares the cores among the loader workers
+            (:func:`decode_threads`), 0 lets FFmpeg choose in every worker.
 
     Items: ``{"video": uint8 tensor [3,T,S,S] (train) or [V,3,T,S,S] (test), "label": int, "index": int}``,
     or ``{"video": None, ..., "error": "path: reason"}`` for a bad video.
@@ -54,7 +56,8 @@ class VideoDataset(Dataset):
     def __init__(self, records: Sequence[VideoRecord], video_root: str | os.PathLike, *, clip_len: int,
                  transform: Callable, num_clips: int = 1, test_mode: bool = False, decoder: str = "pyav",
                  decode_timeout: Optional[float] = None, seed: int = 0, cache_dir: str | os.PathLike | None = None,
-                 cache_format: CacheFormat = "npy", cache_jpeg_quality: int = 95):
+                 cache_format: CacheFormat = "npy", cache_jpeg_quality: int = 95,
+                 decode_threads: Optional[int] = None):
         self.records = list(records)
         self.video_root = Path(video_root)
         self.clip_len = clip_len
@@ -65,6 +68,7 @@ class VideoDataset(Dataset):
         self.decode_timeout = decode_timeout
         self.seed = seed
         self.cache = FrameCache(cache_dir, cache_format, cache_jpeg_quality) if cache_dir else None
+        self.decode_threads = decode_threads
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -100,7 +104,7 @@ class VideoDataset(Dataset):
     def _frames(self, path: Path, rng: np.random.Generator) -> np.ndarray:
         num_frames = count_frames(path, timeout=self.decode_timeout)
         indices = uniform_sample(num_frames, self.clip_len, self.num_clips, self.test_mode, rng)
-        threads = decode_threads()
+        threads = decode_threads() if self.decode_threads is None else self.decode_threads
 
         def decode(wanted: np.ndarray) -> np.ndarray:
             return read_frames(path, wanted, decoder=self.decoder, timeout=self.decode_timeout, threads=threads)

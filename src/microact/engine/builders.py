@@ -59,7 +59,8 @@ def build_train_dataset(cfg: Config):
                         transform=TrainTransform(cfg.aug, cfg.data.img_size, rng=cfg.train.seed),
                         test_mode=False, decoder=cfg.data.decoder, decode_timeout=cfg.data.decode_timeout,
                         seed=cfg.train.seed, cache_dir=cfg.data.cache_dir,
-                        cache_format=cfg.data.cache_format, cache_jpeg_quality=cfg.data.cache_jpeg_quality)
+                        cache_format=cfg.data.cache_format, cache_jpeg_quality=cfg.data.cache_jpeg_quality,
+                        decode_threads=cfg.data.decode_threads)
 
 
 def build_train_loader(cfg: Config, *, distributed: bool = False):

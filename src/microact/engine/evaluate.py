@@ -242,7 +242,8 @@ def build_test_loader(cfg, list_file: str | os.PathLike, num_clips: int, *, dist
                            transform=TestTransform(cfg.eval, cfg.data.img_size, cfg.aug.resize_backend),
                            num_clips=num_clips, test_mode=True, decoder=cfg.data.decoder,
                            decode_timeout=cfg.data.decode_timeout, seed=cfg.train.seed, cache_dir=cfg.data.cache_dir,
-                           cache_format=cfg.data.cache_format, cache_jpeg_quality=cfg.data.cache_jpeg_quality)
+                           cache_format=cfg.data.cache_format, cache_jpeg_quality=cfg.data.cache_jpeg_quality,
+                           decode_threads=cfg.data.decode_threads)
     return build_loader(dataset, batch_size=cfg.eval.batch_size, shuffle=False, num_workers=cfg.data.num_workers,
                         distributed=distributed, prefetch_factor=cfg.data.prefetch_factor)
 
