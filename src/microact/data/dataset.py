@@ -318,8 +318,9 @@ def build_loader(dataset: VideoDataset, *, batch_size: int, shuffle: bool, num_w
     """A DataLoader with an :class:`EpochBatchSampler` (``loader.batch_sampler``) and :func:`collate`.
 
     Call ``loader.batch_sampler.set_epoch(epoch, skip_batches=k, until_epoch=E)`` before iterating (``k`` > 0
-    to resume mid-epoch; ``E`` to run through the epochs before ``E`` with one iterator). With ``distributed=True`` the rank and world size come from ``torch.distributed`` when it is
-    initialised (else ``RANK`` / ``WORLD_SIZE``), unless given. A test-mode dataset is never padded.
+    to resume mid-epoch; ``E`` to run through the epochs before ``E`` with one iterator). With
+    ``distributed=True`` the rank and world size come from ``torch.distributed`` when it is initialised (else
+    ``RANK`` / ``WORLD_SIZE``), unless given. A test-mode dataset is never padded.
 
     Args:
         pin_memory: ``None`` = pin when CUDA is available.
