@@ -538,13 +538,16 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo) -> int:
                 D.warn(f"epoch {epoch}: {len(skipped_clips)} clip(s) could not be read and were skipped, e.g. "
                        f"{skipped_clips[0]}")
             epoch_wait = min((epoch_waited + waited) / max(time.perf_counter() - epoch_start, 1e-9), 1.0)
+            wait_percent = round(100 * epoch_wait)  # what the log says is what the hint below decides on
             D.log(f"epoch {epoch + 1}/{t.epochs}: global step {global_step}, lr {optimizer.param_groups[0]['lr']:.3e}, "
                   f"skipped clips {len(skipped_clips)}, NaN steps skipped {nan_skipped}, "
-                  f"waited for data {epoch_wait:.0%} of the time")
-            if epoch_wait > 0.1 and not data_hint_given:
+                  f"waited for data {wait_percent}% of the time")
+            if wait_percent > 10 and not data_hint_given:
                 data_hint_given = True
-                D.log(f"note: the training step waited for the loader {epoch_wait:.0%} of this epoch. More "
-                      f"data.num_workers (now {cfg.data.num_workers}), person-cropped videos (microact crop) or the "
+                cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+                D.log(f"note: the training step waited for the loader {wait_percent}% of this epoch. More "
+                      f"data.num_workers (now {cfg.data.num_workers}, with {cores} cores for this process), "
+                      "person-cropped videos (microact crop) or the "
                       "decode-once cache (data.cache_dir=DIR data.cache_format=jpeg) feed it faster; "
                       "`microact bench e2e` measures the loader and the step apart")
             if epoch_done:
