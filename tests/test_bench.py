@@ -114,4 +114,10 @@ def test_bench_train_profile_writes_a_trace_and_a_breakdown(tmp_path):
     assert sum(p["by_category"].values()) >= sum(t["ms_per_step"] for t in p["top"])
     events = json.loads(gzip.open(tmp_path / "trace.json.gz").read())["traceEvents"]
     assert any(e.get("name") == "aten::addmm" for e in events)
-    assert "[matmul] aten::addmm" in format_report(res)
+    # the report lists the largest operators with their kinds (which operators lead depends on the machine's load)
+    from microact.bench.profile import categorize
+
+    report = format_report(res)
+    for t in p["top"]:
+        assert t["category"] == categorize(t["name"])
+        assert f"[{t['category']}] {t['name'][:87]}" in report  # long kernel names are shortened

@@ -4,8 +4,8 @@ Runs that are compared bit for bit all run as subprocesses with the same thread 
 block differently with another thread count).
 """
 import os
-import re
 import random
+import re
 import signal
 import subprocess
 import sys

@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crf", type=int, default=18,
                    help="x264 quality of the cropped videos, 0-51 (lower = better, larger)")
     p.add_argument("--no-fast-decode", dest="fast_decode", action="store_false",
-                   help="encode with CABAC and deblocking (smaller files, 1.4-1.6x slower to decode in training)")
+                   help="encode with CABAC and deblocking (smaller files, 1.4-1.8x slower to decode in training)")
     p.add_argument("--workers", type=int, default=0, help="parallel processes (0 = all cores)")
     p.add_argument("--preview", type=int, default=8, help="videos shown in the preview image (0 = none)")
     p.add_argument("--overwrite", action="store_true", help="redo videos that are already cropped")

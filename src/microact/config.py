@@ -239,7 +239,7 @@ class CropConfig:
     sample_frames: int = 8  # frames per video given to the detector
     short_side: Optional[int] = 320  # downscale cropped videos so training decodes fast (None = keep)
     crf: int = 18  # x264 quality of the cropped videos (lower = better and larger)
-    fast_decode: bool = True  # x264 tune=fastdecode (no CABAC, no deblocking): 1.4-1.6x cheaper decode, ~25 % larger
+    fast_decode: bool = True  # x264 tune=fastdecode (no CABAC, no deblocking): 1.4-1.8x cheaper decode, ~25 % larger
     weights: Optional[str] = None  # YOLO (.pt) or ONNX weights, when the detector needs them
 
     def validate(self):

@@ -204,13 +204,14 @@ def run(workers: list[int], clips: int, kinds: Sequence[str] = tuple(KINDS), pro
             records = [records[i % len(records)] for i in range(clips)]
             for w in workers:
                 progress(f"{kind}: loaders with {w} worker(s) ...")
-                ds = VideoDataset(records, folder, clip_len=CLIP_LEN, transform=ours_tf, seed=0)
-                loader = build_loader(ds, batch_size=4, shuffle=False, num_workers=w, seed=0, pin_memory=False)
-                r[f"clips_per_s_ours_w{w}"] = _loader_rate(loader)
-                if w:  # the same loader with FFmpeg's automatic threads in every worker (data.decode_threads=0)
-                    ds = VideoDataset(records, folder, clip_len=CLIP_LEN, transform=ours_tf, seed=0, decode_threads=0)
+                variants = {f"clips_per_s_ours_w{w}": None}  # decoding threads: the default
+                if w:  # and FFmpeg's automatic threads in every worker (data.decode_threads=0)
+                    variants[f"clips_per_s_ours_ffmpeg_threads_w{w}"] = 0
+                for key, threads in variants.items():
+                    ds = VideoDataset(records, folder, clip_len=CLIP_LEN, transform=ours_tf, seed=0,
+                                      decode_threads=threads)
                     loader = build_loader(ds, batch_size=4, shuffle=False, num_workers=w, seed=0, pin_memory=False)
-                    r[f"clips_per_s_ours_ffmpeg_threads_w{w}"] = _loader_rate(loader)
+                    r[key] = _loader_rate(loader)
                 plain = DataLoader(_PlainDataset([folder / rec.path for rec in records]), batch_size=4,
                                    num_workers=w, worker_init_fn=_worker_init if w else None, persistent_workers=w > 0,
                                    multiprocessing_context="forkserver" if w else None)

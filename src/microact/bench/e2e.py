@@ -58,6 +58,8 @@ def run(preset: str, workers: int, batch: int, steps: int, device_name: str = "a
     with tempfile.TemporaryDirectory(prefix="microact-e2e-") as tmp:
         folder = Path(tmp)
         n_clips = clips or max(batch * (steps + 2), 8)
+        if n_clips < 2 * batch:  # the loader-alone pass times the batches after the first
+            raise MicroactError(f"{n_clips} clips make fewer than two batches of {batch}")
         progress(f"writing {min(n_clips, 32)} person-cropped clips (320x534, 3 s)...")
         paths = _write_clips(folder, "crop320", min(n_clips, 32))
         records = [VideoRecord(path=p.name, label=i % 52, source=f"bench:{i}") for i, p in enumerate(paths)]
@@ -111,8 +113,6 @@ def run(preset: str, workers: int, batch: int, steps: int, device_name: str = "a
         # the iterator carries on into the next epoch, whose first batch is timed too.
         loader.batch_sampler.set_epoch(2, until_epoch=4)
         per_epoch = len(loader.batch_sampler) // 2
-        if per_epoch < 1:
-            raise MicroactError(f"{n_clips} clips do not make one batch of {batch}")
         t0 = time.perf_counter()
         it = iter(loader)
         first = next(it)

@@ -8,10 +8,8 @@ no kernel tuning recovers. A Chrome trace (``trace.json.gz``, open in Perfetto o
 """
 from __future__ import annotations
 
-import gzip
 import os
 import re
-import shutil
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -112,12 +110,9 @@ def profile_steps(step: Callable[[], torch.Tensor], device: torch.device, steps:
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        raw = out / "trace.json"
-        prof.export_chrome_trace(str(raw))
-        with open(raw, "rb") as src, gzip.open(out / "trace.json.gz", "wb") as dst:
-            shutil.copyfileobj(src, dst)
-        raw.unlink()
-        result["trace"] = str(out / "trace.json.gz")
+        trace = out / "trace.json.gz"
+        prof.export_chrome_trace(str(trace))  # the profiler gzips a path ending in .gz
+        result["trace"] = str(trace)
     return result
 
 

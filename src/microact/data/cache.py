@@ -74,7 +74,7 @@ class FrameCache:
         except OSError as e:  # a full or read-only disk costs the speed-up, never the clip
             warnings.warn(f"frame cache {self.folder}: cannot store {path.name} ({e}); it will be decoded again "
                           "next time", RuntimeWarning, stacklevel=2)
-        return frames if indices is None else frames[np.minimum(np.asarray(indices), len(frames) - 1)]
+        return frames if indices is None else frames[_clamp(indices, len(frames))]
 
     def _entry(self, path: Path, key: str) -> Path:
         st = path.stat()
@@ -88,7 +88,7 @@ class FrameCache:
         if indices is None:
             return np.load(entry)
         stored = np.load(entry, mmap_mode="r")  # only the wanted rows are read from disk
-        return np.asarray(stored[np.minimum(np.asarray(indices), len(stored) - 1)])
+        return np.asarray(stored[_clamp(indices, len(stored))])
 
     def _write(self, entry: Path, frames: np.ndarray) -> None:
         entry.parent.mkdir(parents=True, exist_ok=True)
@@ -101,6 +101,11 @@ class FrameCache:
             os.replace(tmp, entry)  # atomic: concurrent workers never read half a file
         finally:
             tmp.unlink(missing_ok=True)
+
+
+def _clamp(indices, count: int) -> np.ndarray:
+    """Frame indices past the last of ``count`` stored frames point at the last one (as decoding clamps them)."""
+    return np.minimum(np.asarray(indices, dtype=np.int64), count - 1)
 
 
 def write_jpeg_frames(path: str | os.PathLike, frames: np.ndarray, quality: int = 95) -> None:
@@ -147,7 +152,7 @@ def read_jpeg_frames(path: str | os.PathLike, indices: Optional[Sequence[int] | 
         base = _HEAD.size + 8 * (n + 1)
         if os.fstat(f.fileno()).st_size < base + int(offsets[-1]):
             raise ValueError(f"{path}: truncated frame cache entry")
-        wanted = np.arange(n) if indices is None else np.minimum(np.asarray(indices, dtype=np.int64), n - 1)
+        wanted = np.arange(n) if indices is None else _clamp(indices, n)
         out = np.empty((len(wanted), h, w, 3), dtype=np.uint8)
         decoded: dict[int, int] = {}  # frame -> row of out that holds it (repeated indices decode once)
         read_flag = getattr(cv2, "IMREAD_COLOR_RGB", None)

@@ -41,14 +41,16 @@ def plot_run(run_dir: str | os.PathLike) -> list[Path]:
             fig.savefig(out / "loss.png")
             plt.close(fig)
             written.append(out / "loss.png")
-            if all(r.get("data_wait") for r in rows):  # runs logged before the column existed have no figure
+            timed = [r for r in rows if r.get("data_wait")]  # rows logged before the column existed have none
+            if timed:
+                timed_steps = [int(r["step"]) for r in timed]
                 fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-                ax.plot(steps, [float(r["clips_per_s"]) for r in rows], color="tab:green")
+                ax.plot(timed_steps, [float(r["clips_per_s"]) for r in timed], color="tab:green")
                 ax.set_xlabel("optimiser step")
                 ax.set_ylabel("clips/s (all processes)")
                 ax.set_ylim(bottom=0)
                 ax2 = ax.twinx()
-                ax2.plot(steps, [100 * float(r["data_wait"]) for r in rows], color="tab:red", alpha=0.6)
+                ax2.plot(timed_steps, [100 * float(r["data_wait"]) for r in timed], color="tab:red", alpha=0.6)
                 ax2.set_ylabel("% of the time waiting for data")
                 ax2.set_ylim(0, 100)
                 ax.set_title("throughput (green) and time waiting for the loader (red)")
