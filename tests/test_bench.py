@@ -28,7 +28,8 @@ def test_bench_data_on_crops_written_like_microact_crop():
     res = run([1], clips=4, kinds=["crop320"], progress=lambda *_: None)
     r = res["kinds"]["crop320"]
     assert set(res["kinds"]) == {"crop320"}
-    for key in ("decode_ms_pyav", "decode_ms_pyav_threads_auto", "decode_ms_pyav_without_fast_decode",
+    for key in ("decode_ms_pyav", "decode_ms_pyav_sequential", "decode_ms_pyav_threads_auto",
+                "decode_ms_pyav_without_fast_decode",
                 "cache_ms_npy", "cache_ms_jpeg", "transform_ms_ours", "clips_per_s_ours_w1", "clips_per_s_plain_w1",
                 "clips_per_s_ours_ffmpeg_threads_w1"):
         assert r[key] > 0, key
@@ -37,6 +38,7 @@ def test_bench_data_on_crops_written_like_microact_crop():
     assert r["cache_mb_per_clip_jpeg"] < r["cache_mb_per_clip_npy"] / 4
     text = format_results(res, [1])
     assert "without fast_decode" in text and "from the decode cache (jpeg)" in text
+    assert "every frame up to the last sampled one" in text
     assert "FFmpeg's automatic threads (data.decode_threads=0)" in text
 
 

@@ -14,7 +14,7 @@ from microact.data import synth
 from microact.data.crop import boxes as B
 from microact.data.crop.detectors import (Box, DetectorError, HaarFaceDetector, create_detector, face_to_body, nms,
                                           parse_yolo_output)
-from microact.data.crop.run import compute_box, crop_video, run_crop
+from microact.data.crop.run import compute_box, crop_encoding, crop_video, run_crop
 from microact.data.decode import read_frames
 from microact.data.video_writer import write_video
 
@@ -202,8 +202,42 @@ def test_crop_encoding_is_chosen_for_decoding_speed(tmp_path, fast_decode):
     # tune=fastdecode is exactly: no CABAC, no deblocking filter (x264's --tune help).
     assert ("cabac=0" in settings) == ("deblock=0" in settings) == fast_decode, settings
     assert ("cabac=1" in settings) == (not fast_decode) and "crf=21.0" in settings
+    # ... and B-frames nothing refers to (no B-pyramid), up to 8 in a row; x264's defaults otherwise (3, pyramid).
+    assert ("bframes=8 b_pyramid=0" in settings) == fast_decode and ("bframes=3 b_pyramid=2" in settings) != fast_decode
     assert entry["encoding"] == {"codec": "libx264", "preset": "veryfast", "crf": 21, "fast_decode": fast_decode}
     assert _decode(out).shape == (6, 96, 160, 3)
+
+
+def _frames_referenced(path: Path) -> int:
+    """Frames FFmpeg still decodes when told to drop every frame no other frame references (skip_frame=NONREF)."""
+    with av.open(str(path)) as c:
+        stream = c.streams.video[0]
+        stream.codec_context.skip_frame = "NONREF"
+        return sum(1 for _ in c.decode(stream))
+
+
+def test_fast_decode_crops_of_static_footage_are_mostly_droppable_b_frames(tmp_path):
+    # A seated person in front of a static background, with sensor noise: what MA-52 looks like to an encoder.
+    rng = np.random.default_rng(0)
+    background = rng.integers(60, 200, size=(256, 160, 3)).astype(np.float32)
+    frames = []
+    for t in range(48):
+        frame = background.copy()
+        top = 85 + int(round(6 * np.sin(t / 4)))
+        frame[top:top + 40, 30:66] = (200, 150, 120)
+        frames.append(np.clip(frame + rng.normal(0, 3, frame.shape), 0, 255).astype(np.uint8))
+    referenced = {}
+    for fast in (True, False):
+        out = tmp_path / f"fast{fast}.mp4"
+        write_video(out, frames, fps=24, **crop_encoding(CropConfig(fast_decode=fast)))  # as crop_video encodes
+        referenced[fast] = _frames_referenced(out)
+        assert len(_decode(out)) == 48
+    # Without a B-pyramid and with up to 8 B-frames in a row, most frames need no decoding unless sampled
+    # (x264's defaults leave about half of them referenced).
+    assert referenced[True] <= 48 // 4 < referenced[False], referenced
+    # ... and read_frames gives the pixels a full decode gives, frame for frame.
+    out = tmp_path / "fastTrue.mp4"
+    np.testing.assert_array_equal(read_frames(out, range(0, 48, 3)), _decode(out)[::3])
 
 
 def test_crop_crf_out_of_range_is_rejected():

@@ -101,6 +101,11 @@ def test_header_that_over_reports_is_not_trusted(tmp_path):
     assert count_frames(cut) < 30
     out = read_frames(cut, [0, len(decodable) - 1, 29])
     np.testing.assert_array_equal(out, decodable[[0, -1, -1]])
+    # The demuxer lists frames that are not all there: asked for the last one, the skipping decoder gives up and
+    # read_frames (above) clamped to the last decodable frame, as the sequential decode does.
+    import microact.data.decode as decode
+
+    assert decode._read_pyav_skipping(cut, np.array([29]), lambda: None) is None
 
 
 def _write_audio_only(path):
@@ -180,3 +185,85 @@ def test_probe_reports_display_rotation(tmp_path):
     info = probe_video(path)
     assert (info.num_frames, info.width, info.height, info.rotation) == (5, 64, 32, 90)
     assert read_frames(path, [0]).shape == (1, 32, 64, 3)  # frames come as stored; rotation is only reported
+
+
+def _encode(path, frames, codec="libx264", options=None, container_format=None, rate=15):
+    with av.open(str(path), "w", format=container_format) as c:
+        s = c.add_stream(codec, rate=rate, options=options or {})
+        s.height, s.width = frames.shape[1:3]
+        s.pix_fmt = "yuv420p"
+        for f in frames:
+            for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+
+
+# (file name, codec, encoder options, whether frames can be skipped: packets with distinct display timestamps)
+SKIP_CASES = [
+    ("pyramid.mp4", "libx264", {}, True),  # x264's defaults: B-pyramid, 3 B-frames
+    ("no_pyramid.mp4", "libx264", {"x264-params": "b-pyramid=none:bframes=8"}, True),  # as microact crop writes
+    ("no_b_frames.mp4", "libx264", {"x264-params": "bframes=0"}, True),
+    ("pyramid.mkv", "libx264", {}, True),
+    ("mpeg4_b_frames.mp4", "mpeg4", {"bf": "2"}, True),
+    ("elementary_stream.h264", "libx264", {}, False),  # raw Annex B: no timestamps, decoded sequentially
+]
+
+
+@pytest.mark.parametrize("name, codec, options, skippable", SKIP_CASES, ids=[c[0] for c in SKIP_CASES])
+def test_skipping_unsampled_frames_changes_no_pixel(tmp_path, name, codec, options, skippable):
+    import microact.data.decode as decode
+
+    frames = np.concatenate([moving_square_frames(20, 64, 80, seed=s) for s in range(3)])  # 60 frames, 3 scenes
+    path = tmp_path / name
+    _encode(path, frames, codec, options, container_format="h264" if name.endswith(".h264") else None)
+    ref = all_frames(path)
+    assert len(ref) == 60
+    timestamps = decode._frame_index(path, lambda: None).timestamps
+    # Evenly spaced frames are indexed by a range (nothing stored per frame); Matroska's millisecond timestamps at
+    # 15 fps are 66 or 67 apart, so they are listed; without timestamps frames are not addressable.
+    assert (timestamps is not None) == skippable
+    assert isinstance(timestamps, range) == name.endswith(".mp4")
+    rng = np.random.default_rng(0)
+    index_sets = [np.arange(60), [59], [0], [3, 0, 19, 3, 40, 41, 42], [10, 70, 500],  # repeats, past the end
+                  *(rng.integers(0, 60, size=16) for _ in range(4)), np.linspace(0, 59, 16).round().astype(int)]
+    for idx in index_sets:
+        expected = ref[np.minimum(idx, 59)]
+        for threads in (1, 0, 3):
+            np.testing.assert_array_equal(read_frames(path, idx, threads=threads), expected)
+        np.testing.assert_array_equal(read_frames(path, idx, skip_unsampled=False), expected)
+        # The skipping decoder itself (not its sequential fallback) ran where the file allows it.
+        skipped = decode._read_pyav_skipping(path, np.asarray(idx), lambda: None, threads=1)
+        assert (skipped is not None) == skippable
+        if skipped is not None:
+            np.testing.assert_array_equal(skipped, expected)
+
+
+def test_variable_frame_rate_frames_are_indexed_by_display_order(tmp_path):
+    import fractions
+
+    import microact.data.decode as decode
+
+    frames = moving_square_frames(30, 64, 80)
+    path = tmp_path / "vfr.mp4"
+    gaps = np.random.default_rng(0).integers(1, 4, size=30)  # 1-3 ticks between frames
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=30)
+        s.height, s.width, s.pix_fmt = 64, 80, "yuv420p"
+        s.codec_context.time_base = fractions.Fraction(1, 30)
+        for f, pts in zip(frames, np.cumsum(gaps)):
+            vf = av.VideoFrame.from_ndarray(f, format="rgb24")
+            vf.pts, vf.time_base = int(pts), fractions.Fraction(1, 30)
+            for p in s.encode(vf):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    ref = all_frames(path)
+    assert len(ref) == 30
+    index = decode._frame_index(path, lambda: None)
+    assert index.count == 30 and not isinstance(index.timestamps, range)  # uneven: the timestamps are listed
+    idx = [0, 7, 8, 29, 15, 15]
+    skipped = decode._read_pyav_skipping(path, np.array(idx), lambda: None, threads=1)
+    assert skipped is not None
+    np.testing.assert_array_equal(skipped, ref[idx])
+    np.testing.assert_array_equal(read_frames(path, idx), ref[idx])

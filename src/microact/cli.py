@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crf", type=int, default=18,
                    help="x264 quality of the cropped videos, 0-51 (lower = better, larger)")
     p.add_argument("--no-fast-decode", dest="fast_decode", action="store_false",
-                   help="encode with CABAC and deblocking (smaller files, 1.4-1.8x slower to decode in training; "
+                   help="encode with CABAC, deblocking and x264's B-frames (2-4x slower to decode in training; "
                         "without this flag crop.fast_decode=%(default)s)")
     p.add_argument("--workers", type=int, default=0, help="parallel processes (0 = all cores)")
     p.add_argument("--preview", type=int, default=8, help="videos shown in the preview image (0 = none)")
@@ -201,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--cache-dir", default=None, help="use the decode-once cache (data.cache_dir) in this folder")
     q.add_argument("--cache-format", default=None, choices=["npy", "jpeg"],
                    help="data.cache_format with --cache-dir: npy (lossless, ~46 MB per clip, the default) or jpeg "
-                        "(lossy, ~19x smaller)")
+                        "(lossy, ~10-20x smaller)")
     q.add_argument("--json", default=None, help="also write the figures here")
 
     q = _sub(bench_sub, "memory", "estimated training-step memory per preset and batch; what fits a GPU (no GPU needed)")

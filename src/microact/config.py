@@ -54,7 +54,7 @@ class DataConfig:
     allow_absolute_paths: bool = False  # list files may not point outside root unless this is set
     check_files: bool = True  # verify every listed video exists before training starts
     cache_dir: Optional[str] = None  # decode-once cache of sampled frames (off by default)
-    cache_format: Literal["npy", "jpeg"] = "npy"  # npy: lossless, frames x H x W x 3 bytes; jpeg: ~19x smaller, lossy
+    cache_format: Literal["npy", "jpeg"] = "npy"  # npy: lossless, frames x H x W x 3 bytes; jpeg: ~10-20x smaller, lossy
     cache_jpeg_quality: int = 95  # JPEG quality of cache_format=jpeg (1-100)
 
     def validate(self):
@@ -239,7 +239,7 @@ class CropConfig:
     sample_frames: int = 8  # frames per video given to the detector
     short_side: Optional[int] = 320  # downscale cropped videos so training decodes fast (None = keep)
     crf: int = 18  # x264 quality of the cropped videos (lower = better and larger)
-    fast_decode: bool = True  # x264 tune=fastdecode (no CABAC, no deblocking): 1.4-1.8x cheaper decode, ~25 % larger
+    fast_decode: bool = True  # x264 tune=fastdecode and unreferenced B-frames the loader can skip (README, Data pipeline)
     weights: Optional[str] = None  # YOLO (.pt) or ONNX weights, when the detector needs them
 
     def validate(self):

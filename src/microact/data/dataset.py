@@ -42,7 +42,7 @@ class VideoDataset(Dataset):
         cache_dir: decode-once cache (:class:`~microact.data.cache.FrameCache`). Test mode keeps the sampled
             frames of each video, so repeated evaluations skip decoding; training keeps every frame of each
             video once and an epoch reads only the sampled frames. ``npy`` needs frames x H x W x 3 bytes per
-            video (which is why cropped, downscaled videos come first); ``jpeg`` about 19x less, lossy.
+            video (which is why cropped, downscaled videos come first); ``jpeg`` about 10-20x less, lossy.
             An edited video is decoded again.
         cache_format: ``"npy"`` (lossless) or ``"jpeg"``.
         cache_jpeg_quality: quality of the ``jpeg`` format.

@@ -1,7 +1,9 @@
 """Video decoding: selected frames as RGB uint8, verified frame counts, per-clip timeouts.
 
 PyAV is the default decoder: it decodes sequentially and keeps the wanted frames, which beats seeking
-for clips of a few seconds (ENVIRONMENT.md §4.3), and stops after the last wanted frame. decord's
+for clips of a few seconds (ENVIRONMENT.md §4.3), and stops after the last wanted frame. Frames that are
+neither wanted nor referenced by another frame (most B-frames) are not decoded at all, which leaves the
+pixels of every other frame unchanged (:func:`_read_pyav_skipping`). decord's
 ``get_batch`` is the seed's decoder (SEED.md §5.2) and an optional fast path (``decoder="decord"``).
 
 No container header is trusted for the frame count: damaged files can over-report it. Indices past the
@@ -9,7 +11,8 @@ real end are clamped to the last decodable frame; a file without any decodable f
 :class:`VideoDecodeError`.
 
 Frame counts: sampling needs the count before it can choose indices, so the count comes first. It is
-obtained by demuxing packets (no decoding) and cached per process, keyed by path, size and mtime.
+obtained by demuxing packets (no decoding) and cached per process, keyed by path, size and mtime, together with
+the frames' timestamps in display order that frame skipping needs (a ``range`` for evenly spaced frames).
 Measured on this project's 2-core machine (64x64 x 32 frames / 176x144 x 120 frames H.264): demuxing all
 packets costs 0.5 / 1.9 ms per clip, decoding every frame 13 / 80 ms, and decoding up to the last of 16
 uniformly spaced frames 6 / 46 ms. So count-by-demux then decode opens the file twice but costs a few
@@ -34,7 +37,7 @@ import numpy as np
 from microact.errors import MicroactError
 
 Decoder = Literal["pyav", "decord"]
-_COUNT_CACHE_SIZE = 100_000  # MA-52 has 22,422 clips; entries are tiny
+_INDEX_CACHE_SIZE = 100_000  # MA-52 has 22,422 clips; entries are tiny
 
 
 class VideoDecodeError(MicroactError):
@@ -110,7 +113,17 @@ def _deadline(path, timeout: Optional[float]):
 # --------------------------------------------------------------------------------------------
 
 
-_count_cache: "OrderedDict[tuple, int]" = OrderedDict()
+@dataclass(frozen=True)
+class _FrameIndex:
+    """What demuxing a video tells about its frames, cached per process."""
+
+    count: int  # packets with data: the frame count
+    # Frame timestamps in display order (frame i has timestamps[i]): a range when evenly spaced (almost every
+    # video; no memory per frame), else a sorted array. None when frames cannot be addressed by timestamp.
+    timestamps: Optional[Sequence[int]]
+
+
+_index_cache: "OrderedDict[tuple, _FrameIndex]" = OrderedDict()
 
 
 def _file_key(path: Path) -> tuple:
@@ -146,41 +159,65 @@ def _ffmpeg_reason(e: Exception) -> str:
     return text.split(": '", 1)[0]
 
 
+def _display_order(timestamps: list[int]) -> Optional[Sequence[int]]:
+    ordered = np.sort(np.asarray(timestamps, dtype=np.int64))
+    steps = np.diff(ordered)
+    if len(steps) and steps.min() <= 0:  # two frames with one timestamp
+        return None
+    if len(steps) == 0 or (steps == steps[0]).all():
+        step = int(steps[0]) if len(steps) else 1
+        return range(int(ordered[0]), int(ordered[-1]) + step, step)
+    return ordered
+
+
+def _frame_index(path: Path, check) -> _FrameIndex:
+    """Count the frames and list their timestamps by demuxing packets (no decoding); cached per process."""
+    import av
+
+    key = _file_key(path)
+    if key in _index_cache:
+        _index_cache.move_to_end(key)
+        return _index_cache[key]
+    container = _open(path)
+    count = 0
+    timestamps: list[int] = []
+    addressable = True  # every packet has its own timestamp and is displayed
+    try:
+        stream = container.streams.video[0]
+        try:
+            for packet in container.demux(stream):
+                if packet.size:  # the final flush packet is empty
+                    count += 1
+                    if packet.pts is None or packet.is_discard:
+                        addressable = False
+                    elif addressable:
+                        timestamps.append(int(packet.pts))
+                    if count % 64 == 0:
+                        check()
+        except av.FFmpegError as e:
+            if count == 0:
+                raise VideoDecodeError(path, f"cannot read packets ({_ffmpeg_reason(e)})") from None
+            addressable = False  # damaged: only decoding tells which frames are there
+    finally:
+        container.close()
+    if count == 0:
+        raise VideoDecodeError(path, "no video frames")
+    index = _FrameIndex(count, _display_order(timestamps) if addressable else None)
+    _index_cache[key] = index
+    if len(_index_cache) > _INDEX_CACHE_SIZE:
+        _index_cache.popitem(last=False)
+    return index
+
+
 def count_frames(path: str | os.PathLike, timeout: Optional[float] = None) -> int:
     """Number of video frames, counted by demuxing packets (no decoding); cached per process.
 
     Raises:
         VideoDecodeError: missing, empty, unreadable or frameless files.
     """
-    import av
-
     path = Path(path)
-    key = _file_key(path)
-    if key in _count_cache:
-        _count_cache.move_to_end(key)
-        return _count_cache[key]
     with _deadline(path, timeout) as check:
-        container = _open(path)
-        try:
-            stream = container.streams.video[0]
-            count = 0
-            try:
-                for packet in container.demux(stream):
-                    if packet.size:  # the final flush packet is empty
-                        count += 1
-                        if count % 64 == 0:
-                            check()
-            except av.FFmpegError as e:
-                if count == 0:
-                    raise VideoDecodeError(path, f"cannot read packets ({_ffmpeg_reason(e)})") from None
-        finally:
-            container.close()
-    if count == 0:
-        raise VideoDecodeError(path, "no video frames")
-    _count_cache[key] = count
-    if len(_count_cache) > _COUNT_CACHE_SIZE:
-        _count_cache.popitem(last=False)
-    return count
+        return _frame_index(path, check).count
 
 
 def probe_video(path: str | os.PathLike, decoder: Decoder = "pyav", timeout: Optional[float] = None) -> VideoInfo:
@@ -237,7 +274,7 @@ def _rotation(container, stream) -> int:
 
 
 def read_frames(path: str | os.PathLike, indices: Sequence[int] | np.ndarray, decoder: Decoder = "pyav",
-                timeout: Optional[float] = None, threads: int = 0) -> np.ndarray:
+                timeout: Optional[float] = None, threads: int = 0, skip_unsampled: bool = True) -> np.ndarray:
     """Decode the frames at ``indices`` (any order, repeats allowed) as RGB uint8.
 
     Indices past the last decodable frame are clamped to it, so a file whose header over-reports its
@@ -252,6 +289,9 @@ def read_frames(path: str | os.PathLike, indices: Sequence[int] | np.ndarray, de
         threads: PyAV decoding threads; 0 lets FFmpeg choose (about one per core, for a process decoding alone).
             Where several processes decode at once, such as DataLoader workers, share the cores among them
             (:func:`microact.data.dataset.decode_threads`). decord always decodes with one thread.
+        skip_unsampled: PyAV: do not decode frames that are neither wanted nor referenced by other frames
+            (:func:`_read_pyav_skipping`; the same pixels, less work). ``False`` decodes every frame up to the last
+            wanted one.
 
     Returns:
         ``[len(indices), H, W, 3]`` uint8.
@@ -268,13 +308,22 @@ def read_frames(path: str | os.PathLike, indices: Sequence[int] | np.ndarray, de
     _file_key(path)  # clear messages for missing and empty files
     with _deadline(path, timeout) as check:
         if decoder == "pyav":
-            return _read_pyav(path, indices, check, threads)
+            return _read_pyav(path, indices, check, threads, skip_unsampled)
         if decoder == "decord":
             return _read_decord(path, indices, check, timeout)
         raise ValueError(f"decoder must be 'pyav' or 'decord', got {decoder!r}")
 
 
-def _read_pyav(path: Path, indices: np.ndarray, check, threads: int = 0) -> np.ndarray:
+def _read_pyav(path: Path, indices: np.ndarray, check, threads: int = 0, skip_unsampled: bool = True) -> np.ndarray:
+    if skip_unsampled:
+        frames = _read_pyav_skipping(path, indices, check, threads)
+        if frames is not None:
+            return frames
+    return _read_pyav_sequential(path, indices, check, threads)
+
+
+def _read_pyav_sequential(path: Path, indices: np.ndarray, check, threads: int = 0) -> np.ndarray:
+    """Decode every frame up to the last wanted one; index = position in the decoder's output."""
     import av
 
     wanted = set(int(i) for i in indices)
@@ -308,6 +357,54 @@ def _read_pyav(path: Path, indices: np.ndarray, check, threads: int = 0) -> np.n
         kept[count - 1] = last_frame.to_ndarray(format="rgb24")
     clamped = np.minimum(indices, count - 1)
     return np.stack([kept[int(i)] for i in clamped])
+
+
+def _read_pyav_skipping(path: Path, indices: np.ndarray, check, threads: int = 0) -> Optional[np.ndarray]:
+    """Like the sequential decode, but frames that no other frame references and that are not wanted are not
+    decoded at all; ``None`` when the file does not allow it (then the caller decodes sequentially).
+
+    Frame i is the i-th timestamp in display order. Packets arrive in decode order; before each one the decoder
+    is told whether it may drop the packet's frame if nothing references it (FFmpeg's ``skip_frame=NONREF``),
+    which is the case for every packet that does not carry a wanted frame. A dropped frame is one no other
+    frame is predicted from, so every decoded frame has exactly the pixels of a full decode. On H.264 with
+    x264's default B-pyramid about half of the frames are droppable, without a B-pyramid (how ``microact
+    crop`` encodes) about three quarters. Any sign that the file does not follow this (a wanted frame not
+    returned, a timestamp the demuxer did not list, a decoding error) abandons the attempt.
+    """
+    import av
+
+    timestamps = _frame_index(path, check).timestamps
+    if timestamps is None:
+        return None
+    count = len(timestamps)
+    wanted = {int(timestamps[min(i, count - 1)]): min(i, count - 1) for i in set(indices.tolist())}
+    kept: dict[int, np.ndarray] = {}  # frame index -> pixels
+    known = timestamps if isinstance(timestamps, range) else set(timestamps.tolist())
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        codec = stream.codec_context
+        codec.thread_count = threads
+        try:
+            packets = container.demux(stream)
+            for packet in packets:
+                codec.skip_frame = "DEFAULT" if packet.pts in wanted or not packet.size else "NONREF"
+                for frame in codec.decode(packet if packet.size else None):
+                    if frame.pts not in known:
+                        return None
+                    if frame.pts in wanted:
+                        kept[wanted[frame.pts]] = frame.to_ndarray(format="rgb24")
+                check()
+                if len(kept) == len(wanted):
+                    break
+        except (av.FFmpegError, ValueError, TypeError):  # ValueError/TypeError: a PyAV without skip_frame names
+            return None
+    finally:
+        container.close()
+    if len(kept) != len(wanted):
+        return None
+    return np.stack([kept[min(int(i), count - 1)] for i in indices])
 
 
 def _decord_reader(path: Path):
