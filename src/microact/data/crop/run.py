@@ -110,7 +110,7 @@ def crop_video(path: str | os.PathLike, out_path: str | os.PathLike, detector: P
                           fps=fps, **encoding)
     entry.update(detector=detector.name, output_size=[out_w, out_h], frames=written,
                  encoding={"codec": "libx264", "preset": encoding["preset"], "crf": cfg.crf,
-                           "fast_decode": cfg.fast_decode})
+                           "fast_decode": cfg.fast_decode, "options": encoding["options"] or {}})
     return entry
 
 
