@@ -188,7 +188,7 @@ def _frame_index(path: Path, check) -> _FrameIndex:
             for packet in container.demux(stream):
                 if packet.size:  # the final flush packet is empty
                     count += 1
-                    if packet.pts is None or packet.is_discard:
+                    if packet.pts is None or getattr(packet, "is_discard", False):  # not in older PyAV
                         addressable = False
                     elif addressable:
                         timestamps.append(int(packet.pts))
@@ -398,7 +398,7 @@ def _read_pyav_skipping(path: Path, indices: np.ndarray, check, threads: int = 0
                 check()
                 if len(kept) == len(wanted):
                     break
-        except (av.FFmpegError, ValueError, TypeError):  # ValueError/TypeError: a PyAV without skip_frame names
+        except (av.FFmpegError, AttributeError, ValueError, TypeError):  # the others: a PyAV without skip_frame
             return None
     finally:
         container.close()
