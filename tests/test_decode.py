@@ -206,6 +206,9 @@ SKIP_CASES = [
     ("no_b_frames.mp4", "libx264", {"x264-params": "bframes=0"}, True),
     ("pyramid.mkv", "libx264", {}, True),
     ("mpeg4_b_frames.mp4", "mpeg4", {"bf": "2"}, True),
+    ("mpeg2_b_frames.mp4", "mpeg2video", {"bf": "2"}, True),
+    ("hevc.mp4", "libx265", {"x265-params": "log-level=error"}, True),  # phones record H.265
+    ("vp9.webm", "libvpx-vp9", {}, True),
     ("elementary_stream.h264", "libx264", {}, False),  # raw Annex B: no timestamps, decoded sequentially
 ]
 
@@ -220,8 +223,8 @@ def test_skipping_unsampled_frames_changes_no_pixel(tmp_path, name, codec, optio
     ref = all_frames(path)
     assert len(ref) == 60
     timestamps = decode._frame_index(path, lambda: None).timestamps
-    # Evenly spaced frames are indexed by a range (nothing stored per frame); Matroska's millisecond timestamps at
-    # 15 fps are 66 or 67 apart, so they are listed; without timestamps frames are not addressable.
+    # Evenly spaced frames are indexed by a range (nothing stored per frame); Matroska's (and WebM's) millisecond
+    # timestamps at 15 fps are 66 or 67 apart, so they are listed; without timestamps frames are not addressable.
     assert (timestamps is not None) == skippable
     assert isinstance(timestamps, range) == name.endswith(".mp4")
     rng = np.random.default_rng(0)
