@@ -118,6 +118,11 @@ class VideoDataset(Dataset):
                                  indices=indices)
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def decode_threads(cores: Optional[int] = None, workers: Optional[int] = None,
                    processes_per_node: Optional[int] = None) -> int:
     """FFmpeg threads for one video decode in this process (``read_frames(..., threads=)``).
@@ -138,7 +143,7 @@ def decode_threads(cores: Optional[int] = None, workers: Optional[int] = None,
             return 0
         workers = info.num_workers
     if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cores = usable_cores()
     if processes_per_node is None:
         processes_per_node = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
     return max(1, cores // max(1, workers * processes_per_node))

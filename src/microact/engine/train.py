@@ -50,6 +50,7 @@ import numpy as np
 import torch
 
 from microact.config import Config, ConfigError, load_config
+from microact.data.dataset import usable_cores
 from microact.engine import distributed as D
 from microact.engine import fsdp as sharding
 from microact.engine.builders import build_criterion, build_eval_loader, build_model, build_train_loader
@@ -544,9 +545,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo) -> int:
                   f"waited for data {wait_percent}% of the time")
             if wait_percent > 10 and not data_hint_given:
                 data_hint_given = True
-                cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
                 D.log(f"note: the training step waited for the loader {wait_percent}% of this epoch. More "
-                      f"data.num_workers (now {cfg.data.num_workers}, with {cores} cores for this process), "
+                      f"data.num_workers (now {cfg.data.num_workers}, with {usable_cores()} cores for this process), "
                       "person-cropped videos (microact crop) or the "
                       "decode-once cache (data.cache_dir=DIR data.cache_format=jpeg) feed it faster; "
                       "`microact bench e2e` measures the loader and the step apart")
