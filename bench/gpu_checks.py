@@ -12,6 +12,8 @@ What is checked, each against an independent computation:
 2. ``torch.compile`` vs eager on CUDA (test-size recognizer, seed loss): loss and every gradient.
 3. Fused AdamW (the CUDA default) vs the for-loop AdamW: parameters after three steps.
 4. bf16 autocast training step vs an fp32 step on CUDA: loss and gradients within bf16 rounding.
+5. ``aug.jitter_erasing_on=device``: ColorJitter and RandomErasing applied on CUDA to a batch of 24 clips of
+   16 x 224² equal the loader's OpenCV pixels value for value; also times the GPU pass.
 
 Prints one line per check and a summary; exits 1 when a check fails.
 """
@@ -147,6 +149,40 @@ def check_fused_adamw() -> None:
            f"max |param diff| {diff:.1e} (bound 1e-5)")
 
 
+def check_jitter_on_device() -> None:
+    import numpy as np
+
+    from microact.config import AugConfig
+    from microact.data.device_augment import apply_deferred
+    from microact.data.transforms import TrainTransform
+
+    loader = TrainTransform(AugConfig(), 224, rng=0)
+    deferring = TrainTransform(AugConfig(jitter_erasing_on="device"), 224, rng=0)
+    yy, xx = np.mgrid[0:320, 0:534]
+    expected, videos, params = [], [], []
+    for k in range(24):
+        base = np.stack([(xx * 0.5 + 7 * k) % 256, (yy * 0.7 + xx * 0.1) % 256, 255 - (yy + k) % 256], -1)
+        noise = np.random.default_rng(k).normal(0, 6, (16, 320, 534, 3))
+        clip = np.clip(base[None] + noise, 0, 255).astype(np.uint8)
+        expected.append(loader(clip, np.random.default_rng([k])))
+        video, p = deferring(clip, np.random.default_rng([k]))
+        videos.append(video), params.append(p)
+    video = torch.from_numpy(np.stack(videos)).to(DEV)
+    params = torch.from_numpy(np.stack(params)).pin_memory() if DEV.type == "cuda" else torch.from_numpy(np.stack(params))
+    got = apply_deferred(video, params)  # warm-up and the result
+    if DEV.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(5):
+        apply_deferred(video, params)
+    if DEV.type == "cuda":
+        torch.cuda.synchronize()
+    ms = (time.perf_counter() - start) / 5 * 1e3
+    differing = int((got.cpu().numpy() != np.stack(expected)).sum())
+    record(f"ColorJitter + RandomErasing on {DEV.type} vs the loader's OpenCV (24 x 16 x 224²)", differing == 0,
+           f"{differing} of {got.numel()} values differ; {ms:.1f} ms per batch on the device")
+
+
 def main() -> int:
     if DEV.type == "cuda" and not torch.cuda.is_available():
         print("gpu_checks: no CUDA device here (`python bench/gpu_checks.py cpu` dry-runs the script on the CPU)")
@@ -155,7 +191,7 @@ def main() -> int:
     torch.backends.cudnn.allow_tf32 = False
     name = torch.cuda.get_device_name() if DEV.type == "cuda" else "cpu"
     print(f"gpu_checks on {name} (torch {torch.__version__})", flush=True)
-    for check in (check_hf_parity, check_compile_and_precision, check_fused_adamw):
+    for check in (check_hf_parity, check_compile_and_precision, check_fused_adamw, check_jitter_on_device):
         try:
             check()
         except Exception as e:  # a crash is a failed check; the others still run

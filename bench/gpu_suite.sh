@@ -58,6 +58,7 @@ bench train_h_bf16 60 train --preset videomae_h_timesformer --precision bf16 --b
 bench train_h_bf16_ckpt 60 train --preset videomae_h_timesformer --precision bf16 --batch 24 --steps 5 \
     --grad-checkpointing --device cuda
 bench e2e 90 e2e --preset $best --workers 15 --batch 24 --steps 60 --device cuda
+bench e2e_jitter_on_device 90 e2e --preset $best --workers 15 --batch 24 --steps 60 --device cuda --jitter-on-device
 frame_cache=$(mktemp -d)  # not under OUT_DIR: the results folder stays small
 bench e2e_cache_jpeg 120 e2e --preset $best --workers 15 --batch 24 --steps 60 --device cuda \
     --cache-dir "$frame_cache" --cache-format jpeg

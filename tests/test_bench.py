@@ -30,7 +30,8 @@ def test_bench_data_on_crops_written_like_microact_crop():
     assert set(res["kinds"]) == {"crop320"}
     for key in ("decode_ms_pyav", "decode_ms_pyav_sequential", "decode_ms_pyav_threads_auto",
                 "decode_ms_pyav_without_fast_decode",
-                "cache_ms_npy", "cache_ms_jpeg", "transform_ms_ours", "clips_per_s_ours_w1", "clips_per_s_plain_w1",
+                "cache_ms_npy", "cache_ms_jpeg", "transform_ms_ours", "transform_ms_jitter_on_device",
+                "clips_per_s_ours_w1", "clips_per_s_plain_w1",
                 "clips_per_s_ours_ffmpeg_threads_w1"):
         assert r[key] > 0, key
     # npy keeps every frame of both 3-second clips: 90 x 534 x 320 x 3 bytes (+ a header) per clip
@@ -39,18 +40,20 @@ def test_bench_data_on_crops_written_like_microact_crop():
     text = format_results(res, [1])
     assert "without fast_decode" in text and "from the decode cache (jpeg)" in text
     assert "every frame up to the last sampled one" in text
+    assert "transforms left in the worker with aug.jitter_erasing_on=device" in text
     assert "FFmpeg's automatic threads (data.decode_threads=0)" in text
 
 
-def test_bench_e2e_reads_through_the_jpeg_cache(tmp_path):
+def test_bench_e2e_reads_through_the_jpeg_cache_with_jitter_on_the_device(tmp_path):
     from microact.bench.e2e import format_result, run
 
     r = run("videomae_tiny_frame_coarse_tsn", workers=0, batch=2, steps=2, device_name="cpu", clips=6,
-            cache_dir=str(tmp_path), cache_format="jpeg", progress=lambda *_: None)
+            cache_dir=str(tmp_path), cache_format="jpeg", jitter_on_device=True, progress=lambda *_: None)
     assert len(list(tmp_path.glob("*.jpgs"))) == 6  # one entry per clip: every clip was decoded once into it
     assert r["precision"] == "fp32" and r["decode_cache"] == "jpeg"
     assert r["loader_clips_per_s"] > 0 and r["step_clips_per_s"] > 0 and r["e2e_clips_per_s"] > 0
-    assert "decode cache (jpeg)" in format_result(r)
+    assert r["jitter_erasing_on"] == "device"
+    assert "decode cache (jpeg), ColorJitter and RandomErasing in the step" in format_result(r)
 
 
 @pytest.mark.parametrize("name,category", [

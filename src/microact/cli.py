@@ -202,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--cache-format", default=None, choices=["npy", "jpeg"],
                    help="data.cache_format with --cache-dir: npy (lossless, ~46 MB per clip, the default) or jpeg "
                         "(lossy, ~10-20x smaller)")
+    q.add_argument("--jitter-on-device", action="store_true",
+                   help="aug.jitter_erasing_on=device: the workers leave ColorJitter and RandomErasing to the step")
     q.add_argument("--json", default=None, help="also write the figures here")
 
     q = _sub(bench_sub, "memory", "estimated training-step memory per preset and batch; what fits a GPU (no GPU needed)")

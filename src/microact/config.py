@@ -82,6 +82,9 @@ class AugConfig:
     erase_area: tuple[float, float] = (0.02, 0.2)
     flip_prob: float = 0.5
     resize_backend: Literal["cv2", "torch"] = "cv2"
+    # loader: ColorJitter and RandomErasing run in the loader workers (the seed); device: the workers draw the same
+    # random numbers and the training step applies them to the batch on the GPU (less CPU work per clip)
+    jitter_erasing_on: Literal["loader", "device"] = "loader"
 
     def validate(self):
         _range_pair(self, "rrc_area", 0.0, 1.0)

@@ -10,7 +10,8 @@ encodes them, then measures, for each kind:
   without ``crop.fast_decode``, to show what that encoding choice buys, and reading the sampled frames from a
   filled decode-once cache (``data.cache_format`` npy and jpeg) with its size on disk;
 - transforms only on already decoded frames: ours (vectorised, :class:`TrainTransform`) vs a straightforward
-  per-frame numpy/cv2 implementation of the same ops;
+  per-frame numpy/cv2 implementation of the same ops, and what stays in the worker when ColorJitter and
+  RandomErasing move to the training device (``aug.jitter_erasing_on=device``);
 - the whole pipeline through a DataLoader with N workers: clips/s and clips/s per worker, ours vs the
   straightforward decord + numpy/cv2 pipeline, and ours with FFmpeg's automatic threads in every worker instead
   of the cores shared among the workers.
@@ -175,6 +176,7 @@ def run(workers: list[int], clips: int, kinds: Sequence[str] = tuple(KINDS), pro
     cv2.setNumThreads(1)
     aug = AugConfig()
     ours_tf = TrainTransform(aug, IMG_SIZE, rng=0)
+    deferring_tf = TrainTransform(AugConfig(jitter_erasing_on="device"), IMG_SIZE, rng=0)
     results: dict = {"clip": f"{SECONDS} s at {FPS} fps, {CLIP_LEN} frames sampled, {IMG_SIZE}² output",
                      "kinds": {}}
     with tempfile.TemporaryDirectory(prefix="microact_bench_data_") as tmp:
@@ -214,6 +216,7 @@ def run(workers: list[int], clips: int, kinds: Sequence[str] = tuple(KINDS), pro
             rngs = [np.random.default_rng(i) for i in range(len(items))]
             r["transform_ms_ours"] = _median_ms(lambda g: ours_tf(frames, g), rngs)
             r["transform_ms_plain"] = _median_ms(lambda g: _plain_transform(frames, g), rngs)
+            r["transform_ms_jitter_on_device"] = _median_ms(lambda g: deferring_tf(frames, g), rngs)
             records = [VideoRecord(p.name, 0, f"bench:{i}") for i, p in enumerate(paths)]
             records = [records[i % len(records)] for i in range(clips)]
             for w in workers:
@@ -264,6 +267,9 @@ def format_results(res: dict, workers: list[int]) -> str:
         lines += [
             f"  transforms ours        {tf:7.1f} ms/clip   plain per-frame  {r['transform_ms_plain']:7.1f} ms/clip"
             f"   ours/plain  {r['transform_ms_plain'] / tf:.2f}x",
+            f"  transforms left in the worker with aug.jitter_erasing_on=device "
+            f"{r['transform_ms_jitter_on_device']:7.1f} ms/clip   decode + transforms "
+            f"{(dec + tf) / (dec + r['transform_ms_jitter_on_device']):.2f}x faster per clip",
             f"  one process is limited by {limit}: {max(dec, tf) / (dec + tf):.0%} of decode + transform time",
         ]
         for w in workers:

@@ -40,12 +40,14 @@ def _sync(device: torch.device) -> None:
 
 def run(preset: str, workers: int, batch: int, steps: int, device_name: str = "auto", clips: int | None = None,
         num_frames: int = 16, img_size: int = 224, cache_dir: str | None = None, cache_format: str = "npy",
-        progress=print) -> dict:
+        jitter_on_device: bool = False, progress=print) -> dict:
     """Measure loader, step and end-to-end throughput; return the figures as a dict.
 
     With ``cache_dir`` the dataset uses the decode-once cache there (``data.cache_dir``, ``data.cache_format``):
-    the loader-alone pass decodes and fills it, the step and end-to-end passes read frames from it.
+    the loader-alone pass decodes and fills it, the step and end-to-end passes read frames from it. With
+    ``jitter_on_device`` the workers leave ColorJitter and RandomErasing to the step (``aug.jitter_erasing_on``).
     """
+    from microact.data.device_augment import apply_deferred
     from microact.bench.data import _write_clips  # the data benchmark's portrait, person-cropped-like clips
 
     device = _device(device_name)
@@ -64,7 +66,8 @@ def run(preset: str, workers: int, batch: int, steps: int, device_name: str = "a
         paths = _write_clips(folder, "crop320", min(n_clips, 32))
         records = [VideoRecord(path=p.name, label=i % 52, source=f"bench:{i}") for i, p in enumerate(paths)]
         records = (records * (n_clips // len(records) + 1))[:n_clips]
-        transform = TrainTransform(AugConfig(), img_size, rng=0)
+        aug = AugConfig(jitter_erasing_on="device" if jitter_on_device else "loader")
+        transform = TrainTransform(aug, img_size, rng=0)
         dataset = VideoDataset(records, folder, clip_len=num_frames, transform=transform, cache_dir=cache_dir,
                                cache_format=cache_format)
         loader = build_loader(dataset, batch_size=batch, shuffle=True, num_workers=workers, seed=0, drop_last=True)
@@ -73,8 +76,11 @@ def run(preset: str, workers: int, batch: int, steps: int, device_name: str = "a
         criterion = build_loss(model.preset.loss, num_classes=52)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
 
-        def step(video_uint8, labels):
-            x = normalize_batch(video_uint8.to(device, non_blocking=True))
+        def step(batch_data):
+            video, labels = batch_data["video"].to(device, non_blocking=True), batch_data["label"]
+            if "augment" in batch_data:  # as the training loop does
+                video = apply_deferred(video, batch_data["augment"])
+            x = normalize_batch(video)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                 out = model(x)
             loss = criterion(out.as_seed_tuple(), labels.to(device, non_blocking=True))
@@ -97,11 +103,11 @@ def run(preset: str, workers: int, batch: int, steps: int, device_name: str = "a
 
         # 2. step alone on a fixed batch (the loader's last one: a new iterator would set the workers decoding
         # again, and on the CPU they would take cores from the step being timed)
-        step(fixed["video"], fixed["label"])  # warm-up
+        step(fixed)  # warm-up
         _sync(device)
         start = time.perf_counter()
         for _ in range(steps):
-            step(fixed["video"], fixed["label"])
+            step(fixed)
         _sync(device)
         step_rate = batch * steps / (time.perf_counter() - start)
         progress(f"training step: {step_rate:.1f} clips/s ({preset}, batch {batch}, {precision}, {device})")
@@ -119,12 +125,12 @@ def run(preset: str, workers: int, batch: int, steps: int, device_name: str = "a
         first_batch_s = time.perf_counter() - t0
         wait, done = 0.0, 1
         start = time.perf_counter()
-        step(first["video"], first["label"])
+        step(first)
         while done < per_epoch:
             t0 = time.perf_counter()
             batch_data = next(it)
             wait += time.perf_counter() - t0
-            step(batch_data["video"], batch_data["label"])
+            step(batch_data)
             done += 1
         _sync(device)
         total = time.perf_counter() - start
@@ -139,7 +145,7 @@ def run(preset: str, workers: int, batch: int, steps: int, device_name: str = "a
         "step_clips_per_s": step_rate,
         "e2e_clips_per_s": e2e_rate, "data_wait_fraction": wait / total if total else 0.0,
         "epoch_first_batch_s": first_batch_s, "next_epoch_first_batch_s": next_epoch_first_batch_s,
-        "decode_cache": cache_format if cache_dir else None,
+        "decode_cache": cache_format if cache_dir else None, "jitter_erasing_on": aug.jitter_erasing_on,
         "bound": "data" if wait / total > 0.1 else "compute",
     }
     return result
@@ -149,7 +155,8 @@ def format_result(r: dict) -> str:
     return "\n".join([
         f"e2e benchmark: {r['preset']} on {r['device']} ({r.get('precision', 'bf16')}), batch {r['batch']}, "
         f"{r['num_frames']}x{r['img_size']}², {r['workers']} workers"
-        + (f", decode cache ({r['decode_cache']})" if r.get("decode_cache") else ""),
+        + (f", decode cache ({r['decode_cache']})" if r.get("decode_cache") else "")
+        + (", ColorJitter and RandomErasing in the step" if r.get("jitter_erasing_on") == "device" else ""),
         f"  loader alone        {r['loader_clips_per_s']:8.1f} clips/s"
         + ("  (first epoch: decoding and filling the cache)" if r.get("decode_cache") else ""),
         f"  training step alone {r['step_clips_per_s']:8.1f} clips/s",
@@ -168,7 +175,7 @@ def cli_main(args) -> int:
     if args.cache_format and not args.cache_dir:
         raise MicroactError("--cache-format needs --cache-dir (the folder of the decode-once cache)")
     result = run(args.preset, args.workers, args.batch, args.steps, args.device, cache_dir=args.cache_dir,
-                 cache_format=args.cache_format or "npy")
+                 cache_format=args.cache_format or "npy", jitter_on_device=args.jitter_on_device)
     print(format_result(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

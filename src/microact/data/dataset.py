@@ -32,7 +32,8 @@ class VideoDataset(Dataset):
         records: videos and labels (:func:`microact.data.annotations.load_lists`).
         video_root: folder the record paths are relative to.
         clip_len: frames per clip.
-        transform: training: ``transform(frames [T,H,W,3], rng) -> [3,T,S,S]`` (:class:`TrainTransform`);
+        transform: training: ``transform(frames [T,H,W,3], rng) -> [3,T,S,S]`` (:class:`TrainTransform`), or
+            ``([3,T,S,S], params)`` when it leaves ColorJitter / RandomErasing to the training device;
             test: an object with ``views(frames, num_clips) -> [V,3,T,S,S]`` (:class:`TestTransform`).
         num_clips: clips per video (test: 2 for val, 3 for test in the seed).
         test_mode: deterministic sampling and all views of a video.
@@ -49,7 +50,8 @@ class VideoDataset(Dataset):
         decode_threads: FFmpeg threads per decode (PyAV); ``None`` shares the cores among the loader workers
             (:func:`decode_threads`), 0 lets FFmpeg choose in every worker.
 
-    Items: ``{"video": uint8 tensor [3,T,S,S] (train) or [V,3,T,S,S] (test), "label": int, "index": int}``,
+    Items: ``{"video": uint8 tensor [3,T,S,S] (train) or [V,3,T,S,S] (test), "label": int, "index": int}``
+    (plus ``"augment"``: the deferred parameters, float64 ``[NUM_PARAMS]``, when the transform returned them),
     or ``{"video": None, ..., "error": "path: reason"}`` for a bad video.
     """
 
@@ -94,7 +96,11 @@ class VideoDataset(Dataset):
                 video = self.transform.views(frames, self.num_clips)
             else:
                 video = self.transform(frames, rng)
-            return {"video": torch.from_numpy(np.ascontiguousarray(video)), "label": record.label, "index": index}
+            item = {"label": record.label, "index": index}
+            if isinstance(video, tuple):  # the transform left ColorJitter / RandomErasing to the training device
+                video, item["augment"] = video[0], torch.from_numpy(video[1])
+            item["video"] = torch.from_numpy(np.ascontiguousarray(video))
+            return item
         except Exception as e:  # a bad video must not stop training; the message says what happened
             reason = e.reason if isinstance(e, VideoDecodeError) else f"{type(e).__name__}: {e}"
             message = f"{path}: {reason}"
@@ -154,16 +160,20 @@ def collate(items: Sequence[dict]) -> dict:
 
     Returns:
         ``{"video": uint8 [B, ...] or None when every item was bad, "label": int64 [B], "index": int64 [B],
-        "skipped": [messages]}``.
+        "skipped": [messages]}``, plus ``"augment"`` float64 ``[B, NUM_PARAMS]`` when the items carry deferred
+        ColorJitter / RandomErasing parameters (:mod:`microact.data.device_augment`).
     """
     good = [it for it in items if it.get("video") is not None]
     skipped = [it.get("error", f"item {it.get('index')}: no video") for it in items if it.get("video") is None]
-    return {
+    batch = {
         "video": torch.stack([it["video"] for it in good]) if good else None,
         "label": torch.tensor([int(it["label"]) for it in good], dtype=torch.long),
         "index": torch.tensor([int(it["index"]) for it in good], dtype=torch.long),
         "skipped": skipped,
     }
+    if good and "augment" in good[0]:
+        batch["augment"] = torch.stack([it["augment"] for it in good])
+    return batch
 
 
 class ResumableSampler(Sampler):

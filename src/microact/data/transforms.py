@@ -158,11 +158,6 @@ def flip(clip: np.ndarray) -> np.ndarray:
 # op (measured with hue included, on a 16x224x224 clip: 20 ms -> about 9 ms).
 
 
-def brightness_map(factor: float) -> np.ndarray:
-    """x -> f x, as a 3x3 matrix."""
-    return np.eye(3) * factor
-
-
 def saturation_map(factor: float) -> np.ndarray:
     """x -> f x + (1 - f) grey(x), grey = w . x with the seed's weights, as a 3x3 matrix."""
     return factor * np.eye(3) + (1.0 - factor) * np.outer(np.ones(3), GREY_WEIGHTS)
@@ -172,17 +167,20 @@ def _truncating_transform(frames: np.ndarray, matrix: np.ndarray, offsets: np.nd
     """``clip(A x + o_t)`` truncated to uint8 (as ``astype(uint8)`` after ``clip``) for every frame, in place.
 
     The map runs in float32 (cv2.transform on 8-bit images uses fixed point, off by up to 4 levels), one frame
-    at a time so the float copy stays in cache.
+    at a time so the float copy stays in cache. The frame gets a spare row below it: OpenCV's SIMD loop leaves an
+    image's last pixel or few to scalar code that adds in another order, and this way those are spare pixels,
+    so every real pixel is computed one way (the way :mod:`microact.data.device_augment` restates).
     """
     m = np.empty((3, 4), dtype=np.float64)
     m[:, :3] = matrix
-    buf = np.empty(frames.shape[1:], dtype=np.float32)
+    h = frames.shape[1]
+    buf = np.zeros((h + 1, *frames.shape[2:]), dtype=np.float32)
     for t in range(frames.shape[0]):
         m[:, 3] = offsets[t]
-        np.copyto(buf, frames[t])
+        np.copyto(buf[:h], frames[t])
         cv2.transform(buf, m, dst=buf)
-        np.clip(buf, 0, 255, out=buf)
-        frames[t] = buf  # float -> uint8 assignment truncates, as astype(uint8)
+        np.clip(buf[:h], 0, 255, out=buf[:h])
+        frames[t] = buf[:h]  # float -> uint8 assignment truncates, as astype(uint8)
     return frames
 
 
@@ -200,6 +198,38 @@ def adjust_hue(frames: np.ndarray, factor: float) -> np.ndarray:
     cv2.insertChannel(hue, hsv, 0)
     cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB, dst=tall)
     return frames
+
+
+def compose_affine_run(run: Sequence[str], factors: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
+    """One map for consecutive brightness / contrast / saturation ops: ``x -> A x + P m_t``.
+
+    ``m_t`` is the run input's mean colour in frame ``t`` (contrast blends with the grey mean of its own
+    input, which is an affine function of ``m_t``). Every op is linear in (x, m_t), so the run composes into
+    two 3x3 matrices that depend on the factors only; ``P`` is zero without contrast.
+
+    Returns:
+        ``(A, P)`` in float64.
+    """
+    matrix, mean_map = np.eye(3), np.zeros((3, 3))
+    grey = np.asarray(GREY_WEIGHTS)
+    for name in run:
+        f = factors[name]
+        if name == "brightness":
+            matrix, mean_map = matrix * f, mean_map * f
+        elif name == "saturation":
+            s = saturation_map(f)
+            matrix, mean_map = s @ matrix, s @ mean_map
+        elif name == "contrast":  # grey mean of the current frame = w . m_t with w = (A + P)^T grey
+            w = (matrix + mean_map).T @ grey
+            matrix, mean_map = matrix * f, mean_map * f + (1.0 - f) * np.outer(np.ones(3), w)
+        else:
+            raise ValueError(f"not an affine ColorJitter op: {name!r}")
+    return matrix, mean_map
+
+
+def frame_means(frames: np.ndarray) -> np.ndarray:
+    """Mean colour of each uint8 frame ``[T, H, W, 3]`` -> ``[T, 3]`` float64 (exact integer sums)."""
+    return np.array([cv2.mean(frame)[:3] for frame in frames])
 
 
 class ColorJitter:
@@ -225,6 +255,25 @@ class ColorJitter:
         return order, factors
 
     @staticmethod
+    def active_ops(order: Sequence[int], factors: dict[str, float]) -> list[str]:
+        """The ops of ``order`` that change the image: neutral factors are skipped, as in the seed."""
+        return [ColorJitter.OPS[i] for i in order
+                if factors[ColorJitter.OPS[i]] != (0 if ColorJitter.OPS[i] == "hue" else 1)]
+
+    @staticmethod
+    def stages(order: Sequence[int], factors: dict[str, float]) -> list[str | list[str]]:
+        """The active ops as stages: ``"hue"``, or a list of consecutive affine ops composed into one map."""
+        stages: list[str | list[str]] = []
+        for name in ColorJitter.active_ops(order, factors):
+            if name == "hue":
+                stages.append(name)
+            elif stages and isinstance(stages[-1], list):
+                stages[-1].append(name)
+            else:
+                stages.append([name])
+        return stages
+
+    @staticmethod
     def apply(clip: np.ndarray, order: Sequence[int], factors: dict[str, float]) -> np.ndarray:
         """Apply the ops in ``order`` to uint8 frames ``[T, H, W, 3]``; returns new uint8 frames.
 
@@ -233,42 +282,14 @@ class ColorJitter:
         Neutral factors are skipped, as in the seed.
         """
         out = np.array(clip, order="C")  # always a copy: the ops below work in place
-        active = [ColorJitter.OPS[i] for i in order
-                  if factors[ColorJitter.OPS[i]] != (0 if ColorJitter.OPS[i] == "hue" else 1)]
-        run: list[str] = []
-        for name in active + [None]:  # None flushes the last run
-            if name in ("brightness", "contrast", "saturation"):
-                run.append(name)
-                continue
-            if run:
-                ColorJitter._apply_affine_run(out, run, factors)
-                run = []
-            if name == "hue":
+        for stage in ColorJitter.stages(order, factors):
+            if stage == "hue":
                 adjust_hue(out, factors["hue"])
+            else:
+                matrix, mean_map = compose_affine_run(stage, factors)
+                offsets = (frame_means(out) @ mean_map.T) if "contrast" in stage else np.zeros((out.shape[0], 3))
+                _truncating_transform(out, matrix, offsets)
         return out
-
-    @staticmethod
-    def _apply_affine_run(frames: np.ndarray, run: Sequence[str], factors: dict[str, float]) -> None:
-        """One composed map for consecutive brightness / contrast / saturation ops, applied in place."""
-        n = frames.shape[0]
-        matrix = np.eye(3)
-        offsets = np.zeros((n, 3))  # per frame, always a multiple of (1, 1, 1)
-        means = None  # per-frame channel means of the run's input, for contrast
-        grey = np.asarray(GREY_WEIGHTS)
-        for name in run:
-            f = factors[name]
-            if name == "brightness":
-                matrix, offsets = brightness_map(f) @ matrix, offsets * f
-            elif name == "saturation":
-                s = saturation_map(f)
-                matrix, offsets = s @ matrix, offsets @ s.T
-            else:  # contrast: blend with the current frame's grey mean, which is affine in the input's means
-                if means is None:
-                    means = np.array([cv2.mean(frame)[:3] for frame in frames])  # [T, 3], float64 sums
-                current_grey_mean = (means @ matrix.T + offsets) @ grey  # [T]
-                matrix = matrix * f
-                offsets = offsets * f + ((1.0 - f) * current_grey_mean)[:, None]
-        _truncating_transform(frames, matrix, offsets)
 
     def __call__(self, clip: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         order, factors = self.draw(rng)
@@ -287,12 +308,21 @@ def random_erasing_box(height: int, width: int, area_range: Sequence[float], rng
     return top, left, h, w
 
 
+def random_erasing_draw(height: int, width: int, rng: np.random.Generator, prob: float = 0.5,
+                       area_range=(0.02, 0.2)) -> Box | None:
+    """The random draws of :func:`random_erasing`: its rectangle, or ``None`` when this clip is not erased."""
+    if rng.random() >= prob:
+        return None
+    return random_erasing_box(height, width, area_range, rng)
+
+
 def random_erasing(clip: np.ndarray, rng: np.random.Generator, prob: float = 0.5, area_range=(0.02, 0.2),
                    fill: int = 128) -> np.ndarray:
     """Fill one rectangle, the same in every frame, with ``fill`` with probability ``prob``."""
-    if rng.random() >= prob:
+    box = random_erasing_draw(clip.shape[1], clip.shape[2], rng, prob, area_range)
+    if box is None:
         return clip
-    top, left, h, w = random_erasing_box(clip.shape[1], clip.shape[2], area_range, rng)
+    top, left, h, w = box
     clip = clip.copy() if not clip.flags.writeable else clip
     clip[:, top:top + h, left:left + w] = fill
     return clip
@@ -335,23 +365,36 @@ class TrainTransform:
             ``aug.cj_fixed_order``); pass the run's seed for reproducible runs. ``None`` draws fresh entropy.
 
     Call with a clip ``[T, H, W, 3]`` uint8 and a per-clip generator; returns ``[3, T, img_size, img_size]`` uint8.
+    With ``aug.jitter_erasing_on == "device"`` it returns ``(clip, params)`` instead: the clip cropped, resized and
+    flipped, and the ColorJitter / RandomErasing parameters that :func:`microact.data.device_augment.apply_deferred`
+    applies on the training device. Both ways draw the same random numbers in the same order.
     """
 
     def __init__(self, aug: AugConfig, img_size: int, rng=None):
         self.aug = aug
         self.img_size = img_size
         self.color_jitter = ColorJitter(fixed_order=aug.cj_fixed_order, rng=rng) if aug.color_jitter else None
+        self.defers_to_device = aug.jitter_erasing_on == "device"
 
-    def __call__(self, clip: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def __call__(self, clip: np.ndarray, rng: np.random.Generator):
         a = self.aug
         box = random_resized_crop_box(clip.shape[1], clip.shape[2], a.rrc_area, a.rrc_aspect, rng)
         x = resize(crop(clip, box), self.img_size, self.img_size, a.resize_backend)
-        if self.color_jitter is not None:
-            x = self.color_jitter(x, rng)
-        x = random_erasing(x, rng, prob=a.erase_prob, area_range=a.erase_area)
-        if rng.random() < a.flip_prob:
+        if not self.defers_to_device:
+            if self.color_jitter is not None:
+                x = self.color_jitter(x, rng)
+            x = random_erasing(x, rng, prob=a.erase_prob, area_range=a.erase_area)
+            if rng.random() < a.flip_prob:
+                x = flip(x)
+            return to_channels_first(x)
+        from microact.data.device_augment import deferred_params
+
+        order, factors = self.color_jitter.draw(rng) if self.color_jitter is not None else (None, None)
+        erase_box = random_erasing_draw(x.shape[1], x.shape[2], rng, prob=a.erase_prob, area_range=a.erase_area)
+        flipped = rng.random() < a.flip_prob
+        if flipped:
             x = flip(x)
-        return to_channels_first(x)
+        return to_channels_first(x), deferred_params(order, factors, erase_box, flipped, x.shape[2])
 
 
 class TestTransform:

@@ -353,6 +353,9 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo) -> int:
             D.log(f"note: {note}")
         if memory_note:
             D.log(memory_note)
+        if cfg.aug.jitter_erasing_on == "device" and device.type == "cpu":
+            D.log("note: aug.jitter_erasing_on=device on the CPU: the step now does ColorJitter in float64 tensors, "
+                  "far slower here than the loader's OpenCV (it is for GPU hosts whose loader is the bottleneck)")
         D.log(f"model {cfg.model.preset}: {sum(p.numel() for p in raw_model.parameters()):,d} parameters; "
               f"parameter groups:\n{describe_groups(groups)}")
         D.log(f"{len(dataset)} training clips; {info.world_size} process(es) x micro-batch {t.micro_batch} x "
@@ -387,6 +390,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo) -> int:
     # ---- training -----------------------------------------------------------------------------
     from tqdm import tqdm
 
+    from microact.data.device_augment import apply_deferred
     from microact.data.transforms import normalize_batch
 
     model.train()
@@ -443,9 +447,12 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo) -> int:
                             # others wait forever. It repeats its last good clips with zero weight.
                             batch, weight = last_good, 0.0
                         else:
-                            last_good = {"video": batch["video"][:1], "label": batch["label"][:1]}
+                            last_good = {key: batch[key][:1] for key in ("video", "label", "augment") if key in batch}
                             step_indices += batch["index"].tolist()
-                        x = normalize_batch(batch["video"].to(device, non_blocking=True))
+                        video = batch["video"].to(device, non_blocking=True)
+                        if "augment" in batch:  # aug.jitter_erasing_on=device: the loader sent the parameters
+                            video = apply_deferred(video, batch["augment"])
+                        x = normalize_batch(video)
                         labels = batch["label"].to(device, non_blocking=True)
                         last = m == n_micro - 1
                         # DDP: all-reduce gradients once, on the last micro-batch. FSDP reduce-scatters every
@@ -547,8 +554,9 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo) -> int:
                 data_hint_given = True
                 D.log(f"note: the training step waited for the loader {wait_percent}% of this epoch. More "
                       f"data.num_workers (now {cfg.data.num_workers}, with {usable_cores()} cores for this process), "
-                      "person-cropped videos (microact crop) or the "
-                      "decode-once cache (data.cache_dir=DIR data.cache_format=jpeg) feed it faster; "
+                      "person-cropped videos (microact crop), the "
+                      "decode-once cache (data.cache_dir=DIR data.cache_format=jpeg) or, on a GPU, "
+                      "aug.jitter_erasing_on=device feed it faster; "
                       "`microact bench e2e` measures the loader and the step apart")
             if epoch_done:
                 epoch, step_in_epoch = epoch + 1, 0
