@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from conftest import moving_square_frames
-from microact.data.decode import (DecodeTimeout, VideoDecodeError, count_frames, probe_video, read_frames)
+from microact.data.decode import (DecodeTimeout, VideoDecodeError, count_frames, probe_video, read_frames,
+                                  rgb_converter)
 from microact.errors import MicroactError
 
 
@@ -33,6 +34,18 @@ def test_read_frames_matches_plain_decode(make_video):
     out = read_frames(path, idx)
     assert out.dtype == np.uint8 and out.shape == (5, 64, 64, 3)
     np.testing.assert_array_equal(out, ref[idx])
+
+
+@pytest.mark.parametrize("pix_fmt", ["yuv420p", "yuvj420p", "yuv422p", "yuv444p", "yuv420p10le", "nv12", "gray"])
+def test_shared_rgb_converter_gives_to_ndarrays_pixels(pix_fmt):
+    """One reformatter for all frames of a video (a reused swscale context): the pixels of a fresh one per frame,
+    also when the frame size changes midway."""
+    rng = np.random.default_rng(0)
+    to_rgb = rgb_converter()
+    for height, width in [(48, 64), (48, 64), (30, 20), (48, 64)]:
+        rgb = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format=pix_fmt)
+        np.testing.assert_array_equal(to_rgb(frame), frame.to_ndarray(format="rgb24"))
 
 
 def test_decord_gives_the_same_frames(make_video):

@@ -73,12 +73,15 @@ def compute_box(frames: np.ndarray | Sequence[np.ndarray], detector: PersonDetec
 def _iter_frames(path: Path) -> Iterator[np.ndarray]:
     import av
 
+    from microact.data.decode import rgb_converter
+
+    to_rgb = rgb_converter()
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         try:
             for frame in container.decode(stream):
-                yield frame.to_ndarray(format="rgb24")
+                yield to_rgb(frame)
         except av.FFmpegError:
             return  # a damaged tail: keep the frames decoded so far
 
