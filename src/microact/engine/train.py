@@ -554,9 +554,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo) -> int:
                 data_hint_given = True
                 D.log(f"note: the training step waited for the loader {wait_percent}% of this epoch. More "
                       f"data.num_workers (now {cfg.data.num_workers}, with {usable_cores()} cores for this process), "
-                      "person-cropped videos (microact crop), the "
-                      "decode-once cache (data.cache_dir=DIR data.cache_format=jpeg) or, on a GPU, "
-                      "aug.jitter_erasing_on=device feed it faster; "
+                      "person-cropped videos (microact crop), on a GPU aug.jitter_erasing_on=device, or "
+                      "for videos that decode slowly the decode-once cache (data.cache_dir=DIR) feed it faster; "
                       "`microact bench e2e` measures the loader and the step apart")
             if epoch_done:
                 epoch, step_in_epoch = epoch + 1, 0
