@@ -13,7 +13,8 @@ What is checked, each against an independent computation:
 3. Fused AdamW (the CUDA default) vs the for-loop AdamW: parameters after three steps.
 4. bf16 autocast training step vs an fp32 step on CUDA: loss and gradients within bf16 rounding.
 5. ``aug.jitter_erasing_on=device``: ColorJitter and RandomErasing applied on CUDA to a batch of 24 clips of
-   16 x 224² equal the loader's OpenCV pixels value for value; also times the GPU pass.
+   16 x 224² equal the loader's OpenCV pixels value for value, without a host-device synchronisation (CUDA's
+   sync debug mode set to raise); also times the GPU pass.
 
 Prints one line per check and a summary; exits 1 when a check fails.
 """
@@ -172,6 +173,11 @@ def check_jitter_on_device() -> None:
     got = apply_deferred(video, params)  # warm-up and the result
     if DEV.type == "cuda":
         torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")  # the training loop must not wait for the GPU here
+        try:
+            apply_deferred(video, params)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
     start = time.perf_counter()
     for _ in range(5):
         apply_deferred(video, params)

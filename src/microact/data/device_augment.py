@@ -134,13 +134,13 @@ def _affine(video: torch.Tensor, matrix: torch.Tensor, mean_map: torch.Tensor) -
     offsets = torch.einsum("bct,bic->bit", means, mean_map).float()  # [B, 3, T]
     a = matrix.float()  # cv2.transform rounds the matrix to float32
     x = video.double()  # exact, and what the float64 fused multiply-add needs anyway
-    channels = []
+    out = torch.empty_like(video)
     for i in range(3):  # as cv2.transform's SIMD loop: fused multiply-adds onto the offset, channel 2 first
         y = offsets[:, i].view(b, t, 1, 1).expand(b, t, h, w)
         for c in (2, 1, 0):
             y = _fma(x[:, c], a[:, i, c].view(b, 1, 1, 1), y)
-        channels.append(y)
-    return torch.stack(channels, dim=1).clamp_(0, 255).to(torch.uint8)  # float -> uint8 truncates
+        out[:, i] = y.clamp_(0, 255)  # the copy into uint8 truncates, as the loader's cast
+    return out
 
 
 def rgb_to_hsv_u8(rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -173,16 +173,17 @@ def hsv_to_rgb_u8(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor, simd: Optio
     p = val * (1.0 - sat)
     q = val * _fma(-sat, frac, 1.0)
     t = val * _fma(-sat, 1.0 - frac, 1.0)
-    channels = []
-    for picks in zip(*_SECTOR_RGB):  # r, g, b: which of (v, p, q, t) each sector takes
+    in_sector = [sector == sector_no for sector_no in range(6)]
+    rgb = torch.empty((h.shape[0], 3, *h.shape[1:]), dtype=torch.uint8, device=h.device)
+    for channel, picks in enumerate(zip(*_SECTOR_RGB)):  # r, g, b: which of (v, p, q, t) each sector takes
         out = val
         for sector_no, pick in enumerate(picks):
             if pick:
-                out = torch.where(sector == sector_no, (val, p, q, t)[pick], out)
+                out = torch.where(in_sector[sector_no], (val, p, q, t)[pick], out)
         out = out * 255.0  # s = 0 needs no branch: p = q = t = v there
         out = torch.trunc(out) if simd is None else torch.where(simd, torch.trunc(out), torch.round(out))
-        channels.append(out.clamp_(0, 255).to(torch.uint8))
-    return torch.stack(channels, dim=1)
+        rgb[:, channel] = out.clamp_(0, 255)  # the copy into uint8 is the cast
+    return rgb
 
 
 def opencv_simd_columns(width: int) -> int:
@@ -197,13 +198,13 @@ def opencv_simd_columns(width: int) -> int:
     return int((green == 0).sum())
 
 
-def _fma(a: torch.Tensor, b: torch.Tensor | float, c: torch.Tensor | float) -> torch.Tensor:
+def _fma(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor | float) -> torch.Tensor:
     """``a * b + c`` rounded once to float32, as a fused multiply-add: the float64 product of two float32 values
     is exact, so only the sum rounds before the final cast (a second rounding that the tests show never matters
     for these operands)."""
-    b = b.double() if isinstance(b, torch.Tensor) else b
-    c = c.double() if isinstance(c, torch.Tensor) else c
-    return (a.double() * b + c).float()
+    if isinstance(c, torch.Tensor):  # one kernel; fused or not, the float64 product is exact
+        return torch.addcmul(c.double(), a.double(), b.double()).float()
+    return (a.double() * b.double() + c).float()  # a Python constant: no tensor made, no copy to the device
 
 
 def _shift_hue(video: torch.Tensor, shift: torch.Tensor, flipped: torch.Tensor) -> torch.Tensor:
@@ -213,6 +214,8 @@ def _shift_hue(video: torch.Tensor, shift: torch.Tensor, flipped: torch.Tensor) 
     h, s, v = rgb_to_hsv_u8(video)
     h = torch.remainder(h + shift.to(torch.int32).view(b, 1, 1, 1), 180)  # Python's sign convention, as the LUT
     n = opencv_simd_columns(width)
+    if n >= width:  # the whole row in the SIMD loop (224 px with AVX2): nothing to mirror
+        return hsv_to_rgb_u8(h, s, v)
     columns = torch.arange(width, device=video.device)
     simd = torch.where(flipped.view(b, 1, 1, 1) > 0, columns >= width - n, columns < n)  # [B, 1, 1, W]
     return hsv_to_rgb_u8(h, s, v, simd=simd)
