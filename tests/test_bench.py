@@ -32,7 +32,7 @@ def test_bench_data_on_crops_written_like_microact_crop():
                 "decode_ms_pyav_without_fast_decode",
                 "cache_ms_npy", "cache_ms_jpeg", "transform_ms_ours", "transform_ms_jitter_on_device",
                 "clips_per_s_ours_w1", "clips_per_s_plain_w1",
-                "clips_per_s_ours_ffmpeg_threads_w1"):
+                "clips_per_s_ours_ffmpeg_threads_w1", "clips_per_s_ours_jitter_on_device_w1"):
         assert r[key] > 0, key
     # npy keeps every frame of both 3-second clips: 90 x 534 x 320 x 3 bytes (+ a header) per clip
     assert r["cache_mb_per_clip_npy"] == pytest.approx(90 * 534 * 320 * 3 / 1e6, rel=1e-3)
@@ -41,6 +41,7 @@ def test_bench_data_on_crops_written_like_microact_crop():
     assert "without fast_decode" in text and "from the decode cache (jpeg)" in text
     assert "every frame up to the last sampled one" in text
     assert "transforms left in the worker with aug.jitter_erasing_on=device" in text
+    assert "ColorJitter and RandomErasing left to the GPU (aug.jitter_erasing_on=device)" in text
     assert "FFmpeg's automatic threads (data.decode_threads=0)" in text
 
 

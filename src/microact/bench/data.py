@@ -14,7 +14,7 @@ encodes them, then measures, for each kind:
   RandomErasing move to the training device (``aug.jitter_erasing_on=device``);
 - the whole pipeline through a DataLoader with N workers: clips/s and clips/s per worker, ours vs the
   straightforward decord + numpy/cv2 pipeline, and ours with FFmpeg's automatic threads in every worker instead
-  of the cores shared among the workers.
+  of the cores shared among the workers, and (crops) with ColorJitter and RandomErasing left to the GPU.
 
 Decode and transform times tell which one limits the pipeline.
 """
@@ -221,11 +221,13 @@ def run(workers: list[int], clips: int, kinds: Sequence[str] = tuple(KINDS), pro
             records = [records[i % len(records)] for i in range(clips)]
             for w in workers:
                 progress(f"{kind}: loaders with {w} worker(s) ...")
-                variants = {f"clips_per_s_ours_w{w}": None}  # decoding threads: the default
+                variants = {f"clips_per_s_ours_w{w}": (None, ours_tf)}  # decoding threads: the default
                 if w:  # and FFmpeg's automatic threads in every worker (data.decode_threads=0)
-                    variants[f"clips_per_s_ours_ffmpeg_threads_w{w}"] = 0
-                for key, threads in variants.items():
-                    ds = VideoDataset(records, folder, clip_len=CLIP_LEN, transform=ours_tf, seed=0,
+                    variants[f"clips_per_s_ours_ffmpeg_threads_w{w}"] = (0, ours_tf)
+                if kind != "raw1080p":  # what the workers deliver when the GPU does ColorJitter and RandomErasing
+                    variants[f"clips_per_s_ours_jitter_on_device_w{w}"] = (None, deferring_tf)
+                for key, (threads, transform) in variants.items():
+                    ds = VideoDataset(records, folder, clip_len=CLIP_LEN, transform=transform, seed=0,
                                       decode_threads=threads)
                     loader = build_loader(ds, batch_size=4, shuffle=False, num_workers=w, seed=0, pin_memory=False)
                     r[key] = _loader_rate(loader)
@@ -277,6 +279,10 @@ def format_results(res: dict, workers: list[int]) -> str:
             lines.append(f"  loader, {w} worker(s): ours {ours:6.2f} clips/s ({ours / max(w, 1):6.2f}/worker)   "
                          f"decord+numpy {plain:6.2f} clips/s ({plain / max(w, 1):6.2f}/worker)   "
                          f"ours/plain {ours / plain:.2f}x")
+            deferred = r.get(f"clips_per_s_ours_jitter_on_device_w{w}")
+            if deferred:
+                lines.append(f"  loader, {w} worker(s), ColorJitter and RandomErasing left to the GPU "
+                             f"(aug.jitter_erasing_on=device): {deferred:6.2f} clips/s, {deferred / ours:.2f}x")
             auto = r.get(f"clips_per_s_ours_ffmpeg_threads_w{w}")
             if auto:
                 lines.append(f"  loader, {w} worker(s), every worker with FFmpeg's automatic threads "
