@@ -80,8 +80,8 @@ def resize(clip: np.ndarray, height: int, width: int, backend: str = "cv2") -> n
         return np.ascontiguousarray(clip)
     if backend == "cv2":
         out = np.empty((t, height, width, 3), dtype=np.uint8)
-        for i in range(t):
-            out[i] = cv2.resize(np.ascontiguousarray(clip[i]), (width, height), interpolation=cv2.INTER_LINEAR)
+        for i in range(t):  # OpenCV reads the crop view in place (rows may be strided) and writes into out[i]
+            cv2.resize(clip[i], (width, height), dst=out[i], interpolation=cv2.INTER_LINEAR)
         return out
     if backend == "torch":
         x = torch.from_numpy(np.ascontiguousarray(clip)).permute(0, 3, 1, 2).float()  # [T,H,W,3] -> [T,3,H,W]
