@@ -169,7 +169,9 @@ def check_jitter_on_device() -> None:
         video, p = deferring(clip, np.random.default_rng([k]))
         videos.append(video), params.append(p)
     video = torch.from_numpy(np.stack(videos)).to(DEV)
-    params = torch.from_numpy(np.stack(params)).pin_memory() if DEV.type == "cuda" else torch.from_numpy(np.stack(params))
+    params = torch.from_numpy(np.stack(params))
+    if DEV.type == "cuda":
+        params = params.pin_memory()  # as the loader delivers it
     got = apply_deferred(video, params)  # warm-up and the result
     if DEV.type == "cuda":
         torch.cuda.synchronize()

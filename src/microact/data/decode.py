@@ -381,8 +381,9 @@ def _read_pyav_skipping(path: Path, indices: np.ndarray, check, threads: int = 0
     which is the case for every packet that does not carry a wanted frame. A dropped frame is one no other
     frame is predicted from, so every decoded frame has exactly the pixels of a full decode. On H.264 with
     x264's defaults (a B-pyramid) about half of the frames are droppable; in static footage encoded the way
-    ``microact crop`` encodes (no B-pyramid, up to 8 B-frames in a row) about nine in ten. Any sign that the file does not follow this (a wanted frame not
-    returned, a timestamp the demuxer did not list, a decoding error) abandons the attempt.
+    ``microact crop`` encodes (no B-pyramid, up to 8 B-frames in a row) about nine in ten. Any sign that the file
+    does not follow this (a wanted frame not returned, a timestamp the demuxer did not list, a decoding error)
+    abandons the attempt.
     """
     import av
 

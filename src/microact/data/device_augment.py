@@ -32,7 +32,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from microact.data.transforms import Box, ColorJitter, compose_affine_run
+from microact.data.transforms import Box, ColorJitter, compose_affine_run, mean_offsets
 
 # Layout of one clip's parameters (float64). A clip's ColorJitter stages are at most
 # affine run -> hue -> affine run (one hue op splits the three affine ops into two runs).
@@ -131,7 +131,7 @@ def _affine(video: torch.Tensor, matrix: torch.Tensor, mean_map: torch.Tensor) -
     matrix, mean_map = matrix.view(b, 3, 3), mean_map.view(b, 3, 3)
     # Exact integer sums times 1/n, as cv2.mean; float64 like the loader's offsets.
     means = video.sum(dim=(3, 4), dtype=torch.int64).double() * (1.0 / (h * w))  # [B, 3, T]
-    offsets = torch.einsum("bct,bic->bit", means, mean_map).float()  # [B, 3, T]
+    offsets = mean_offsets(means.transpose(1, 2), mean_map).float().transpose(1, 2)  # [B, 3, T]
     a = matrix.float()  # cv2.transform rounds the matrix to float32
     x = video.double()  # exact, and what the float64 fused multiply-add needs anyway
     out = torch.empty_like(video)
@@ -157,7 +157,8 @@ def rgb_to_hsv_u8(rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.
     return h, s, v
 
 
-def hsv_to_rgb_u8(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor, simd: Optional[torch.Tensor] = None) -> torch.Tensor:
+def hsv_to_rgb_u8(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor,
+                  simd: Optional[torch.Tensor] = None) -> torch.Tensor:
     """OpenCV's 8-bit ``COLOR_HSV2RGB`` (H in [0, 180)) from integer ``h, s, v``; returns uint8 with channels at dim 1.
 
     OpenCV converts most of each image row with SIMD code that truncates the final ``x * 255`` and the rest of

@@ -227,6 +227,17 @@ def compose_affine_run(run: Sequence[str], factors: dict[str, float]) -> tuple[n
     return matrix, mean_map
 
 
+def mean_offsets(means, mean_map):
+    """``P m_t`` for every frame: ``means`` ``[..., T, 3]``, ``mean_map`` ``[..., 3, 3]`` -> ``[..., T, 3]``.
+
+    Written as three products and two sums in a fixed order, for numpy arrays and torch tensors alike, so that
+    the loader and :mod:`microact.data.device_augment` round alike (a matmul may sum in any order).
+    """
+    m = [means[..., c:c + 1] for c in range(3)]  # [..., T, 1]
+    p = [mean_map[..., None, :, c] for c in range(3)]  # [..., 1, 3]
+    return (m[0] * p[0] + m[1] * p[1]) + m[2] * p[2]
+
+
 def frame_means(frames: np.ndarray) -> np.ndarray:
     """Mean colour of each uint8 frame ``[T, H, W, 3]`` -> ``[T, 3]`` float64 (exact integer sums)."""
     return np.array([cv2.mean(frame)[:3] for frame in frames])
@@ -287,7 +298,10 @@ class ColorJitter:
                 adjust_hue(out, factors["hue"])
             else:
                 matrix, mean_map = compose_affine_run(stage, factors)
-                offsets = (frame_means(out) @ mean_map.T) if "contrast" in stage else np.zeros((out.shape[0], 3))
+                if "contrast" in stage:
+                    offsets = mean_offsets(frame_means(out), mean_map)
+                else:
+                    offsets = np.zeros((out.shape[0], 3))
                 _truncating_transform(out, matrix, offsets)
         return out
 
