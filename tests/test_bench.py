@@ -54,7 +54,9 @@ def test_bench_e2e_reads_through_the_jpeg_cache_with_jitter_on_the_device(tmp_pa
     assert r["precision"] == "fp32" and r["decode_cache"] == "jpeg"
     assert r["loader_clips_per_s"] > 0 and r["step_clips_per_s"] > 0 and r["e2e_clips_per_s"] > 0
     assert r["jitter_erasing_on"] == "device"
-    assert "decode cache (jpeg), ColorJitter and RandomErasing in the step" in format_result(r)
+    text = format_result(r)
+    assert "decode cache (jpeg), ColorJitter and RandomErasing in the step" in text
+    assert "the switch is for GPU hosts" in text
 
 
 @pytest.mark.parametrize("name,category", [

@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crf", type=int, default=18,
                    help="x264 quality of the cropped videos, 0-51 (lower = better, larger)")
     p.add_argument("--no-fast-decode", dest="fast_decode", action="store_false",
-                   help="encode with CABAC, deblocking and x264's B-frames (2-4x slower to decode in training; "
+                   help="encode with CABAC, deblocking and x264's B-frames (2-5x slower to decode in training; "
                         "without this flag crop.fast_decode=%(default)s)")
     p.add_argument("--workers", type=int, default=0, help="parallel processes (0 = all cores)")
     p.add_argument("--preview", type=int, default=8, help="videos shown in the preview image (0 = none)")
@@ -183,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--grad-checkpointing", action="store_true", help="activation checkpointing")
     q.add_argument("--steps", type=int, default=5, help="timed steps")
     q.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    q.add_argument("--no-peer", dest="peer", action="store_false", help="skip the HF VideoMAE peer (default: peer=%(default)s)")
+    q.add_argument("--no-peer", dest="peer", action="store_false",
+                   help="skip the HF VideoMAE peer (default: peer=%(default)s)")
     q.add_argument("--profile", default=None, metavar="DIR",
                    help="also profile our step: time by kind of work (and GPU busy time), Chrome trace into DIR")
     q.add_argument("--json", default=None, help="also write the figures here")

@@ -167,8 +167,16 @@ def format_result(r: dict) -> str:
         f"  first batch of the next epoch, same iterator {r['next_epoch_first_batch_s']:.2f} s "
         + ("(decoded while the last epoch ended; a new iterator per epoch would wait as long as above)"
            if r["workers"] else "(no workers: nothing is decoded ahead)"),
-    ] + (["  on the CPU the loader's workers and the step share the cores, so together both run slower than alone"]
-         if r["device"] == "cpu" else []))
+    ] + _cpu_notes(r))
+
+
+def _cpu_notes(r: dict) -> list[str]:
+    if r["device"] != "cpu":
+        return []
+    notes = ["  on the CPU the loader's workers and the step share the cores, so together both run slower than alone"]
+    if r.get("jitter_erasing_on") == "device":
+        notes.append("  on the CPU ColorJitter in the step is far slower than in the loader: the switch is for GPU hosts")
+    return notes
 
 
 def cli_main(args) -> int:

@@ -5,9 +5,10 @@ Two formats:
 - ``npy`` (default, lossless): one uncompressed ``.npy`` file per entry, memory-mapped, so a clip reads only
   its sampled frames. Costs frames x H x W x 3 bytes per video (a 3-second 320x534 crop: 46 MB).
 - ``jpeg`` (lossy, opt-in): every frame JPEG-compressed at ``jpeg_quality`` in one ``.jpgs`` file per entry;
-  a clip reads and decodes only its sampled frames. On the benchmark's 320x534 crops 10-20x smaller than ``npy``
-  and 2-4x cheaper than decoding the H.264 clip again (depending on the footage); the price is JPEG's loss on top
-  of the video's own (at quality 95, 34-44 dB PSNR to the decoded frames; README "Data pipeline" has the figures).
+  a clip reads and decodes only its sampled frames. On the benchmark's 320x534 crops 10-20x smaller than ``npy``;
+  reading a clip from it costs about as much as decoding a crop written by ``microact crop`` (which skips most
+  frames), so it pays off for videos that decode slowly. The price is JPEG's loss on top of the video's own (at
+  quality 95, 34-44 dB PSNR to the decoded frames; README "Data pipeline" has the figures).
 
 Entries are keyed by the video's resolved path, size and mtime, the decoder, what was cached (every frame or
 a test clip's sampled indices) and the format, so an edited video is decoded again. Files are written under a

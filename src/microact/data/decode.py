@@ -150,6 +150,19 @@ def rgb_converter():
     return lambda frame: reformatter.reformat(frame, format="rgb24").to_ndarray()
 
 
+def _open_for_decoding(path: Path, threads: int):
+    """The container and its video stream, set up to decode with ``threads`` FFmpeg threads (0: FFmpeg's choice)."""
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        stream.codec_context.thread_count = threads
+    except BaseException:
+        container.close()
+        raise
+    return container, stream
+
+
 def _open(path: Path):
     import av
 
@@ -344,24 +357,20 @@ def _read_pyav_sequential(path: Path, indices: np.ndarray, check, threads: int =
     last_frame = None  # the newest decoded frame, kept in case the wanted indices run past the end
     count = 0
     to_rgb = rgb_converter()
-    container = _open(path)
+    container, stream = _open_for_decoding(path, threads)
     try:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        stream.codec_context.thread_count = threads
-        try:
-            for frame in container.decode(stream):
-                if count in wanted:
-                    kept[count] = to_rgb(frame)
-                last_frame = frame
-                count += 1
-                check()
-                if count > last_wanted:
-                    break
-        except av.FFmpegError as e:
-            # Damaged tail: the frames decoded so far are the decodable ones (clamping handles the rest).
-            if count == 0:
-                raise VideoDecodeError(path, f"cannot decode ({_ffmpeg_reason(e)})") from None
+        for frame in container.decode(stream):
+            if count in wanted:
+                kept[count] = to_rgb(frame)
+            last_frame = frame
+            count += 1
+            check()
+            if count > last_wanted:
+                break
+    except av.FFmpegError as e:
+        # Damaged tail: the frames decoded so far are the decodable ones (clamping handles the rest).
+        if count == 0:
+            raise VideoDecodeError(path, f"cannot decode ({_ffmpeg_reason(e)})") from None
     finally:
         container.close()
     if count == 0:
@@ -395,26 +404,21 @@ def _read_pyav_skipping(path: Path, indices: np.ndarray, check, threads: int = 0
     kept: dict[int, np.ndarray] = {}  # frame index -> pixels
     known = timestamps if isinstance(timestamps, range) else set(timestamps.tolist())
     to_rgb = rgb_converter()
-    container = _open(path)
+    container, stream = _open_for_decoding(path, threads)
+    codec = stream.codec_context
     try:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        codec = stream.codec_context
-        codec.thread_count = threads
-        try:
-            packets = container.demux(stream)
-            for packet in packets:
-                codec.skip_frame = "DEFAULT" if packet.pts in wanted or not packet.size else "NONREF"
-                for frame in codec.decode(packet if packet.size else None):
-                    if frame.pts not in known:
-                        return None
-                    if frame.pts in wanted:
-                        kept[wanted[frame.pts]] = to_rgb(frame)
-                check()
-                if len(kept) == len(wanted):
-                    break
-        except (av.FFmpegError, AttributeError, ValueError, TypeError):  # the others: a PyAV without skip_frame
-            return None
+        for packet in container.demux(stream):
+            codec.skip_frame = "DEFAULT" if packet.pts in wanted or not packet.size else "NONREF"
+            for frame in codec.decode(packet if packet.size else None):
+                if frame.pts not in known:
+                    return None
+                if frame.pts in wanted:
+                    kept[wanted[frame.pts]] = to_rgb(frame)
+            check()
+            if len(kept) == len(wanted):
+                break
+    except (av.FFmpegError, AttributeError, ValueError, TypeError):  # the others: a PyAV without skip_frame
+        return None
     finally:
         container.close()
     if len(kept) != len(wanted):
