@@ -1,4 +1,4 @@
-"""CUDA correctness checks: the GPU paths compute what the reference computes (no timings here).
+"""CUDA correctness checks: the GPU paths compute what the reference computes (and two timings that need them).
 
     PYTHONPATH=src python bench/gpu_checks.py            # needs a CUDA GPU and transformers
     PYTHONPATH=src python bench/gpu_checks.py cpu        # a dry run of the script on the CPU (slow)
@@ -15,6 +15,9 @@ What is checked, each against an independent computation:
 5. ``aug.jitter_erasing_on=device``: ColorJitter and RandomErasing applied on CUDA to a batch of 24 clips of
    16 x 224² equal the loader's OpenCV pixels value for value, without a host-device synchronisation (CUDA's
    sync debug mode set to raise); also times the GPU pass.
+6. Each fused attention kernel ``model.sdpa_kernel`` can prefer (flash, cuDNN, memory-efficient) at ViT-B's
+   attention shape in bf16: output and gradients against a float64 softmax written out, which kernel PyTorch picks
+   by default, and each kernel's forward+backward time at the seed's batch of 24.
 
 Prints one line per check and a summary; exits 1 when a check fails.
 """
@@ -191,6 +194,57 @@ def check_jitter_on_device() -> None:
            f"{differing} of {got.numel()} values differ; {ms:.1f} ms per batch on the device")
 
 
+def check_sdpa_kernels() -> None:
+    import torch.nn.functional as F
+
+    from microact.models.videomae import sdpa_kernel_in_use, sdpa_preference
+
+    on_gpu = DEV.type == "cuda"
+    heads, tokens, head_dim = 12, (1568 if on_gpu else 196), 64  # ViT-B at 16x224 (the CPU dry run: smaller)
+    batch = 24 if on_gpu else 2
+    print(f"  SDPA's default kernel for ViT-B bf16 training here: "
+          f"{sdpa_kernel_in_use(DEV, torch.bfloat16, heads, tokens, head_dim)}", flush=True)
+    gen = torch.Generator().manual_seed(0)
+    q, k, v, grad_out = (torch.randn(2, heads, tokens, head_dim, generator=gen).to(DEV) for _ in range(4))
+    # float64 reference of output and gradients, written out (no SDPA kernel involved)
+    q64, k64, v64 = (t.double().requires_grad_() for t in (q, k, v))
+    out64 = torch.softmax(q64 @ k64.transpose(-2, -1) * head_dim ** -0.5, dim=-1) @ v64
+    out64.backward(grad_out.double())
+    big = [torch.randn(batch, heads, tokens, head_dim, device=DEV, dtype=torch.bfloat16, requires_grad=True)
+           for _ in range(3)]
+    big_grad = torch.randn_like(big[0])
+    for name in ("flash", "cudnn", "efficient"):
+        used = sdpa_kernel_in_use(DEV, torch.bfloat16, heads, tokens, head_dim, preference=name)
+        if used != name:
+            print(f"  SDPA {name} kernel: not available for this shape here (PyTorch runs {used} instead)")
+            continue
+        qb, kb, vb = (t.to(torch.bfloat16).requires_grad_() for t in (q, k, v))
+        with sdpa_preference(name):
+            out = F.scaled_dot_product_attention(qb, kb, vb)
+        out.backward(grad_out.to(torch.bfloat16))
+        errors = [rel(a, b) for a, b in ((out, out64), (qb.grad, q64.grad), (kb.grad, k64.grad), (vb.grad, v64.grad))]
+
+        def fwd_bwd():
+            with sdpa_preference(name):
+                y = F.scaled_dot_product_attention(*big)
+            y.backward(big_grad)
+
+        for _ in range(2):
+            fwd_bwd()
+        if on_gpu:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(10):
+            fwd_bwd()
+        if on_gpu:
+            torch.cuda.synchronize()
+        ms = (time.perf_counter() - start) / 10 * 1e3
+        flops = 3.5 * 4 * batch * heads * tokens ** 2 * head_dim  # forward 2 matmuls, backward 5 (one recomputes)
+        record(f"SDPA {name} kernel, bf16, {heads} heads x {tokens} tokens x {head_dim}", max(errors) < 1e-2,
+               "relative error vs float64 (out, dq, dk, dv) " + ", ".join(f"{e:.1e}" for e in errors)
+               + f" (bound 1e-2); forward+backward at batch {batch}: {ms:.2f} ms ({flops / ms / 1e9:.0f} TFLOP/s)")
+
+
 def main() -> int:
     if DEV.type == "cuda" and not torch.cuda.is_available():
         print("gpu_checks: no CUDA device here (`python bench/gpu_checks.py cpu` dry-runs the script on the CPU)")
@@ -199,7 +253,8 @@ def main() -> int:
     torch.backends.cudnn.allow_tf32 = False
     name = torch.cuda.get_device_name() if DEV.type == "cuda" else "cpu"
     print(f"gpu_checks on {name} (torch {torch.__version__})", flush=True)
-    for check in (check_hf_parity, check_compile_and_precision, check_fused_adamw, check_jitter_on_device):
+    for check in (check_hf_parity, check_compile_and_precision, check_fused_adamw, check_jitter_on_device,
+                  check_sdpa_kernels):
         try:
             check()
         except Exception as e:  # a crash is a failed check; the others still run

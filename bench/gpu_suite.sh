@@ -54,6 +54,11 @@ bench e2e_jitter_on_device 90 e2e --preset $best --workers 15 --batch 24 --steps
 bench train_b_bf16 60 train --preset $best --precision bf16 --batch 24 --steps 20 --device cuda
 bench train_b_bf16_profile 60 train --preset $best --precision bf16 --batch 24 --steps 3 --no-peer --device cuda \
     --profile "$out/profile_b_bf16"
+# Which fused attention kernel makes the step fastest (bench/gpu_checks.py times the kernels alone)
+bench train_b_bf16_flash 60 train --preset $best --precision bf16 --batch 24 --steps 20 --no-peer --device cuda \
+    --sdpa-kernel flash
+bench train_b_bf16_cudnn 60 train --preset $best --precision bf16 --batch 24 --steps 20 --no-peer --device cuda \
+    --sdpa-kernel cudnn
 bench data 150 data --workers 0 8 15 --clips 32
 bench backbone 120 backbone --batch 1 4 --precision fp32 bf16 --repeats 10 --device cuda
 bench train_b_bf16_b64 60 train --preset $best --precision bf16 --batch 64 --steps 10 --device cuda

@@ -65,6 +65,9 @@ def test_bench_e2e_reads_through_the_jpeg_cache_with_jitter_on_the_device(tmp_pa
      "attention"),
     ("fmha_cutlassF_bf16_aligned_64x64_rf_sm80(PyTorchMemEffAttention::AttentionKernel<bfloat16_t>::Params)",
      "attention"),
+    ("cudnn_generated_fort_native_sdpa_sm90_knob_7_64x128x128_4x1x1_kernel0_0", "attention"),
+    ("compute_dot_do_o_specialized", "attention"),
+    ("convert_dq_to_16bits", "attention"),
     ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64_warpgroupsize1x1x1_execute_segment_k_off_kernel"
      "__5x_cublas", "matmul"),
     ("nvjet_tst_192x192_64x3_2x1_v_bz_coopB_TNT", "matmul"),
@@ -116,6 +119,9 @@ def test_bench_train_profile_writes_a_trace_and_a_breakdown(tmp_path):
                       profile_dir=str(tmp_path), num_frames=4, img_size=32)
     p = res["profile"]
     assert p["steps"] == 2 and p["device_busy_fraction"] is None  # busy time is a GPU figure
+    # the CPU has one fused attention kernel, whatever the CUDA preference
+    assert res["settings"]["sdpa_kernel"] == "auto"
+    assert res["settings"]["sdpa_kernel_in_use"] == res["settings"]["sdpa_kernel_default"] == "flash"
     assert p["by_category"]["matmul"] > 0 and p["by_category"]["attention"] > 0
     assert [t["ms_per_step"] for t in p["top"]] == sorted((t["ms_per_step"] for t in p["top"]), reverse=True)
     # every operator's self time is in exactly one category
@@ -126,6 +132,7 @@ def test_bench_train_profile_writes_a_trace_and_a_breakdown(tmp_path):
     from microact.bench.profile import categorize
 
     report = format_report(res)
+    assert "attention kernel: ours flash (--sdpa-kernel auto), PyTorch's default flash" in report
     for t in p["top"]:
         assert t["category"] == categorize(t["name"])
         assert f"[{t['category']}] {t['name'][:87]}" in report  # long kernel names are shortened

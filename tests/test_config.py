@@ -44,6 +44,7 @@ def test_overrides_are_typed(tmp_path):
     ("train.micro_batch=5", ["global_batch", "micro_batch", "multiple"]),
     ("model.num_classes=10", ["model.num_classes", "data.num_classes"]),
     ("eval.view=square", ["eval.view", "portrait373", "three_crop"]),
+    ("model.sdpa_kernel=fast", ["model.sdpa_kernel", "cudnn", "efficient"]),
     ("train.compile=maybe", ["train.compile", "true or false"]),
     ("aug.rrc_area=[1]", ["aug.rrc_area", "2 values"]),
     ("noequals", ["key=value"]),

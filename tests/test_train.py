@@ -172,6 +172,8 @@ def test_validation_and_run_directory(data_root, tmp_path, capsys):
     assert len(shares) == 1  # one epoch
     # With data.num_workers=0 the step decodes its own clips: the hint appears exactly when an epoch waited > 10 %
     assert ("note: the training step waited for the loader" in out) == (shares[0] > 10)
+    assert "attention: SDPA's flash kernel (model.sdpa_kernel=auto)" in out  # the CPU's fused kernel
+    assert json.loads((run_dir / "env.json").read_text())["sdpa_kernel"] == "flash"
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["selected"] == "model_best.safetensors"
     assert set(metrics["val"][0]) >= {"f1_mean", "fine_macro", "fine_micro", "coarse_macro", "coarse_micro"}

@@ -225,6 +225,61 @@ def test_sdpa_matches_manual_attention():
         assert torch.allclose(pa.grad, pb.grad, atol=1e-5, rtol=1e-4), n
 
 
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_sdpa_kernel_preference_is_in_force_for_every_attention_call(monkeypatch, checkpointing):
+    """model.sdpa_kernel sets PyTorch's kernel order around each SDPA call, recomputed (checkpointed) ones included."""
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend
+
+    from microact.models.videomae import set_sdpa_kernel
+
+    default_order = torch._C._get_sdp_priority_order()
+    orders = []
+    real_sdpa = F.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):  # records the order in force, then runs the real kernel
+        orders.append(list(torch._C._get_sdp_priority_order()))
+        return real_sdpa(*args, **kwargs)
+
+    torch.manual_seed(3)
+    auto = tiny(output="map", grad_checkpointing=checkpointing)
+    preferring = tiny(output="map", grad_checkpointing=checkpointing, sdpa_kernel="efficient")
+    preferring.load_state_dict(auto.state_dict())
+    x = torch.randn(2, 3, 4, 32, 32)
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    y_auto = auto(x)
+    y_auto.sum().backward()
+    assert orders and all(o == default_order for o in orders)
+    orders.clear()
+    y = preferring(x)
+    y.sum().backward()
+    assert len(orders) == auto.depth * (2 if checkpointing else 1)
+    assert all(o[0] == int(SDPBackend.EFFICIENT_ATTENTION) and sorted(o) == sorted(default_order) for o in orders)
+    assert torch._C._get_sdp_priority_order() == default_order  # restored after each call
+    # The CPU has one fused kernel: same numbers whatever the preference
+    assert torch.equal(y, y_auto)
+    orders.clear()
+    assert set_sdpa_kernel(preferring, "cudnn") == preferring.depth
+    preferring(x)
+    assert all(o[0] == int(SDPBackend.CUDNN_ATTENTION) for o in orders)
+
+
+def test_sdpa_kernel_names_are_checked_and_reported():
+    from microact.models import create_model
+    from microact.models.videomae import attention_kernel_of, sdpa_kernel_in_use
+
+    with pytest.raises(MicroactError, match="sdpa_kernel: expected one of auto, cudnn, flash, efficient, got 'fast'"):
+        tiny(sdpa_kernel="fast")
+    with pytest.raises(MicroactError, match="expected one of"):
+        create_model("videomae_test_frame_coarse_tsn", sdpa_kernel="fast")
+    # On the CPU SDPA has its own fused (flash) kernel for float32, whatever the CUDA preference
+    assert sdpa_kernel_in_use("cpu", torch.float32, 2, 32, 32) == "flash"
+    assert sdpa_kernel_in_use("cpu", torch.float32, 2, 32, 32, preference="cudnn") == "flash"
+    model = create_model("videomae_test_frame_coarse_tsn", num_frames=4, img_size=32, sdpa_kernel="flash")
+    assert attention_kernel_of(model, "cpu", torch.float32) == "flash"
+    assert attention_kernel_of(tiny(attn_impl="manual"), "cpu", torch.float32) is None
+
+
 def test_grad_checkpointing_gives_same_grads():
     torch.manual_seed(2)
     a = tiny(output="map")

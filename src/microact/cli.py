@@ -187,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the HF VideoMAE peer (default: peer=%(default)s)")
     q.add_argument("--profile", default=None, metavar="DIR",
                    help="also profile our step: time by kind of work (and GPU busy time), Chrome trace into DIR")
+    q.add_argument("--sdpa-kernel", default="auto", choices=["auto", "cudnn", "flash", "efficient"],
+                   help="fused attention kernel our model tries first (model.sdpa_kernel; GPU only; default: "
+                        "PyTorch's order)")
     q.add_argument("--json", default=None, help="also write the figures here")
     q = _sub(bench_sub, "data", "training data pipeline throughput: raw vs cropped clips, ours vs decord+numpy")
     q.add_argument("--workers", type=int, nargs="*", default=[0, 2], help="DataLoader workers to try")

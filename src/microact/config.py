@@ -103,6 +103,8 @@ class ModelConfig:
     # true / false, or auto: on only when the estimated training memory would not fit the GPU (microact bench memory)
     grad_checkpointing: typing.Union[bool, Literal["auto"]] = False
     attn_impl: Literal["sdpa", "manual"] = "sdpa"
+    # which fused CUDA attention kernel SDPA tries first (auto = PyTorch's order; the CPU has one and ignores this)
+    sdpa_kernel: Literal["auto", "cudnn", "flash", "efficient"] = "auto"
     input_mode: Literal["rgb", "rgb_diff"] = "rgb"  # rgb_diff: consecutive-frame differences (TSN's RGB-diff), not the seed
     overrides: dict[str, Any] = field(default_factory=dict)  # extra create_model(...) keyword arguments
 

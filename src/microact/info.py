@@ -42,6 +42,7 @@ def collect_info() -> dict:
 
     from microact import __version__
     from microact.engine.train import cpu_has_native_bf16
+    from microact.models.videomae import sdpa_kernel_in_use
 
     cuda = torch.cuda.is_available()
     devices = [{"type": "cpu", "threads": torch.get_num_threads(),
@@ -51,7 +52,9 @@ def collect_info() -> dict:
         for i in range(torch.cuda.device_count()):
             p = torch.cuda.get_device_properties(i)
             devices.append({"type": "cuda", "index": i, "name": p.name, "memory_gib": round(p.total_memory / 2**30, 1),
-                            "bf16": torch.cuda.is_bf16_supported()})
+                            "bf16": torch.cuda.is_bf16_supported(),
+                            # what SDPA picks for ViT-B training in bf16 under model.sdpa_kernel=auto
+                            "attention_kernel": sdpa_kernel_in_use(f"cuda:{i}", torch.bfloat16)})
 
     decoders = {
         "pyav": _check("av", lambda m: f"{m.__version__} (libavcodec {'.'.join(map(str, m.library_versions.get('libavcodec', ())))})"),
@@ -92,7 +95,8 @@ def cli_main(args) -> int:
             print(f"  device cpu: {d['threads']} threads, SIMD {d['capability']}, "
                   + ("hardware bf16" if d["hardware_bf16"] else "no hardware bf16 (training on it runs fp32)"))
         else:
-            print(f"  device cuda:{d['index']}: {d['name']}, {d['memory_gib']} GiB, bf16 {'yes' if d['bf16'] else 'no'}")
+            print(f"  device cuda:{d['index']}: {d['name']}, {d['memory_gib']} GiB, bf16 {'yes' if d['bf16'] else 'no'}, "
+                  f"ViT-B attention kernel {d['attention_kernel']}")
     if info["cuda"] is None:
         print("  no CUDA device: training and tests run on the CPU")
     for title in ("decoders", "detectors"):

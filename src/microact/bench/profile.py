@@ -18,7 +18,8 @@ import torch
 
 # First match wins: attention kernels also mention "cutlass"/"gemm", and must count as attention.
 CATEGORIES: tuple[tuple[str, str], ...] = (
-    ("attention", r"flash|fmha|attention|sdpa"),
+    # cuDNN's attention backward also runs helper kernels named after their work (dot(dO, O), dQ conversion)
+    ("attention", r"flash|fmha|attention|sdpa|dot_do_o|convert_dq"),
     ("matmul", r"gemm|xmma|cutlass|nvjet|wgmma|s16816|cublas|aten::(mm|addmm|bmm|linear|matmul)$"),
     ("optimizer", r"adam|multi_tensor|foreach"),
     ("normalization", r"layer_norm|layernorm|gammabeta"),

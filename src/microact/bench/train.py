@@ -177,7 +177,8 @@ def _result(name: str, timing: dict, batch: int, flops_per_clip: float, peak: Op
 def bench_train(preset: str = "videomae_b_k710_frame_coarse_tsn", batch: Optional[int] = None,
                 precision: str = "bf16", compile: bool = False, grad_checkpointing: bool = False, steps: int = 5,
                 device: str = "auto", peer: bool = True, warmup: Optional[int] = None,
-                profile_dir: Optional[str] = None, **model_overrides: Any) -> dict[str, Any]:
+                profile_dir: Optional[str] = None, sdpa_kernel: str = "auto",
+                **model_overrides: Any) -> dict[str, Any]:
     """Time the training step of a preset and of the HF VideoMAE peer.
 
     Args:
@@ -192,6 +193,9 @@ def bench_train(preset: str = "videomae_b_k710_frame_coarse_tsn", batch: Optiona
         warmup: untimed steps first (default 1 on CPU, 3 on CUDA, +2 with compile).
         profile_dir: also profile our step (:mod:`microact.bench.profile`): the summary goes to ``"profile"``,
             the Chrome trace into this folder.
+        sdpa_kernel: the fused attention kernel our model tries first ("auto", "cudnn", "flash", "efficient"; see
+            :func:`microact.models.videomae.sdpa_preference`); the peer keeps PyTorch's order. The settings record
+            which kernel each side actually gets.
         **model_overrides: passed to ``create_model`` (e.g. ``num_frames=4, img_size=32`` for a quick run).
 
     Returns:
@@ -200,7 +204,7 @@ def bench_train(preset: str = "videomae_b_k710_frame_coarse_tsn", batch: Optiona
     """
     from microact.losses import build_loss
     from microact.models import create_model
-    from microact.models.videomae import forward_macs
+    from microact.models.videomae import forward_macs, sdpa_kernel_in_use
 
     if precision not in _DTYPES:
         raise MicroactError(f"--precision: {precision!r} is not valid; choose bf16, fp16 or fp32")
@@ -211,7 +215,8 @@ def bench_train(preset: str = "videomae_b_k710_frame_coarse_tsn", batch: Optiona
         warmup = (3 if dev.type == "cuda" else 1) + (2 if compile else 0)
     torch.manual_seed(0)
 
-    model = create_model(preset, grad_checkpointing=grad_checkpointing, attn_impl="sdpa", **model_overrides)
+    model = create_model(preset, grad_checkpointing=grad_checkpointing, attn_impl="sdpa", sdpa_kernel=sdpa_kernel,
+                         **model_overrides)
     p = model.preset
     if batch is None:
         batch = default_batch(p.backbone, dev)
@@ -236,7 +241,13 @@ def bench_train(preset: str = "videomae_b_k710_frame_coarse_tsn", batch: Optiona
     settings = {"preset": p.name, "backbone": p.backbone, "batch": batch, "precision": precision, "compile": compile,
                 "grad_checkpointing": grad_checkpointing, "steps": steps, "warmup": warmup, "device": str(dev),
                 "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_name(),
-                "torch": torch.__version__, "flops_per_clip_train": ours_flops, "loss": p.loss}
+                "torch": torch.__version__, "flops_per_clip_train": ours_flops, "loss": p.loss,
+                "sdpa_kernel": sdpa_kernel}
+    attn = ref.blocks[0].attn
+    kernel_query = dict(device=dev, dtype=_DTYPES[precision], num_heads=attn.num_heads, tokens=ref.num_tokens,
+                        head_dim=attn.head_dim)
+    settings["sdpa_kernel_in_use"] = sdpa_kernel_in_use(preference=sdpa_kernel, **kernel_query)
+    settings["sdpa_kernel_default"] = sdpa_kernel_in_use(preference="auto", **kernel_query)  # the peer's
     if dev.type == "cpu":
         from microact.engine.train import cpu_has_native_bf16
 
@@ -325,7 +336,7 @@ def _hf_model(backbone, num_classes: int, grad_checkpointing: bool):
     model = VideoMAEForVideoClassification(cfg)
     if grad_checkpointing:
         model.gradient_checkpointing_enable()
-    from microact.models.videomae import forward_macs
+    from microact.models.videomae import forward_macs, sdpa_kernel_in_use
 
     macs = forward_macs(backbone) + backbone.embed_dim * num_classes
     return model, 3 * 2 * macs
@@ -342,8 +353,10 @@ def format_report(res: dict) -> str:
         f"bench train: {s['preset']} ({s['backbone']}, loss {s['loss']}) on {s['device']} ({s['device_name']}), "
         f"torch {s['torch']}",
         f"  batch {s['batch']}, {s['precision']}, compile={s['compile']}, "
-        f"grad_checkpointing={s['grad_checkpointing']}, {s['steps']} timed steps after {s['warmup']} warm-up; model FLOPs/clip (train) "
-        f"{s['flops_per_clip_train'] / 1e9:.1f} GFLOP",
+        f"grad_checkpointing={s['grad_checkpointing']}, {s['steps']} timed steps after {s['warmup']} warm-up; "
+        f"model FLOPs/clip (train) {s['flops_per_clip_train'] / 1e9:.1f} GFLOP",
+        f"  attention kernel: ours {s.get('sdpa_kernel_in_use', '?')} (--sdpa-kernel {s.get('sdpa_kernel', 'auto')}), "
+        f"PyTorch's default {s.get('sdpa_kernel_default', '?')}",
         f"  {'model':<14}{'params':>10}{'clips/s':>10}{'step ms':>10}{'peak mem':>12}{'TFLOP/s':>10}{'MFU':>8}",
     ]
     for key in ("microact", "hf"):
@@ -381,7 +394,7 @@ def cli_main(args) -> int:
     """``microact bench train`` (options in :mod:`microact.cli`)."""
     res = bench_train(args.preset, batch=args.batch, precision=args.precision, compile=args.compile,
                       grad_checkpointing=args.grad_checkpointing, steps=args.steps, device=args.device,
-                      profile_dir=args.profile, peer=args.peer)
+                      profile_dir=args.profile, peer=args.peer, sdpa_kernel=args.sdpa_kernel)
     print(format_report(res))
     if args.json:
         with open(args.json, "w") as f:

@@ -59,6 +59,7 @@ from microact.engine.optim import EMA, build_optimizer, describe_groups, lr_fact
 from microact.engine.state import (check_run_dir, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint,
                                    save_weights, set_rng_state)
 from microact.errors import MicroactError
+from microact.models.videomae import attention_kernel_of
 
 __all__ = ["build_model", "train", "cli_main", "TrainingDivergedError", "DataLoaderCrashError"]
 
@@ -115,11 +116,13 @@ def resolve_precision(precision: str, device: torch.device,
     return precision, None
 
 
+_PRECISION_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
 def autocast(device: torch.device, precision: str):
     if precision == "fp32":
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=_PRECISION_DTYPES[precision])
 
 
 def accumulation_steps(cfg: Config, world_size: int) -> int:
@@ -339,7 +342,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo) -> int:
     writer, csv_log = None, None
     if main:
         (run_dir / "config.yaml").write_text(cfg.to_yaml())
-        (run_dir / "env.json").write_text(json.dumps(environment(info, precision), indent=2))
+        kernel = attention_kernel_of(raw_model, device, _PRECISION_DTYPES[precision])
+        (run_dir / "env.json").write_text(json.dumps({**environment(info, precision), "sdpa_kernel": kernel}, indent=2))
         csv_log = _CsvLog(run_dir / "log.csv", global_step if resumed_rng is not None else None)
         if t.tensorboard:
             try:
@@ -356,6 +360,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo) -> int:
         if cfg.aug.jitter_erasing_on == "device" and device.type == "cpu":
             D.log("note: aug.jitter_erasing_on=device on the CPU: the step now does ColorJitter in float64 tensors, "
                   "far slower here than the loader's OpenCV (it is for GPU hosts whose loader is the bottleneck)")
+        if kernel is not None:
+            D.log(f"attention: SDPA's {kernel} kernel (model.sdpa_kernel={cfg.model.sdpa_kernel})")
         D.log(f"model {cfg.model.preset}: {sum(p.numel() for p in raw_model.parameters()):,d} parameters; "
               f"parameter groups:\n{describe_groups(groups)}")
         D.log(f"{len(dataset)} training clips; {info.world_size} process(es) x micro-batch {t.micro_batch} x "

@@ -103,8 +103,8 @@ _PRESETS: dict[str, Preset] = {p.name: p for p in (
 
 OVERRIDES = (
     "num_classes", "num_frames", "img_size", "backbone", "drop_path_rate", "head_dropout", "grad_checkpointing",
-    "attn_impl", "frame_layout", "se_mode", "margin_mode", "arcface_scale", "arcface_margin", "load_final_norm",
-    "use_frame", "use_coarse", "use_arcface", "input_mode",
+    "attn_impl", "sdpa_kernel", "frame_layout", "se_mode", "margin_mode", "arcface_scale", "arcface_margin",
+    "load_final_norm", "use_frame", "use_coarse", "use_arcface", "input_mode",
 )
 
 
@@ -166,8 +166,8 @@ def create_model(preset, pretrained: Optional[str] = None, **overrides: Any):
         preset: a name from :func:`list_models` or a :class:`Preset`.
         pretrained: checkpoint to initialise the backbone from (any layout ``load_pretrained`` reads).
         **overrides: any of ``OVERRIDES``: num_classes, num_frames, img_size, backbone, drop_path_rate,
-            head_dropout, grad_checkpointing, attn_impl, frame_layout, se_mode, margin_mode, arcface_scale,
-            arcface_margin, load_final_norm, use_frame, use_coarse, use_arcface, input_mode.
+            head_dropout, grad_checkpointing, attn_impl, sdpa_kernel, frame_layout, se_mode, margin_mode,
+            arcface_scale, arcface_margin, load_final_norm, use_frame, use_coarse, use_arcface, input_mode.
 
     Returns:
         The :class:`~microact.models.recognizer.Recognizer`; ``model.preset`` is the effective :class:`Preset`
@@ -193,7 +193,8 @@ def create_model(preset, pretrained: Optional[str] = None, **overrides: Any):
     load_final_norm = o.pop("load_final_norm", None)
     input_mode = o.pop("input_mode", "rgb")
 
-    backbone_kwargs = {k: o.pop(k) for k in ("drop_path_rate", "grad_checkpointing", "attn_impl") if k in o}
+    backbone_kwargs = {k: o.pop(k) for k in ("drop_path_rate", "grad_checkpointing", "attn_impl", "sdpa_kernel")
+                       if k in o}
     output = "pooled" if effective.head == "timesformer" else "map"
 
     def make_backbone():
@@ -226,7 +227,8 @@ def create_model(preset, pretrained: Optional[str] = None, **overrides: Any):
 def create_model_from_config(cfg, pretrained: bool = True):
     """Build the model a :class:`microact.config.Config` describes (preset + every model switch).
 
-    Maps ``model.*`` (preset, num_classes, drop_path_rate, head_dropout, grad_checkpointing, attn_impl, overrides),
+    Maps ``model.*`` (preset, num_classes, drop_path_rate, head_dropout, grad_checkpointing, attn_impl, sdpa_kernel,
+    overrides),
     ``data.clip_len`` / ``data.img_size``, ``frame_head.*``, ``arcface.*`` and ``backbone.load_final_norm``.
 
     Args:
@@ -237,8 +239,9 @@ def create_model_from_config(cfg, pretrained: bool = True):
     kwargs = dict(
         num_classes=m.num_classes, num_frames=cfg.data.clip_len, img_size=cfg.data.img_size,
         drop_path_rate=m.drop_path_rate, head_dropout=m.head_dropout, grad_checkpointing=m.grad_checkpointing is True,
-        attn_impl=m.attn_impl, frame_layout=cfg.frame_head.layout, se_mode=cfg.frame_head.se_mode,
-        margin_mode=cfg.arcface.margin_mode, arcface_scale=cfg.arcface.scale, arcface_margin=cfg.arcface.margin,
+        attn_impl=m.attn_impl, sdpa_kernel=m.sdpa_kernel, frame_layout=cfg.frame_head.layout,
+        se_mode=cfg.frame_head.se_mode, margin_mode=cfg.arcface.margin_mode, arcface_scale=cfg.arcface.scale,
+        arcface_margin=cfg.arcface.margin,
         load_final_norm=cfg.backbone.load_final_norm, input_mode=m.input_mode,
     )
     kwargs.update(m.overrides)

@@ -22,12 +22,15 @@ Two output modes (VIDEOMAE.md §1.5):
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend
+from torch.nn.attention import sdpa_kernel as _sdpa_kernels_in_order
 from torch.utils.checkpoint import checkpoint
 
 from microact.errors import MicroactError
@@ -45,6 +48,11 @@ __all__ = [
     "forward_macs",
     "flops_per_clip",
     "count_parameters",
+    "SDPA_KERNELS",
+    "sdpa_preference",
+    "sdpa_kernel_in_use",
+    "set_sdpa_kernel",
+    "attention_kernel_of",
 ]
 
 IMAGENET_MEAN_255 = (123.675, 116.28, 103.53)
@@ -172,6 +180,81 @@ class PatchEmbed(nn.Module):
         return F.linear(x, self.proj.weight.reshape(self.proj.out_channels, -1), self.proj.bias)  # [B, N, D]
 
 
+# Which fused CUDA kernel F.scaled_dot_product_attention tries first. PyTorch's own order depends on its version and
+# the GPU (flash first up to about 2.12; cuDNN first on Hopper/Blackwell with recent cuDNN since), and which one is
+# faster for ViT shapes (head_dim 64, ~1.5k tokens) depends on both, so it is measurable and selectable.
+SDPA_KERNELS: dict[str, Optional[SDPBackend]] = {
+    "auto": None,  # PyTorch's choice
+    "cudnn": SDPBackend.CUDNN_ATTENTION,
+    "flash": SDPBackend.FLASH_ATTENTION,
+    "efficient": SDPBackend.EFFICIENT_ATTENTION,
+}
+_FALLBACK_ORDER = (SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+                   SDPBackend.MATH)
+_KERNEL_NAMES = {SDPBackend.MATH: "math", SDPBackend.FLASH_ATTENTION: "flash",
+                 SDPBackend.EFFICIENT_ATTENTION: "efficient", SDPBackend.CUDNN_ATTENTION: "cudnn"}
+
+
+def _check_sdpa_kernel(name: str) -> None:
+    if name not in SDPA_KERNELS:
+        raise BackboneError(f"sdpa_kernel: expected one of {', '.join(SDPA_KERNELS)}, got {name!r}")
+
+
+def sdpa_preference(name: str = "auto"):
+    """Context in which ``F.scaled_dot_product_attention`` tries the kernel ``name`` first.
+
+    A preference, not a restriction: where that kernel cannot serve a call (its GPU, dtype or shape limits) the
+    others follow in the order cuDNN, flash, memory-efficient, math. ``"auto"`` keeps PyTorch's own order (a no-op
+    context). The CPU has one fused kernel and ignores the order.
+    """
+    _check_sdpa_kernel(name)
+    first = SDPA_KERNELS[name]
+    if first is None:
+        return contextlib.nullcontext()
+    return _sdpa_kernels_in_order([first] + [b for b in _FALLBACK_ORDER if b != first], set_priority=True)
+
+
+def set_sdpa_kernel(model: nn.Module, name: str) -> int:
+    """Make every VideoMAE attention layer inside ``model`` try the fused kernel ``name`` first.
+
+    Returns:
+        How many attention layers were set (0: the model has none of ours).
+    """
+    _check_sdpa_kernel(name)
+    layers = [m for m in model.modules() if isinstance(m, Attention)]
+    for layer in layers:
+        layer.sdpa_kernel = name
+    return len(layers)
+
+
+def attention_kernel_of(model: nn.Module, device: Union[str, torch.device], dtype: torch.dtype) -> Optional[str]:
+    """The kernel ``model``'s first VideoMAE attention layer gets for one training sample (None: manual attention
+    or no VideoMAE inside); see :func:`sdpa_kernel_in_use`."""
+    backbone = next((m for m in model.modules() if isinstance(m, VideoMAE)), None)
+    if backbone is None or backbone.blocks[0].attn.attn_impl != "sdpa":
+        return None
+    attn = backbone.blocks[0].attn
+    return sdpa_kernel_in_use(device, dtype, attn.num_heads, backbone.num_tokens, attn.head_dim, attn.sdpa_kernel)
+
+
+def sdpa_kernel_in_use(device: Union[str, torch.device], dtype: torch.dtype = torch.bfloat16, num_heads: int = 12,
+                       tokens: int = 1568, head_dim: int = 64, preference: str = "auto",
+                       requires_grad: bool = True) -> str:
+    """Name of the kernel SDPA picks for one sample of these shapes under ``preference`` on ``device``.
+
+    Asks PyTorch's dispatcher (``torch._fused_sdp_choice``) with a real ``[1, heads, tokens, head_dim]`` tensor, so
+    the answer accounts for the device, the PyTorch and cuDNN versions and the shape. Returns "cudnn", "flash",
+    "efficient", "math", or "unknown" where this PyTorch cannot say.
+    """
+    q = torch.zeros(1, num_heads, tokens, head_dim, device=device, dtype=dtype, requires_grad=requires_grad)
+    try:
+        with sdpa_preference(preference):
+            choice = torch._fused_sdp_choice(q, q, q)
+        return _KERNEL_NAMES.get(SDPBackend(choice), "unknown")
+    except (AttributeError, RuntimeError, ValueError):
+        return "unknown"
+
+
 class _SplitHeads(torch.autograd.Function):
     """``[B, N, 3*D]`` -> q, k, v as ``[B, heads, N, head_dim]`` views (no copy).
 
@@ -202,16 +285,18 @@ class _SplitHeads(torch.autograd.Function):
 class Attention(nn.Module):
     """Multi-head self-attention with a bias-free fused qkv and separate q/v biases (k bias is zero)."""
 
-    def __init__(self, dim: int, num_heads: int, attn_impl: str = "sdpa"):
+    def __init__(self, dim: int, num_heads: int, attn_impl: str = "sdpa", sdpa_kernel: str = "auto"):
         super().__init__()
         if dim % num_heads:
             raise BackboneError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
         if attn_impl not in ("sdpa", "manual"):
             raise BackboneError(f"attn_impl: expected 'sdpa' or 'manual', got {attn_impl!r}")
+        _check_sdpa_kernel(sdpa_kernel)
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = self.head_dim ** -0.5
         self.attn_impl = attn_impl
+        self.sdpa_kernel = sdpa_kernel
         self.qkv = nn.Linear(dim, dim * 3, bias=False)
         self.q_bias = nn.Parameter(torch.zeros(dim))
         self.v_bias = nn.Parameter(torch.zeros(dim))
@@ -225,7 +310,9 @@ class Attention(nn.Module):
         qkv = F.linear(x, self.qkv.weight, bias)  # [B, N, 3D]
         q, k, v = _SplitHeads.apply(qkv, self.num_heads)  # each [B, h, N, hd]
         if self.attn_impl == "sdpa":
-            y = F.scaled_dot_product_attention(q, k, v)  # [B, h, N, hd]
+            # Entered here rather than around the whole model so that checkpointed blocks recompute with it too.
+            with sdpa_preference(self.sdpa_kernel):
+                y = F.scaled_dot_product_attention(q, k, v)  # [B, h, N, hd]
         else:
             attn = (q * self.scale) @ k.transpose(-2, -1)  # [B, h, N, N]
             y = attn.softmax(dim=-1) @ v  # [B, h, N, hd]
@@ -252,10 +339,11 @@ class Mlp(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block: x += DropPath(Attn(LN(x))); x += DropPath(MLP(LN(x)))."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, drop_path: float, attn_impl: str):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, drop_path: float, attn_impl: str,
+                 sdpa_kernel: str = "auto"):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = Attention(dim, num_heads, attn_impl)
+        self.attn = Attention(dim, num_heads, attn_impl, sdpa_kernel)
         self.drop_path = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
@@ -298,6 +386,8 @@ class VideoMAE(nn.Module):
         output: "pooled" (``[B, C]``, via ``fc_norm``) or "map" (``[B, C, T', H', W']``, via ``norm``).
         drop_path_rate: stochastic depth of the last block; block i gets ``linspace(0, rate, depth)[i]``.
         attn_impl: "sdpa" (``F.scaled_dot_product_attention``) or "manual" (explicit softmax; exportable).
+        sdpa_kernel: the fused CUDA attention kernel SDPA tries first: "auto" (PyTorch's order), "cudnn", "flash" or
+            "efficient" (see :func:`sdpa_preference`; changeable later with :func:`set_sdpa_kernel`).
         grad_checkpointing: recompute each block in backward (saves activation memory).
         num_classes: 0 = no classifier; > 0 adds ``head`` (Linear after ``fc_norm``; pooled mode only).
         head_dropout: dropout before ``head``.
@@ -320,6 +410,7 @@ class VideoMAE(nn.Module):
             output: str = "pooled",
             drop_path_rate: float = 0.0,
             attn_impl: str = "sdpa",
+            sdpa_kernel: str = "auto",
             grad_checkpointing: bool = False,
             num_classes: int = 0,
             head_dropout: float = 0.0,
@@ -363,7 +454,7 @@ class VideoMAE(nn.Module):
             persistent=False)
         # linspace(0, rate, depth) in plain Python so that building on the meta device works
         rates = [drop_path_rate * i / (depth - 1) if depth > 1 else 0.0 for i in range(depth)]
-        self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, r, attn_impl) for r in rates)
+        self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, r, attn_impl, sdpa_kernel) for r in rates)
         if output == "map":
             self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         else:
