@@ -336,7 +336,7 @@ def _hf_model(backbone, num_classes: int, grad_checkpointing: bool):
     model = VideoMAEForVideoClassification(cfg)
     if grad_checkpointing:
         model.gradient_checkpointing_enable()
-    from microact.models.videomae import forward_macs, sdpa_kernel_in_use
+    from microact.models.videomae import forward_macs
 
     macs = forward_macs(backbone) + backbone.embed_dim * num_classes
     return model, 3 * 2 * macs
