@@ -102,6 +102,13 @@ def test_accumulation_must_divide():
     assert accumulation_steps(cfg, 2) == 3
     with pytest.raises(ConfigError, match="train.global_batch.*train.micro_batch.*world size"):
         accumulation_steps(cfg, 4)
+    # the seed's recipe as written (24 clips on one GPU) started on 8 GPUs: the message says what to set
+    seed = load_config(None, [])
+    with pytest.raises(ConfigError) as err:
+        accumulation_steps(seed, 8)
+    assert "train.global_batch=192 (8 x 24 clips per optimiser step) or train.micro_batch=3 (keeps 24" in str(err.value)
+    fixed = [load_config(None, ["train.global_batch=192"]), load_config(None, ["train.micro_batch=3"])]
+    assert [accumulation_steps(c, 8) for c in fixed] == [1, 1]
 
 
 def test_ema_update():

@@ -130,8 +130,12 @@ def accumulation_steps(cfg: Config, world_size: int) -> int:
     t = cfg.train
     per_step = t.micro_batch * world_size
     if t.global_batch % per_step:
+        fixes = [f"train.global_batch={per_step} ({world_size} x {t.micro_batch} clips per optimiser step)"]
+        if t.global_batch % world_size == 0:
+            fixes.append(f"train.micro_batch={t.global_batch // world_size} (keeps {t.global_batch} clips per step)")
         raise ConfigError(f"train.global_batch ({t.global_batch}) must be a multiple of train.micro_batch "
-                          f"({t.micro_batch}) x world size ({world_size}) = {per_step}")
+                          f"({t.micro_batch}) x world size ({world_size}) = {per_step}; for example "
+                          + " or ".join(fixes))
     return t.global_batch // per_step
 
 
