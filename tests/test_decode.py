@@ -121,6 +121,30 @@ def test_header_that_over_reports_is_not_trusted(tmp_path):
     assert decode._read_pyav_skipping(cut, np.array([29]), lambda: None) is None
 
 
+def test_iter_frames_streams_the_frames_read_frames_gives(make_video, tmp_path):
+    from microact.data.decode import iter_frames
+
+    path = make_video("s.mp4", num_frames=12, height=32, width=32)
+    ref = all_frames(path)
+    everything = list(iter_frames(path))
+    assert [i for i, _ in everything] == list(range(12))
+    np.testing.assert_array_equal(np.stack([f for _, f in everything]), ref)
+    some = list(iter_frames(path, [7, 3, 3, 40]))  # any order and repeats in; index order out; past the end: none
+    assert [i for i, _ in some] == [3, 7]
+    np.testing.assert_array_equal(np.stack([f for _, f in some]), read_frames(path, [3, 7]))
+    # a damaged tail ends the stream after the decodable frames, like read_frames' clamping
+    full = tmp_path / "full.mp4"
+    _write_faststart(full, 30)
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(full.read_bytes()[: int(full.stat().st_size * 0.6)])
+    decodable = all_frames(cut)
+    streamed = list(iter_frames(cut))
+    assert len(streamed) == len(decodable) < 30
+    np.testing.assert_array_equal(streamed[-1][1], decodable[-1])
+    with pytest.raises(VideoDecodeError, match="not found"):
+        next(iter_frames(tmp_path / "missing.mp4"))
+
+
 def _write_audio_only(path):
     with av.open(str(path), "w") as c:
         s = c.add_stream("aac", rate=16000)

@@ -15,7 +15,7 @@ def test_demo_pipeline_small(tmp_path, capsys):
     assert "demo finished" in printed and "where everything is" in printed
 
     summary = json.loads((out / "demo_summary.json").read_text())
-    assert [s["exit"] for s in summary["steps"]] == [0] * 6
+    assert [s["exit"] for s in summary["steps"]] == [0] * 7
     assert 0.0 <= summary["test_f1_mean"] <= 1.0 and 0.0 <= summary["chance_f1_mean"] <= 1.0
 
     cropped = out / "data_cropped"
@@ -33,3 +33,8 @@ def test_demo_pipeline_small(tmp_path, capsys):
     assert rows[0] == "id,pred_label_1,pred_label_2" and [r.split(",")[0] for r in rows[1:]] == test_names
     prediction = json.loads((out / "predict.json").read_text())
     assert prediction and (out / "predict_annotated.mp4").is_file()
+    # the untrimmed video: 4 classes' clips in a row, windows one clip long every half clip
+    timeline = json.loads((out / "timeline.json").read_text())["predictions"][0]
+    assert (out / "timeline.png").is_file() and len(timeline["windows"]) == 7 and timeline["segments"]
+    t = summary["timeline_windows"]
+    assert t["windows"] == 7 and t["within_one_clip"] == 4 and 0.0 <= t["correct"] <= 1.0

@@ -97,3 +97,92 @@ def test_predict_errors(carphone_path, recipe, tmp_path, capsys):
     code = cli(["predict", str(carphone_path), str(carphone_path), "--config", str(recipe), "--detector", "none",
                 "--annotate", str(tmp_path / "one.gif")])
     assert code == 2 and "folder" in capsys.readouterr().err
+
+
+def test_window_ranges_cover_the_video_and_end_at_its_end():
+    from microact.predict import PredictError, window_ranges
+
+    assert window_ranges(100, 30, 15) == [(0, 30), (15, 45), (30, 60), (45, 75), (60, 90), (70, 100)]
+    assert window_ranges(90, 30, 30) == [(0, 30), (30, 60), (60, 90)]  # no extra window when the tail fits
+    assert window_ranges(20, 30, 10) == [(0, 20)]  # shorter than a window: the whole video
+    for n, window, stride in ((1000, 37, 11), (64, 8, 3), (31, 30, 100)):
+        ranges = window_ranges(n, window, stride)
+        covered = np.zeros(n, bool)
+        for start, end in ranges:
+            assert end - start == min(window, n) and 0 <= start < end <= n
+            covered[start:end] = True
+        assert covered.all() and ranges[-1][1] == n
+        assert all(b[0] - a[0] <= stride for a, b in zip(ranges, ranges[1:]))
+    with pytest.raises(PredictError, match="at least one frame"):
+        window_ranges(100, 0, 5)
+
+
+def test_segments_merge_consecutive_windows_with_the_same_top1():
+    from microact.predict import segments_of
+
+    def window(start, end, cls, p):
+        return {"start_s": start, "end_s": end, "top_k": [{"id": cls, "name": ma52.FINE_NAMES[cls], "prob": p}]}
+
+    windows = [window(0, 2, 5, 0.6), window(1, 3, 5, 0.8), window(2, 4, 9, 0.5), window(3, 5, 5, 0.9)]
+    segments = segments_of(windows)
+    assert [(s["start_s"], s["end_s"], s["id"], s["windows"]) for s in segments] == [
+        (0, 2, 5, 2), (2, 3, 9, 1), (3, 5, 5, 1)]
+    assert segments[0]["mean_prob"] == pytest.approx(0.7) and segments[0]["name"] == ma52.FINE_NAMES[5]
+
+
+def test_timeline_windows_equal_each_window_predicted_on_its_own(carphone_path, recipe):
+    """The streamed, once-through timeline gives every window what random-access decoding of its frames gives."""
+    from microact.data.decode import probe_video, read_frames
+    from microact.data.sampling import uniform_sample
+    from microact.data.transforms import TestTransform
+    from microact.engine.evaluate import score_views
+    from microact.predict import build_predictor_config, crop_frames, load_model, predict_timeline
+
+    cfg = build_predictor_config(config=str(recipe), overrides=["eval.batch_size=3"])  # batches split windows
+    torch.manual_seed(5)
+    model = load_model(cfg, None, torch.device("cpu"))
+    fps = probe_video(carphone_path).fps
+    pred = predict_timeline(model, cfg, carphone_path, torch.device("cpu"), window_s=0.8, stride_s=0.5,
+                            detector="haar", top_k=3)
+    window, stride = round(0.8 * fps), round(0.5 * fps)
+    windows = pred["windows"]
+    assert [(w["start_frame"], w["end_frame"]) for w in windows][:2] == [(0, window), (stride, stride + window)]
+    assert windows[-1]["end_frame"] == pred["num_frames"] == 120 and len(windows) >= 7
+    transform = TestTransform(cfg.eval, cfg.data.img_size, cfg.aug.resize_backend)
+    for w in windows:
+        assert w["start_s"] == pytest.approx(w["start_frame"] / fps, abs=1e-3)
+        idx = w["start_frame"] + uniform_sample(w["end_frame"] - w["start_frame"], cfg.data.clip_len,
+                                                cfg.eval.test_clips, test_mode=True)
+        frames = crop_frames(read_frames(carphone_path, idx), pred["box"], cfg.crop.short_side)
+        views = torch.from_numpy(transform.views(frames, cfg.eval.test_clips))[None]
+        expected = score_views(model, views, torch.device("cpu"), average=cfg.eval.average)[0].numpy()
+        np.testing.assert_allclose(w["probs"], expected, rtol=1e-5, atol=1e-6)
+        assert w["top_k"][0]["id"] == int(np.argmax(expected))
+        assert w["body_part"]["id"] == ma52.FINE_TO_COARSE[w["top_k"][0]["id"]]
+    np.testing.assert_allclose(pred["probs"], np.mean([w["probs"] for w in windows], axis=0), rtol=1e-6)
+    _check_prediction(pred, 3)
+    assert sum(s["windows"] for s in pred["segments"]) == len(windows)
+
+
+def test_predict_timeline_cli_writes_json_plot_and_annotation(carphone_path, recipe, tmp_path, capsys):
+    out, plot, mp4 = tmp_path / "t.json", tmp_path / "plots" / "t.png", tmp_path / "t.mp4"
+    code = cli(["predict", str(carphone_path), "--config", str(recipe), "--detector", "none", "--window", "1",
+                "--timeline", str(plot), "--json", str(out), "--annotate", str(mp4), "--device", "cpu"])
+    assert code == 0
+    text = capsys.readouterr().out
+    pred = json.loads(out.read_text())["predictions"][0]
+    assert pred["window_s"] == 1 and pred["stride_s"] == 0.5 and len(pred["windows"]) >= 6
+    assert f"{len(pred['windows'])} windows of 1 s every 0.5 s" in text and "segments" in text
+    from PIL import Image
+
+    with Image.open(plot) as im:
+        assert im.size[0] > 400 and im.size[1] > 200
+    from microact.data.decode import count_frames
+
+    assert count_frames(mp4) > 10
+    # options that only make sense with --window, and bad lengths, are refused with the option named
+    for extra, words in ((["--stride", "1"], "need --window"), (["--timeline", str(plot)], "need --window"),
+                         (["--window", "0"], "--window must be a positive"),
+                         (["--window", "1", "--stride", "-2"], "--stride must be a positive")):
+        assert cli(["predict", str(carphone_path), "--config", str(recipe), *extra]) == 2
+        assert words in capsys.readouterr().err

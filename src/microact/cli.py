@@ -154,6 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=5, help="classes shown per video")
     p.add_argument("--json", default=None, help="write the predictions to this JSON file")
     p.add_argument("--annotate", default=None, help="write an annotated video (.mp4) or GIF (.gif) here (one video only, or a folder)")
+    p.add_argument("--window", type=float, default=None, metavar="SECONDS",
+                   help="untrimmed videos: predict sliding windows this long instead of the whole video as one clip")
+    p.add_argument("--stride", type=float, default=None, metavar="SECONDS",
+                   help="seconds between window starts (default: half a window)")
+    p.add_argument("--timeline", default=None,
+                   help="with --window: write a timeline plot (.png) here (one video only, or a folder)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
 
     # convert --------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """`microact demo`: the whole pipeline, end to end, on a synthetic dataset.
 
 synth -> crop (real person detector) -> train (configs/tiny_synth.yaml) -> multi-clip test ->
-metrics, plots, result dump, MAC submission -> predict on one video. Every step is the same
-subcommand a user would run, so the demo doubles as a walkthrough; the commands are printed.
+metrics, plots, result dump, MAC submission -> predict on one video -> predict an untrimmed video (test clips of
+several classes played one after another) as a timeline. Every step is the same subcommand a user would run, so
+the demo doubles as a walkthrough; the commands are printed.
 """
 from __future__ import annotations
 
@@ -47,20 +48,25 @@ def run_demo(out: str | Path, config: str | Path | None = None, num_classes: int
     log: list[dict] = []
     start = time.perf_counter()
 
-    _run("1/6 synthesise", ["synth", str(raw), "--num-classes", str(num_classes), "--clips-per-class",
+    _run("1/7 synthesise", ["synth", str(raw), "--num-classes", str(num_classes), "--clips-per-class",
                             str(clips_per_class), "--seed", str(seed)], log)
-    _run("2/6 person crop", ["crop", str(raw), str(cropped)], log)
+    _run("2/7 person crop", ["crop", str(raw), str(cropped)], log)
     overrides = [f"data.root={cropped}", f"train.seed={seed}"] + ([f"train.epochs={epochs}"] if epochs else [])
     resume = ["--resume"] if (run_dir / "checkpoints").is_dir() else []
-    _run("3/6 train", ["train", recipe, *overrides, "--out", str(run_dir), *resume], log)
+    _run("3/7 train", ["train", recipe, *overrides, "--out", str(run_dir), *resume], log)
     weights = run_dir / json.loads((run_dir / "metrics.json").read_text()).get("selected", "model_final.safetensors")
-    _run("4/6 test", ["test", recipe, str(weights), f"data.root={cropped}", "--split", "test",
+    _run("4/7 test", ["test", recipe, str(weights), f"data.root={cropped}", "--split", "test",
                       "--dump", str(test_dir / "results.pkl"), "--out", str(test_dir)], log)
-    _run("5/6 submission", ["submit", str(test_dir / "results.pkl"), "--out", str(submission_dir),
+    _run("5/7 submission", ["submit", str(test_dir / "results.pkl"), "--out", str(submission_dir),
                             "--list", str(cropped / "test_list_videos.txt")], log)
     example = _first_test_video(raw)
-    _run("6/6 predict", ["predict", str(example), "--config", recipe, "--checkpoint", str(weights),
+    _run("6/7 predict", ["predict", str(example), "--config", recipe, "--checkpoint", str(weights),
                          "--json", str(out / "predict.json"), "--annotate", str(out / "predict_annotated.mp4")], log)
+
+    untrimmed, truth, clip_s = _untrimmed_video(raw, out / "untrimmed.mp4")
+    _run("7/7 timeline", ["predict", str(untrimmed), "--config", recipe, "--checkpoint", str(weights),
+                          "--window", f"{clip_s:.3f}", "--stride", f"{clip_s / 2:.3f}",
+                          "--timeline", str(out / "timeline.png"), "--json", str(out / "timeline.json")], log)
 
     metrics = json.loads((test_dir / "metrics.json").read_text())
     chance = _chance_f1_mean(cropped)
@@ -70,6 +76,7 @@ def run_demo(out: str | Path, config: str | Path | None = None, num_classes: int
         "chance_f1_mean": chance,
         "metrics": {k: metrics.get(k) for k in ("f1_mean", "fine_macro", "fine_micro", "coarse_macro", "coarse_micro",
                                                    "top1", "top5")},
+        "timeline_windows": _timeline_accuracy(out / "timeline.json", truth),
         "steps": log,
         "files": {
             "synthetic data": str(raw),
@@ -78,6 +85,7 @@ def run_demo(out: str | Path, config: str | Path | None = None, num_classes: int
             "test metrics / plots / dump": str(test_dir),
             "MAC 2024 submission": str(submission_dir),
             "prediction example": str(out / "predict.json"),
+            "untrimmed video, its timeline (json, plot)": str(out / "timeline.png"),
         },
     }
     (out / "demo_summary.json").write_text(json.dumps(summary, indent=2))
@@ -96,6 +104,53 @@ def _first_test_video(root: Path) -> Path:
     if not records:
         raise MicroactError(f"{root / 'test_list_videos.txt'}: empty test list")
     return root / records[0].path
+
+
+def _untrimmed_video(root: Path, path: Path, max_clips: int = 6) -> tuple[Path, list[tuple[float, float, int]], float]:
+    """One video of the first test clip of up to ``max_clips`` classes, one after another.
+
+    Returns:
+        ``(path, [(start_s, end_s, label)] per clip, length of the first clip in seconds)``.
+    """
+    import numpy as np
+
+    from microact.data.decode import iter_frames, probe_video
+    from microact.data.video_writer import write_video
+
+    chosen, seen = [], set()
+    for record in _labels(root, "test_list_videos.txt"):
+        if record.label not in seen:
+            seen.add(record.label)
+            chosen.append(record)
+        if len(chosen) == max_clips:
+            break
+    fps = probe_video(root / chosen[0].path).fps
+    truth, frames, start = [], [], 0
+    for record in chosen:
+        clip = [f for _, f in iter_frames(root / record.path)]
+        frames.extend(clip)
+        truth.append((start / fps, (start + len(clip)) / fps, record.label))
+        start += len(clip)
+    sizes = {f.shape for f in frames}
+    if len(sizes) > 1:  # synthetic clips share one size; anything else is cut to the smallest
+        h, w = min(s[0] for s in sizes), min(s[1] for s in sizes)
+        frames = [f[:h, :w] for f in frames]
+    write_video(path, np.stack(frames), fps=fps)
+    return path, truth, truth[0][1] - truth[0][0]
+
+
+def _timeline_accuracy(timeline_json: Path, truth: list[tuple[float, float, int]]) -> dict:
+    """Windows that lie within one clip (at least 90 % of their span; the others straddle two actions), and the
+    share of those whose top-1 is that clip's class."""
+    windows = json.loads(timeline_json.read_text())["predictions"][0]["windows"]
+    inside = hits = 0
+    for w in windows:
+        length = w["end_s"] - w["start_s"]
+        for start, end, label in truth:
+            if min(end, w["end_s"]) - max(start, w["start_s"]) >= 0.9 * length:
+                inside += 1
+                hits += w["top_k"][0]["id"] == label
+    return {"windows": len(windows), "within_one_clip": inside, "correct": round(hits / max(inside, 1), 4)}
 
 
 def _chance_f1_mean(root: Path) -> float:
@@ -117,6 +172,9 @@ def _print_summary(summary: dict) -> None:
     for k, v in summary["metrics"].items():
         if v is not None:
             print(f"  {k:13s} {v:.4f}")
+    t = summary["timeline_windows"]
+    print(f"untrimmed video: {t['windows']} windows, {t['within_one_clip']} of them within one clip; the top-1 of "
+          f"{100 * t['correct']:.0f}% of those is that clip's class")
     print("where everything is:")
     for what, path in summary["files"].items():
         print(f"  {what:48s} {path}")

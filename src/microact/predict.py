@@ -5,10 +5,15 @@ For each video: one static person box (the offline crop of SEED.md §5.1, via :m
 (:class:`~microact.data.transforms.TestTransform`), clip-averaged probabilities (SEED.md §4), then the top-k
 fine classes and the body part (both the seed's g(top-1) and the sum of fine probabilities per part).
 
+MA-52's clips are trimmed around one micro-action. A longer, untrimmed video (an interview, a session) is read as
+a timeline instead (``--window SECONDS``): sliding windows, each predicted like a trimmed clip, consecutive
+windows with the same top-1 merged into segments, and a timeline plot.
+
 Example::
 
     microact predict clip.mp4 --config configs/tiny_synth.yaml --checkpoint runs/tiny/model_final.safetensors \\
         --json pred.json --annotate pred.mp4
+    microact predict interview.mp4 --checkpoint model.safetensors --window 2 --stride 1 --timeline timeline.png
 """
 from __future__ import annotations
 
@@ -160,6 +165,140 @@ def predict_video(model, cfg, path: str | os.PathLike, device: torch.device, *, 
     }
 
 
+def window_ranges(num_frames: int, window: int, stride: int) -> list[tuple[int, int]]:
+    """``[start, end)`` frame ranges of sliding windows ``window`` frames long, one every ``stride`` frames.
+
+    The last window ends at the video's last frame, so the tail is never left out; a video no longer than
+    ``window`` is one window.
+    """
+    if window < 1 or stride < 1:
+        raise PredictError(f"window and stride must be at least one frame, got {window} and {stride}")
+    if num_frames <= window:
+        return [(0, num_frames)]
+    starts = list(range(0, num_frames - window + 1, stride))
+    if starts[-1] + window < num_frames:
+        starts.append(num_frames - window)
+    return [(start, start + window) for start in starts]
+
+
+def segments_of(windows: list[dict]) -> list[dict]:
+    """Consecutive windows with the same top-1 class merged: ``[{"start_s", "end_s", "id", "name",
+    "mean_prob", "windows"}]`` (overlapping windows: a segment ends where the next segment's first window starts)."""
+    segments: list[dict] = []
+    for k, w in enumerate(windows):
+        top = w["top_k"][0]
+        if segments and segments[-1]["id"] == top["id"]:
+            seg = segments[-1]
+            seg["end_s"] = w["end_s"]
+            seg["probs"].append(top["prob"])
+        else:
+            if segments:
+                segments[-1]["end_s"] = min(segments[-1]["end_s"], w["start_s"])
+            segments.append({"start_s": w["start_s"], "end_s": w["end_s"], "id": top["id"], "name": top["name"],
+                             "probs": [top["prob"]]})
+    for seg in segments:
+        probs = seg.pop("probs")
+        seg["mean_prob"] = float(np.mean(probs))
+        seg["windows"] = len(probs)
+    return segments
+
+
+def predict_timeline(model, cfg, path: str | os.PathLike, device: torch.device, *, window_s: float,
+                     stride_s: Optional[float] = None, detector: str = "auto", top_k: int = 5) -> dict:
+    """Predict an untrimmed video window by window.
+
+    Every window gets what a trimmed clip gets in :func:`predict_video` (``eval.test_clips`` uniformly sampled
+    clips inside the window, the test views, clip-averaged probabilities), within one static person box for the
+    whole video. The video is decoded once, front to back, keeping only the sampled frames still needed, so its
+    length is not limited by memory.
+
+    Args:
+        window_s: window length in seconds (MA-52's clips last about 1-4 s).
+        stride_s: seconds between window starts (default: half a window).
+
+    Returns:
+        :func:`predict_video`'s fields for the whole video (``top_k`` / ``probs``: the mean over windows) plus
+        ``"fps"``, ``"window_s"``, ``"stride_s"``, ``"windows": [{"start_s", "end_s", "start_frame", "end_frame",
+        "top_k", "body_part", "probs"}]`` and ``"segments"`` (:func:`segments_of`).
+    """
+    from microact.data.crop.run import crop_frame
+    from microact.data.decode import iter_frames, probe_video
+    from microact.data.sampling import uniform_sample
+    from microact.data.transforms import TestTransform
+    from microact.engine.evaluate import score_views
+    from microact.metrics import coarse_scores
+
+    path = Path(path)
+    if not path.is_file():
+        raise PredictError(f"{path}: video not found")
+    if not window_s > 0 or (stride_s is not None and not stride_s > 0):
+        raise PredictError(f"--window and --stride must be positive seconds, got {window_s} and {stride_s}")
+    info = probe_video(path, timeout=cfg.data.decode_timeout)
+    fps = float(info.fps) if info.fps and info.fps > 0 else 30.0
+    stride_s = window_s / 2 if stride_s is None else stride_s
+    ranges = window_ranges(info.num_frames, max(1, round(window_s * fps)), max(1, round(stride_s * fps)))
+    box, used, found = person_box(path, cfg, detector, info.num_frames)
+    clips = cfg.eval.test_clips
+    indices = [start + uniform_sample(end - start, cfg.data.clip_len, clips, test_mode=True) for start, end in ranges]
+    transform = TestTransform(cfg.eval, cfg.data.img_size, cfg.aug.resize_backend)
+    probs = np.zeros((len(ranges), cfg.data.num_classes))
+    pending = list(range(len(ranges)))  # windows not scored yet, in order of their last frame
+    pending.sort(key=lambda k: int(indices[k].max()))
+    batch: list[int] = []
+    views: list[np.ndarray] = []
+    num_views: list[int] = []
+
+    def score_batch():
+        if batch:
+            video = torch.from_numpy(np.stack(views))  # [B, V, 3, T, S, S]
+            probs[batch] = score_views(model, video, device, average=cfg.eval.average).numpy()
+            batch.clear(), views.clear()
+
+    def take_window(k: int, kept: dict[int, np.ndarray]):
+        last = max(kept)  # a video that ends early repeats its last decoded frame, as read_frames does
+        views.append(transform.views(np.stack([kept[min(int(i), last)] for i in indices[k]]), clips))
+        num_views[:] = [views[-1].shape[0]]
+        batch.append(k)
+        if len(batch) == cfg.eval.batch_size:
+            score_batch()
+
+    kept: dict[int, np.ndarray] = {}  # sampled frames some unscored window still needs, cropped
+    for i, frame in iter_frames(path, set().union(*(map(int, ix) for ix in indices))):
+        kept[i] = crop_frame(frame, box, cfg.crop.short_side)
+        while pending and int(indices[pending[0]].max()) <= i:
+            take_window(pending.pop(0), kept)
+            needed = min((int(indices[k].min()) for k in pending), default=i)
+            for j in [j for j in kept if j < needed and j != i]:
+                del kept[j]
+    if not kept:
+        raise PredictError(f"{path}: no frame could be decoded")
+    for k in pending:  # the file ended before these windows' last frames (damaged or over-reported length)
+        take_window(k, kept)
+    score_batch()
+
+    windows = []
+    for (start, end), p in zip(ranges, probs):
+        top1 = int(np.argmax(p))
+        g = ma52.FINE_TO_COARSE[top1]
+        windows.append({"start_s": round(start / fps, 3), "end_s": round(end / fps, 3), "start_frame": start,
+                        "end_frame": end, "top_k": _ranked(p, ma52.FINE_NAMES, top_k),
+                        "body_part": {"id": g, "name": ma52.COARSE_NAMES[g]}, "probs": [float(v) for v in p]})
+    mean = probs.mean(axis=0)
+    top1 = int(np.argmax(mean))
+    g = ma52.FINE_TO_COARSE[top1]
+    return {
+        "video": str(path), "box": list(box), "detector": used, "frames_with_person": found,
+        "num_frames": int(info.num_frames), "num_views": num_views[0],
+        "fps": fps, "window_s": float(window_s), "stride_s": float(stride_s),
+        "top_k": _ranked(mean, ma52.FINE_NAMES, top_k),
+        "body_part": {"map_top1": {"id": g, "name": ma52.COARSE_NAMES[g]},
+                      "sum_probs": _ranked(coarse_scores(mean[None])[0], ma52.COARSE_NAMES, ma52.NUM_COARSE)},
+        "probs": [float(v) for v in mean],
+        "windows": windows,
+        "segments": segments_of(windows),
+    }
+
+
 def format_prediction(pred: dict) -> str:
     """A readable block: the video, its box, the top-k classes and the body part."""
     lines = [f"{pred['video']}  (person box {pred['box']} by {pred['detector']}, {pred['num_views']} views)"]
@@ -170,6 +309,14 @@ def format_prediction(pred: dict) -> str:
     best = pred["body_part"]["sum_probs"][0]
     lines.append(f"  body part: {pred['body_part']['map_top1']['name']} (g(top-1)); "
                  f"by summed probability: {best['name']} {100 * best['prob']:.2f}%")
+    if "windows" in pred:
+        lines[1:1] = [f"  {len(pred['windows'])} windows of {pred['window_s']:g} s every {pred['stride_s']:g} s; "
+                      "over the whole video:"]
+        lines.append("  segments (consecutive windows with the same top-1):")
+        name_width = max(len(seg["name"]) for seg in pred["segments"])
+        for seg in pred["segments"]:
+            lines.append(f"    {seg['start_s']:8.2f} - {seg['end_s']:8.2f} s  {seg['name']:<{name_width}}  "
+                         f"{100 * seg['mean_prob']:5.1f}% (mean of {seg['windows']} window(s))")
     return "\n".join(lines)
 
 
@@ -178,7 +325,7 @@ def format_prediction(pred: dict) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def _draw(frame: np.ndarray, pred: dict) -> np.ndarray:
+def _draw(frame: np.ndarray, pred: dict, top_k: Optional[list[dict]] = None) -> np.ndarray:
     import cv2
 
     out = np.ascontiguousarray(frame.copy())
@@ -188,7 +335,7 @@ def _draw(frame: np.ndarray, pred: dict) -> np.ndarray:
         x0, y0, x1, y1 = pred["box"]
         cv2.rectangle(out, (x0, y0), (x1 - 1, y1 - 1), (0, 255, 0), max(1, int(2 * scale)))
     y = int(18 * scale) + 2
-    lines = [f"{r['name']} {100 * r['prob']:.0f}%" for r in pred["top_k"][:3]]
+    lines = [f"{r['name']} {100 * r['prob']:.0f}%" for r in (top_k or pred["top_k"])[:3]]
     if pred.get("untrained"):
         lines.append("(untrained model)")
     for text in lines:
@@ -204,11 +351,12 @@ def annotate(path: str | os.PathLike, pred: dict, out_path: str | os.PathLike, m
 
     Args:
         path: source video.
-        pred: :func:`predict_video`'s answer for it.
+        pred: :func:`predict_video`'s answer for it, or :func:`predict_timeline`'s (each frame then shows the
+            window whose centre is nearest).
         out_path: ``.mp4`` (H.264 via PyAV) or ``.gif`` (needs Pillow).
         max_frames: at most this many frames (evenly spaced) are written.
     """
-    from microact.data.decode import count_frames, probe_video, read_frames
+    from microact.data.decode import count_frames, iter_frames, probe_video
     from microact.data.video_writer import write_video
 
     out_path = Path(out_path)
@@ -223,7 +371,14 @@ def annotate(path: str | os.PathLike, pred: dict, out_path: str | os.PathLike, m
                                "ask for an .mp4 instead") from None
     n = count_frames(path)
     indices = np.unique(np.linspace(0, n - 1, min(n, max_frames)).round().astype(np.int64))
-    frames = [_draw(f, pred) for f in read_frames(path, indices)]
+    windows = pred.get("windows")
+    centres = np.array([(w["start_frame"] + w["end_frame"]) / 2 for w in windows or []])
+
+    def labels_at(i: int) -> Optional[list[dict]]:
+        return windows[int(np.argmin(np.abs(centres - i)))]["top_k"] if windows else None
+
+    # streamed: a long video's frames are drawn and encoded one at a time
+    frames = (_draw(f, pred, labels_at(i)) for i, f in iter_frames(path, indices))
     try:
         fps = float(probe_video(path).fps or 15.0) * len(indices) / n
     except Exception:  # the fps only sets the playback speed
@@ -242,19 +397,23 @@ def annotate(path: str | os.PathLike, pred: dict, out_path: str | os.PathLike, m
 # --------------------------------------------------------------------------------------------
 
 
-def _annotation_targets(videos: list[Path], annotate_arg: Optional[str]) -> list[Optional[Path]]:
-    if not annotate_arg:
+def _output_targets(videos: list[Path], arg: Optional[str], option: str, suffixes: tuple[str, ...],
+                    default_name: str) -> list[Optional[Path]]:
+    """One output file per video: ``arg`` itself for one video when it has one of ``suffixes``, else
+    ``arg/<video stem><default_name>`` (a folder)."""
+    if not arg:
         return [None] * len(videos)
-    target = Path(annotate_arg)
-    if target.suffix.lower() in (".mp4", ".gif"):
+    target = Path(arg)
+    if target.suffix.lower() in suffixes:
         if len(videos) > 1:
-            raise PredictError(f"--annotate {target}: several videos need a folder, not one file")
+            raise PredictError(f"{option} {target}: several videos need a folder, not one file")
         return [target]
-    return [target / f"{v.stem}_annotated.mp4" for v in videos]
+    return [target / f"{v.stem}{default_name}" for v in videos]
 
 
 def cli_main(args) -> int:
-    """``microact predict VIDEO... [--model] [--config] [--checkpoint] [--detector] [--top-k] [--json] [--annotate]``."""
+    """``microact predict VIDEO... [--model] [--config] [--checkpoint] [--detector] [--top-k] [--json] [--annotate]
+    [--window S [--stride S] [--timeline PNG]]``."""
     from microact.engine.distributed import resolve_device
 
     videos = [Path(v) for v in args.videos]
@@ -263,19 +422,37 @@ def cli_main(args) -> int:
         raise PredictError(f"video(s) not found: {', '.join(missing)}")
     if args.top_k < 1:
         raise PredictError(f"--top-k must be >= 1, got {args.top_k}")
-    targets = _annotation_targets(videos, args.annotate)
+    window, stride = getattr(args, "window", None), getattr(args, "stride", None)
+    timeline_arg = getattr(args, "timeline", None)
+    if window is None and (stride is not None or timeline_arg):
+        raise PredictError("--stride and --timeline need --window SECONDS (the length of the sliding windows)")
+    for name, value in (("--window", window), ("--stride", stride)):
+        if value is not None and not value > 0:
+            raise PredictError(f"{name} must be a positive number of seconds, got {value}")
+    targets = _output_targets(videos, args.annotate, "--annotate", (".mp4", ".gif"), "_annotated.mp4")
+    timelines = _output_targets(videos, timeline_arg, "--timeline", (".png",), "_timeline.png")
     cfg = build_predictor_config(args.model, args.config)
     device = resolve_device(args.device)
     model = load_model(cfg, args.checkpoint, device)
     predictions = []
-    for video, target in zip(videos, targets):
-        pred = predict_video(model, cfg, video, device, detector=args.detector,
-                             top_k=min(args.top_k, cfg.data.num_classes))
+    for video, target, timeline in zip(videos, targets, timelines):
+        top_k = min(args.top_k, cfg.data.num_classes)
+        if window is None:
+            pred = predict_video(model, cfg, video, device, detector=args.detector, top_k=top_k)
+        else:
+            pred = predict_timeline(model, cfg, video, device, window_s=window, stride_s=stride,
+                                    detector=args.detector, top_k=top_k)
         pred["untrained"] = not args.checkpoint
         predictions.append(pred)
         print(format_prediction(pred))
+        if timeline is not None:
+            from microact.plots.results import plot_timeline
+
+            print(f"  wrote {plot_timeline(pred, timeline)}")
         if target is not None:
-            print(f"  wrote {annotate(video, pred, target)}")
+            # a timeline's annotation shows how the labels change: about 5 frames per second, up to 3000
+            frames = 300 if window is None else max(300, min(3000, round(pred["num_frames"] / pred["fps"] * 5)))
+            print(f"  wrote {annotate(video, pred, target, max_frames=frames)}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"model": cfg.model.preset, "checkpoint": args.checkpoint,

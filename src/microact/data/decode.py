@@ -30,7 +30,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional, Sequence
+from typing import Iterable, Iterator, Literal, Optional, Sequence
 
 import numpy as np
 
@@ -345,6 +345,45 @@ def _read_pyav(path: Path, indices: np.ndarray, check, threads: int = 0, skip_un
         if frames is not None:
             return frames
     return _read_pyav_sequential(path, indices, check, threads)
+
+
+def iter_frames(path: str | os.PathLike, indices: Optional[Iterable[int]] = None,
+                threads: int = 0) -> Iterator[tuple[int, np.ndarray]]:
+    """Decode a video once, front to back, yielding ``(index, RGB uint8 [H, W, 3])`` in index order.
+
+    For videos too long to hold: only the frames at ``indices`` (all frames when ``None``) are converted to RGB
+    and yielded, one at a time; indices past the end are not yielded. Frame ``i`` is the same frame
+    :func:`read_frames` returns for index ``i``. A damaged tail ends the iteration after the last decodable
+    frame; a file that cannot be opened or decoded at all raises.
+
+    Raises:
+        VideoDecodeError: missing, empty, unreadable files, or no decodable frame.
+    """
+    import av
+
+    path = Path(path)
+    _file_key(path)
+    wanted = None if indices is None else set(int(i) for i in indices)
+    last_wanted = None if wanted is None else max(wanted, default=-1)
+    to_rgb = rgb_converter()
+    container, stream = _open_for_decoding(path, threads)
+    count = 0
+    try:
+        try:
+            for frame in container.decode(stream):
+                if wanted is None or count in wanted:
+                    yield count, to_rgb(frame)
+                count += 1
+                if last_wanted is not None and count > last_wanted:
+                    break
+        except av.FFmpegError as e:
+            if count == 0:
+                raise VideoDecodeError(path, f"cannot decode ({_ffmpeg_reason(e)})") from None
+            return  # a damaged tail: the frames so far are the decodable ones
+    finally:
+        container.close()
+    if count == 0 and (last_wanted is None or last_wanted >= 0):
+        raise VideoDecodeError(path, "no decodable video frames")
 
 
 def _read_pyav_sequential(path: Path, indices: np.ndarray, check, threads: int = 0) -> np.ndarray:

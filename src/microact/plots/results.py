@@ -160,3 +160,47 @@ def write_report(results, out_dir: str | os.PathLike, *, macro_labels: str = "pr
     shown = [r for r in metrics["per_class"] if r["support"] or r["predicted"]]
     plot_per_class_f1(shown, out / "per_class_f1.png")
     return metrics
+
+
+def plot_timeline(pred: dict, path: str | os.PathLike, max_classes: int = 8) -> Path:
+    """Timeline of an untrimmed video's window predictions (:func:`microact.predict.predict_timeline`).
+
+    Top: the probability of the classes that lead any window (at most ``max_classes``, the most frequent
+    leaders first) at each window's centre; bottom: the segments (consecutive windows with the same top-1),
+    coloured by body part and labelled with the class id.
+    """
+    windows = pred["windows"]
+    if not windows:
+        raise ValueError("plot_timeline: the prediction has no windows")
+    probs = np.array([w["probs"] for w in windows])  # [windows, K]
+    centres = np.array([(w["start_s"] + w["end_s"]) / 2 for w in windows])
+    leaders, counts = np.unique(probs.argmax(axis=1), return_counts=True)
+    shown = leaders[np.argsort(-counts, kind="stable")][:max_classes]
+
+    fig = _figure(max(6.0, min(16.0, 0.12 * len(windows) + 5)), 4.2)
+    ax, band = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [5, 1]})
+    for c in shown:
+        ax.plot(centres, probs[:, c], marker="o" if len(windows) <= 60 else None, markersize=3,
+                label=f"{c}: {ma52.FINE_NAMES[c]}")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("probability")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.set_title(f"{Path(pred['video']).name}: {len(windows)} windows of {pred['window_s']:g} s "
+                 f"every {pred['stride_s']:g} s", fontsize=9)
+    # the segments (consecutive windows with the same top-1), coloured by body part, labelled by class id
+    span = windows[-1]["end_s"] - windows[0]["start_s"]
+    for seg in pred.get("segments") or []:
+        part = ma52.FINE_TO_COARSE[seg["id"]]
+        band.axvspan(seg["start_s"], seg["end_s"], color=PART_COLOURS[part], alpha=0.75, lw=0.5, ec="white")
+        if seg["end_s"] - seg["start_s"] < 0.025 * span:  # too narrow for a readable label
+            continue
+        band.text((seg["start_s"] + seg["end_s"]) / 2, 0.5, str(seg["id"]), ha="center", va="center", fontsize=7,
+                  transform=band.get_xaxis_transform())  # x in seconds, y in the band's height
+    band.set_yticks([])
+    band.set_ylabel("top-1", fontsize=8)
+    band.set_xlabel("time (s)")
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color=c, alpha=0.75, label=name) for c, name in zip(PART_COLOURS, ma52.COARSE_NAMES)]
+    band.legend(handles=handles, fontsize=7, ncol=7, loc="upper center", bbox_to_anchor=(0.5, -0.9), frameon=False)
+    return _save(fig, Path(path))

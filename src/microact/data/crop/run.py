@@ -20,7 +20,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -70,22 +70,6 @@ def compute_box(frames: np.ndarray | Sequence[np.ndarray], detector: PersonDetec
             "frames_with_person": len(found), "source_size": [width, height]}
 
 
-def _iter_frames(path: Path) -> Iterator[np.ndarray]:
-    import av
-
-    from microact.data.decode import rgb_converter
-
-    to_rgb = rgb_converter()
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        try:
-            for frame in container.decode(stream):
-                yield to_rgb(frame)
-        except av.FFmpegError:
-            return  # a damaged tail: keep the frames decoded so far
-
-
 def crop_video(path: str | os.PathLike, out_path: str | os.PathLike, detector: PersonDetector,
                cfg: CropConfig | None = None) -> dict:
     """Detect, box and write the cropped copy of one video; returns its ``boxes.json`` entry.
@@ -93,7 +77,7 @@ def crop_video(path: str | os.PathLike, out_path: str | os.PathLike, detector: P
     Raises:
         VideoDecodeError: the video cannot be opened or decoded.
     """
-    from microact.data.decode import probe_video, read_frames
+    from microact.data.decode import iter_frames, probe_video, read_frames
     from microact.data.video_writer import write_video
 
     cfg = cfg or CropConfig()
@@ -109,7 +93,7 @@ def crop_video(path: str | os.PathLike, out_path: str | os.PathLike, detector: P
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fps = info.fps if info.fps > 0 else 30.0
     encoding = crop_encoding(cfg)
-    written = write_video(out_path, (crop_frame(f, entry["box"], cfg.short_side) for f in _iter_frames(path)),
+    written = write_video(out_path, (crop_frame(f, entry["box"], cfg.short_side) for _, f in iter_frames(path)),
                           fps=fps, **encoding)
     entry.update(detector=detector.name, output_size=[out_w, out_h], frames=written,
                  encoding={"codec": "libx264", "preset": encoding["preset"], "crf": cfg.crf,
