@@ -60,6 +60,22 @@ def test_predict_untrained_full_frame_json_and_gif(carphone_path, recipe, tmp_pa
         assert im.size == (176, 144) and im.n_frames > 10
 
 
+def test_predict_a_folder_of_videos(carphone_path, recipe, tmp_path, capsys):
+    import shutil
+
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    for name in ("b.mp4", "a.MOV"):
+        shutil.copy(carphone_path, folder / name)
+    (folder / "notes.txt").write_text("not a video")
+    out = tmp_path / "pred.json"
+    assert cli(["predict", str(folder), "--config", str(recipe), "--detector", "none", "--json", str(out),
+                "--device", "cpu"]) == 0
+    preds = json.loads(out.read_text())["predictions"]
+    assert [p["video"] for p in preds] == [str(folder / "a.MOV"), str(folder / "b.mp4")]
+    np.testing.assert_allclose(preds[0]["probs"], preds[1]["probs"], rtol=1e-6)  # the same video twice
+
+
 def test_predict_with_checkpoint_and_person_crop(carphone_path, recipe, tmp_path, capsys):
     from safetensors.torch import save_file
 
@@ -94,6 +110,9 @@ def test_predict_with_checkpoint_and_person_crop(carphone_path, recipe, tmp_path
 def test_predict_errors(carphone_path, recipe, tmp_path, capsys):
     assert cli(["predict", str(tmp_path / "missing.mp4"), "--config", str(recipe)]) == 2
     assert "not found" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert cli(["predict", str(tmp_path / "empty"), "--config", str(recipe)]) == 2
+    assert "empty: no videos in this folder" in capsys.readouterr().err
     code = cli(["predict", str(carphone_path), str(carphone_path), "--config", str(recipe), "--detector", "none",
                 "--annotate", str(tmp_path / "one.gif")])
     assert code == 2 and "folder" in capsys.readouterr().err

@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # predict --------------------------------------------------------------------------------
     p = _sub(sub, "predict", "recognise micro-actions in any video: crop, test pipeline, top-k classes")
-    p.add_argument("videos", nargs="+", help="video files")
+    p.add_argument("videos", nargs="+", help="video files, or folders of videos")
     p.add_argument("--model", default=None, help="preset name (default: the config's, else the best seed model)")
     p.add_argument("--config", default=None, help="recipe the checkpoint was trained with")
     p.add_argument("--checkpoint", default=None, help="trained weights (.safetensors); without it the model is untrained")

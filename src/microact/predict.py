@@ -17,6 +17,7 @@ Example::
 """
 from __future__ import annotations
 
+import collections
 import json
 import os
 import sys
@@ -242,8 +243,9 @@ def predict_timeline(model, cfg, path: str | os.PathLike, device: torch.device, 
     indices = [start + uniform_sample(end - start, cfg.data.clip_len, clips, test_mode=True) for start, end in ranges]
     transform = TestTransform(cfg.eval, cfg.data.img_size, cfg.aug.resize_backend)
     probs = np.zeros((len(ranges), cfg.data.num_classes))
-    pending = list(range(len(ranges)))  # windows not scored yet, in order of their last frame
-    pending.sort(key=lambda k: int(indices[k].max()))
+    # Windows not scored yet. Every window samples the same offsets from its start, so ordering by start orders
+    # both their first and their last sampled frames.
+    pending = collections.deque(range(len(ranges)))
     batch: list[int] = []
     views: list[np.ndarray] = []
     num_views: list[int] = []
@@ -266,8 +268,8 @@ def predict_timeline(model, cfg, path: str | os.PathLike, device: torch.device, 
     for i, frame in iter_frames(path, set().union(*(map(int, ix) for ix in indices))):
         kept[i] = crop_frame(frame, box, cfg.crop.short_side)
         while pending and int(indices[pending[0]].max()) <= i:
-            take_window(pending.pop(0), kept)
-            needed = min((int(indices[k].min()) for k in pending), default=i)
+            take_window(pending.popleft(), kept)
+            needed = int(indices[pending[0]].min()) if pending else i
             for j in [j for j in kept if j < needed and j != i]:
                 del kept[j]
     if not kept:
@@ -397,6 +399,27 @@ def annotate(path: str | os.PathLike, pred: dict, out_path: str | os.PathLike, m
 # --------------------------------------------------------------------------------------------
 
 
+def _expand_videos(paths: list[Path]) -> list[Path]:
+    """The given files, with each folder replaced by the videos directly inside it (sorted by name)."""
+    from microact.data.crop.run import VIDEO_EXTENSIONS, list_videos
+
+    videos: list[Path] = []
+    missing = []
+    for path in paths:
+        if path.is_dir():
+            found = list_videos(path)
+            if not found:
+                raise PredictError(f"{path}: no videos in this folder ({', '.join(VIDEO_EXTENSIONS)})")
+            videos.extend(found)
+        elif path.is_file():
+            videos.append(path)
+        else:
+            missing.append(str(path))
+    if missing:
+        raise PredictError(f"video(s) not found: {', '.join(missing)}")
+    return videos
+
+
 def _output_targets(videos: list[Path], arg: Optional[str], option: str, suffixes: tuple[str, ...],
                     default_name: str) -> list[Optional[Path]]:
     """One output file per video: ``arg`` itself for one video when it has one of ``suffixes``, else
@@ -416,10 +439,7 @@ def cli_main(args) -> int:
     [--window S [--stride S] [--timeline PNG]]``."""
     from microact.engine.distributed import resolve_device
 
-    videos = [Path(v) for v in args.videos]
-    missing = [str(v) for v in videos if not v.is_file()]
-    if missing:
-        raise PredictError(f"video(s) not found: {', '.join(missing)}")
+    videos = _expand_videos([Path(v) for v in args.videos])
     if args.top_k < 1:
         raise PredictError(f"--top-k must be >= 1, got {args.top_k}")
     window, stride = getattr(args, "window", None), getattr(args, "stride", None)
