@@ -20,6 +20,32 @@ def test_bench_backbone_figures_are_consistent():
         assert c["clips_per_s"] == pytest.approx(1e3 / c["ms_best"]["ours"])
     table = format_table(res)
     assert table.count("\n| forward") == 4 and "best of 2" in table
+    assert "n/a (< 3 runs)" in table and "paired_speedup_vs_hf_sdpa" not in res["cells"][0]
+    res3 = run_benchmark("videomae_test", batches=[1], precisions=["fp32"], repeats=3, device=torch.device("cpu"),
+                         progress=False)
+    for c in res3["cells"]:
+        paired = c["paired_speedup_vs_hf_sdpa"]
+        ratios = [p / o for p, o in zip(c["ms_all"]["hf_sdpa"], c["ms_all"]["ours"])]
+        assert paired["geomean"] == pytest.approx((ratios[0] * ratios[1] * ratios[2]) ** (1 / 3))
+        assert min(ratios) <= paired["ci95"][0] <= paired["geomean"] <= paired["ci95"][1] <= max(ratios)
+
+
+def test_paired_speedup_reads_the_interval():
+    import numpy as np
+
+    from microact.bench.backbone import paired_speedup
+
+    constant = paired_speedup([2.0, 4.0, 6.0], [1.0, 2.0, 3.0])  # every round 2x, whatever the drift
+    assert constant["geomean"] == pytest.approx(2.0) and constant["ci95"] == pytest.approx([2.0, 2.0])
+    assert constant["verdict"] == "faster" and constant["rounds"] == 3
+    assert paired_speedup([1.0] * 5, [1.25] * 5)["verdict"] == "slower"
+    rng = np.random.default_rng(1)
+    ours = rng.uniform(8, 10, 9)  # noise of +-10 % around a true ratio of 1
+    tie = paired_speedup(list(ours * rng.normal(1.0, 0.05, 9)), list(ours))
+    assert tie["ci95"][0] < 1 < tie["ci95"][1] and tie["verdict"] == "tie"
+    assert paired_speedup([1, 2, 3], [1, 2, 3], seed=5) == paired_speedup([1, 2, 3], [1, 2, 3], seed=5)
+    with pytest.raises(ValueError, match=">= 3"):
+        paired_speedup([1.0, 2.0], [1.0, 2.0])
 
 
 def test_bench_data_on_crops_written_like_microact_crop():

@@ -1,12 +1,14 @@
 """``microact bench backbone``: our VideoMAE vs Hugging Face ``VideoMAEModel`` (sdpa and eager), same weights.
 
-Every cell (mode x precision x batch) times the three implementations round-robin in the same run, so
-drift of a shared machine hits all of them alike, after one warm-up. Two statistics of the ``--repeats`` timed
-runs are reported: the best (minimum) and the median. On a CPU the noise is one-sided -- other jobs, and the
-page faults of freshly mapped memory, which glibc hands out for every large tensor and which land on
-whichever pass happens to allocate it -- so the best run estimates an implementation's own cost (as Python's
-``timeit`` recommends) and the median shows what a user sees on a busy machine. Both models compute the same function (token map after the final LayerNorm); the
-script checks that before timing. Figures are printed, never asserted.
+Every cell (mode x precision x batch) times the three implementations round-robin in the same run, so drift of a
+shared machine hits all of them alike, after one warm-up. Three statistics of the ``--repeats`` timed runs are
+reported: the best (minimum), the median, and the paired ratio of each round's runs with a bootstrap 95 % interval
+(:func:`paired_speedup`), which says whether a difference is larger than the machine's noise. On a CPU the noise is
+one-sided -- other jobs, and the page faults of freshly mapped memory, which glibc hands out for every large tensor
+and which land on whichever pass happens to allocate it -- so the best run estimates an implementation's own cost
+(as Python's ``timeit`` recommends) and the median shows what a user sees on a busy machine. Both models compute the
+same function (token map after the final LayerNorm); the script checks that before timing. Figures are printed,
+never asserted.
 """
 from __future__ import annotations
 
@@ -122,6 +124,26 @@ def check_parity(models: dict, device: torch.device) -> float:
     return (a - b).abs().max().item()
 
 
+def paired_speedup(peer_s: list[float], ours_s: list[float], resamples: int = 2000, seed: int = 0) -> dict:
+    """Speed-up of ours over a peer from runs timed in the same rounds: the geometric mean of the per-round
+    ratios ``peer / ours`` and a bootstrap 95 % interval over rounds.
+
+    Pairing cancels the drift a shared machine adds to both runs of a round, which the best-of and median ratios
+    do not. ``verdict`` reads the interval: "faster" (it lies above 1), "slower" (below 1) or "tie".
+    """
+    import numpy as np
+
+    if len(peer_s) != len(ours_s) or len(ours_s) < 3:
+        raise ValueError(f"paired_speedup needs the same number (>= 3) of runs of both, got {len(peer_s)} and "
+                         f"{len(ours_s)}")
+    logs = np.log(np.asarray(peer_s, dtype=np.float64) / np.asarray(ours_s, dtype=np.float64))
+    rng = np.random.default_rng(seed)
+    means = logs[rng.integers(0, len(logs), size=(resamples, len(logs)))].mean(axis=1)
+    lo, hi = (float(np.exp(q)) for q in np.quantile(means, [0.025, 0.975]))
+    verdict = "faster" if lo > 1 else "slower" if hi < 1 else "tie"
+    return {"geomean": float(np.exp(logs.mean())), "ci95": [lo, hi], "verdict": verdict, "rounds": len(logs)}
+
+
 def run_benchmark(name: str, batches: list[int], precisions: list[str], repeats: int, device: torch.device,
                   progress: bool = True) -> dict:
     """Time forward and forward+backward of every implementation; returns the figures as a dict."""
@@ -176,6 +198,8 @@ def run_benchmark(name: str, batches: list[int], precisions: list[str], repeats:
             for peer in ("hf_sdpa", "hf_eager"):
                 cell[f"speedup_vs_{peer}"] = ms[peer] / ms["ours"] if ms[peer] else None
                 cell[f"best_speedup_vs_{peer}"] = best[peer] / best["ours"] if best[peer] else None
+                if times[peer] and len(times["ours"]) >= 3:
+                    cell[f"paired_speedup_vs_{peer}"] = paired_speedup(times[peer], times["ours"])
             cell["clips_per_s"] = b / (best["ours"] / 1e3)
             flops = flops_per_clip(ours, train=backward) * b
             peak = peak_flops(device, prec)
@@ -195,7 +219,7 @@ def format_table(res: dict) -> str:
     """Markdown table of :func:`run_benchmark` figures."""
     cuda = res["device"].startswith("cuda")
     head = ["mode", "prec", "batch", "ours ms", "HF sdpa ms", "HF eager ms", "vs HF sdpa: best (median)",
-            "vs HF eager: best (median)"]
+            "vs HF eager: best (median)", "vs HF sdpa: paired [95 % CI]"]
     if cuda:
         head += ["clips/s", "peak GiB ours / sdpa / eager", "MFU"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -209,8 +233,11 @@ def format_table(res: dict) -> str:
         def ratios(peer):
             return f(c.get(f"best_speedup_vs_{peer}"), "{:.2f}x") + f(c.get(f"speedup_vs_{peer}"), " ({:.2f}x)")
 
+        paired = c.get("paired_speedup_vs_hf_sdpa")
         row = [c["mode"], c["precision"], str(c["batch"]), f(ms["ours"]), f(ms["hf_sdpa"]), f(ms["hf_eager"]),
-               ratios("hf_sdpa"), ratios("hf_eager")]
+               ratios("hf_sdpa"), ratios("hf_eager"),
+               (f"{paired['geomean']:.3f}x [{paired['ci95'][0]:.3f}, {paired['ci95'][1]:.3f}] {paired['verdict']}"
+                if paired else "n/a (< 3 runs)")]
         if cuda:
             mem = c.get("peak_mem_gib", {})
             row += [f(c.get("clips_per_s"), "{:.1f}"),
@@ -219,7 +246,8 @@ def format_table(res: dict) -> str:
         rows.append("| " + " | ".join(row) + " |")
     title = (f"{res['model']} {res['clip']} on {res['device_name']} ({res['threads']} threads, torch {res['torch']}), "
              f"best of {res['repeats']} ms; max |ours - HF| fp32 = {res['parity_max_abs_diff_fp32']:.1e}; "
-             f"speed-ups = HF ms / ours ms, of the best runs (of the medians)")
+             f"speed-ups = HF ms / ours ms, of the best runs (of the medians); paired: geometric mean of the "
+             f"per-round ratios, bootstrap 95 % interval")
     return title + "\n\n" + "\n".join(rows)
 
 
