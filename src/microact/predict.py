@@ -186,7 +186,7 @@ def segments_of(windows: list[dict]) -> list[dict]:
     """Consecutive windows with the same top-1 class merged: ``[{"start_s", "end_s", "id", "name",
     "mean_prob", "windows"}]`` (overlapping windows: a segment ends where the next segment's first window starts)."""
     segments: list[dict] = []
-    for k, w in enumerate(windows):
+    for w in windows:
         top = w["top_k"][0]
         if segments and segments[-1]["id"] == top["id"]:
             seg = segments[-1]
@@ -246,20 +246,22 @@ def predict_timeline(model, cfg, path: str | os.PathLike, device: torch.device, 
     # Windows not scored yet. Every window samples the same offsets from its start, so ordering by start orders
     # both their first and their last sampled frames.
     pending = collections.deque(range(len(ranges)))
-    batch: list[int] = []
+    batch: list[int] = []  # windows whose views wait in `views` for one forward pass
     views: list[np.ndarray] = []
-    num_views: list[int] = []
+    num_views = 0
 
     def score_batch():
         if batch:
             video = torch.from_numpy(np.stack(views))  # [B, V, 3, T, S, S]
             probs[batch] = score_views(model, video, device, average=cfg.eval.average).numpy()
-            batch.clear(), views.clear()
+            batch.clear()
+            views.clear()
 
     def take_window(k: int, kept: dict[int, np.ndarray]):
+        nonlocal num_views
         last = max(kept)  # a video that ends early repeats its last decoded frame, as read_frames does
         views.append(transform.views(np.stack([kept[min(int(i), last)] for i in indices[k]]), clips))
-        num_views[:] = [views[-1].shape[0]]
+        num_views = views[-1].shape[0]
         batch.append(k)
         if len(batch) == cfg.eval.batch_size:
             score_batch()
@@ -290,7 +292,7 @@ def predict_timeline(model, cfg, path: str | os.PathLike, device: torch.device, 
     g = ma52.FINE_TO_COARSE[top1]
     return {
         "video": str(path), "box": list(box), "detector": used, "frames_with_person": found,
-        "num_frames": int(info.num_frames), "num_views": num_views[0],
+        "num_frames": int(info.num_frames), "num_views": num_views,
         "fps": fps, "window_s": float(window_s), "stride_s": float(stride_s),
         "top_k": _ranked(mean, ma52.FINE_NAMES, top_k),
         "body_part": {"map_top1": {"id": g, "name": ma52.COARSE_NAMES[g]},
