@@ -149,3 +149,36 @@ def test_bad_parameters_are_clear_errors(tmp_path):
         synth.synthesize(tmp_path, val_fraction=0.6, test_fraction=0.5)
     with pytest.raises(synth.SynthError, match="clips-per-class"):
         synth.synthesize(tmp_path, clips_per_class=0)
+
+
+SCRIPT_AFTER_OPENCV_THREADS = """
+import sys
+import numpy as np
+from microact.data.crop.detectors import create_detector
+from microact.data.check import check_dataset
+from microact.data.synth import synthesize
+
+if __name__ == "__main__":
+    detector = create_detector("haar", None)  # runs OpenCV's thread pool in this process
+    for _ in range(3):
+        detector.detect(np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8))
+    synthesize(sys.argv[1], num_classes=2, clips_per_class=5, frames=8, width=64, height=48, workers=2,
+               progress=False)
+    report = check_dataset(sys.argv[1], workers=2, progress=False)
+    print("done, problems:", len(report["problems"]))
+"""
+
+
+def test_worker_pools_survive_opencv_threads_in_the_parent(tmp_path):
+    """Forked workers hang on their first OpenCV call once the parent ran OpenCV's thread pool (a detector); the
+    synthesis and data-check pools start their workers from a clean server process instead."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "after_detector.py"
+    script.write_text(SCRIPT_AFTER_OPENCV_THREADS)
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "data")], capture_output=True, text=True,
+                          timeout=90)  # a few seconds when it works; a hang is the failure
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "done, problems: 0" in done.stdout
+    assert len(list((tmp_path / "data").glob("*.mp4"))) == 10

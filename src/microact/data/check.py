@@ -6,6 +6,7 @@ video in parallel: frame count (demuxed packets), resolution, fps, duration, and
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import statistics
 from collections import Counter
@@ -87,7 +88,9 @@ def check_dataset(root: str | os.PathLike, lists: Optional[list[str]] = None, vi
                 results.append(_probe_one((job, decoder)))
                 bar.update()
         else:
-            with ProcessPoolExecutor(n_workers) as pool:
+            # not fork: a child forked after OpenCV's thread pool ran in this process (a detector, a resize)
+            # hangs on its first cv2 call (see build_loader)
+            with ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("forkserver")) as pool:
                 results = []
                 for res in pool.map(_probe_one, [(j, decoder) for j in jobs], chunksize=8):
                     results.append(res)

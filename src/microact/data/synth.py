@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -709,7 +710,9 @@ def _run_jobs(jobs: list[ClipJob], workers: int, progress: bool) -> dict[str, li
             boxes[name] = box
             bar.update()
     else:
-        with ProcessPoolExecutor(workers) as pool:
+        # not fork: a child forked after OpenCV's thread pool ran in this process (a detector, a resize)
+        # hangs on its first cv2 call (see build_loader)
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver")) as pool:
             for name, box in pool.map(_write_clip, jobs, chunksize=4):
                 boxes[name] = box
                 bar.update()
