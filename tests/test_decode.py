@@ -129,9 +129,14 @@ def test_iter_frames_streams_the_frames_read_frames_gives(make_video, tmp_path):
     everything = list(iter_frames(path))
     assert [i for i, _ in everything] == list(range(12))
     np.testing.assert_array_equal(np.stack([f for _, f in everything]), ref)
-    some = list(iter_frames(path, [7, 3, 3, 40]))  # any order and repeats in; index order out; past the end: none
+    some = list(iter_frames(path, [7, 3, 3]))  # any order and repeats in; index order out
     assert [i for i, _ in some] == [3, 7]
     np.testing.assert_array_equal(np.stack([f for _, f in some]), read_frames(path, [3, 7]))
+    # an index past the end: the last frame comes too, under its own index (read_frames repeats it)
+    past = list(iter_frames(path, [3, 40]))
+    assert [i for i, _ in past] == [3, 11]
+    np.testing.assert_array_equal(past[1][1], ref[11])
+    assert [i for i, _ in iter_frames(path, [11, 40])] == [11]  # already yielded: not twice
     # a damaged tail ends the stream after the decodable frames, like read_frames' clamping
     full = tmp_path / "full.mp4"
     _write_faststart(full, 30)

@@ -131,11 +131,7 @@ def _untrimmed_video(root: Path, path: Path, max_clips: int = 6) -> tuple[Path, 
         frames.extend(clip)
         truth.append((start / fps, (start + len(clip)) / fps, record.label))
         start += len(clip)
-    sizes = {f.shape for f in frames}
-    if len(sizes) > 1:  # synthetic clips share one size; anything else is cut to the smallest
-        h, w = min(s[0] for s in sizes), min(s[1] for s in sizes)
-        frames = [f[:h, :w] for f in frames]
-    write_video(path, np.stack(frames), fps=fps)
+    write_video(path, np.stack(frames), fps=fps)  # synthetic clips share one size
     return path, truth, truth[0][1] - truth[0][0]
 
 

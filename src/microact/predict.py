@@ -135,7 +135,6 @@ def predict_video(model, cfg, path: str | os.PathLike, device: torch.device, *, 
     from microact.data.sampling import uniform_sample
     from microact.data.transforms import TestTransform
     from microact.engine.evaluate import score_views
-    from microact.metrics import coarse_scores
 
     path = Path(path)
     if not path.is_file():
@@ -149,9 +148,6 @@ def predict_video(model, cfg, path: str | os.PathLike, device: torch.device, *, 
     views = TestTransform(cfg.eval, cfg.data.img_size, cfg.aug.resize_backend).views(frames, clips)  # [V,3,T,S,S]
     video = torch.from_numpy(views)[None]  # [V, 3, T, S, S] -> [1, V, 3, T, S, S]
     probs = score_views(model, video, device, average=cfg.eval.average)[0].numpy().astype(np.float64)
-    body = coarse_scores(probs[None])[0]
-    top1 = int(np.argmax(probs))
-    g = ma52.FINE_TO_COARSE[top1]
     return {
         "video": str(path),
         "box": list(box),
@@ -159,11 +155,19 @@ def predict_video(model, cfg, path: str | os.PathLike, device: torch.device, *, 
         "frames_with_person": found,
         "num_frames": int(num_frames),
         "num_views": int(views.shape[0]),
-        "top_k": _ranked(probs, ma52.FINE_NAMES, top_k),
-        "body_part": {"map_top1": {"id": g, "name": ma52.COARSE_NAMES[g]},
-                      "sum_probs": _ranked(body, ma52.COARSE_NAMES, ma52.NUM_COARSE)},
-        "probs": [float(p) for p in probs],
+        **_scores(probs, top_k),
     }
+
+
+def _scores(probs: np.ndarray, top_k: int) -> dict:
+    """A video's ``top_k``, ``body_part`` (g(top-1) and the summed probabilities per part) and ``probs``."""
+    from microact.metrics import coarse_scores
+
+    g = ma52.FINE_TO_COARSE[int(np.argmax(probs))]
+    return {"top_k": _ranked(probs, ma52.FINE_NAMES, top_k),
+            "body_part": {"map_top1": {"id": g, "name": ma52.COARSE_NAMES[g]},
+                          "sum_probs": _ranked(coarse_scores(probs[None])[0], ma52.COARSE_NAMES, ma52.NUM_COARSE)},
+            "probs": [float(p) for p in probs]}
 
 
 def window_ranges(num_frames: int, window: int, stride: int) -> list[tuple[int, int]]:
@@ -227,7 +231,6 @@ def predict_timeline(model, cfg, path: str | os.PathLike, device: torch.device, 
     from microact.data.sampling import uniform_sample
     from microact.data.transforms import TestTransform
     from microact.engine.evaluate import score_views
-    from microact.metrics import coarse_scores
 
     path = Path(path)
     if not path.is_file():
@@ -287,17 +290,11 @@ def predict_timeline(model, cfg, path: str | os.PathLike, device: torch.device, 
         windows.append({"start_s": round(start / fps, 3), "end_s": round(end / fps, 3), "start_frame": start,
                         "end_frame": end, "top_k": _ranked(p, ma52.FINE_NAMES, top_k),
                         "body_part": {"id": g, "name": ma52.COARSE_NAMES[g]}, "probs": [float(v) for v in p]})
-    mean = probs.mean(axis=0)
-    top1 = int(np.argmax(mean))
-    g = ma52.FINE_TO_COARSE[top1]
     return {
         "video": str(path), "box": list(box), "detector": used, "frames_with_person": found,
         "num_frames": int(info.num_frames), "num_views": num_views,
         "fps": fps, "window_s": float(window_s), "stride_s": float(stride_s),
-        "top_k": _ranked(mean, ma52.FINE_NAMES, top_k),
-        "body_part": {"map_top1": {"id": g, "name": ma52.COARSE_NAMES[g]},
-                      "sum_probs": _ranked(coarse_scores(mean[None])[0], ma52.COARSE_NAMES, ma52.NUM_COARSE)},
-        "probs": [float(v) for v in mean],
+        **_scores(probs.mean(axis=0), top_k),
         "windows": windows,
         "segments": segments_of(windows),
     }

@@ -28,6 +28,7 @@ from typing import Any, Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from microact.engine.evaluate import PRECISION_DTYPES, autocast
 from microact.errors import MicroactError
 from microact.ma52 import SEED_BEST_RECIPE_CLIP_PASSES
 
@@ -47,7 +48,6 @@ _DEFAULT_BATCH = {
     "cuda": {"videomae_base": 24, "videomae_large": 10, "videomae_huge": 6, "videomae_small": 32},
     "cpu": {"videomae_base": 1, "videomae_large": 1, "videomae_huge": 1, "videomae_small": 2},
 }
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def peak_flops(device: torch.device, precision: str) -> Optional[float]:
@@ -145,11 +145,9 @@ def _make_step(model, loss_fn: Callable, inputs, labels, precision: str, device:
     fused = device.type == "cuda"
     optimizer = torch.optim.AdamW(param_groups, lr=3e-4, betas=(0.9, 0.999), weight_decay=0.01, fused=fused)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    dtype = _DTYPES[precision]
-    autocast = (torch.autocast(device_type=device.type, dtype=dtype) if precision != "fp32" else nullcontext())
 
     def step() -> torch.Tensor:
-        with autocast:
+        with autocast(device, precision):
             loss = loss_fn(model, inputs, labels)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -204,9 +202,9 @@ def bench_train(preset: str = "videomae_b_k710_frame_coarse_tsn", batch: Optiona
     """
     from microact.losses import build_loss
     from microact.models import create_model
-    from microact.models.videomae import forward_macs, sdpa_kernel_in_use
+    from microact.models.videomae import attention_kernel_of, forward_macs
 
-    if precision not in _DTYPES:
+    if precision not in PRECISION_DTYPES:
         raise MicroactError(f"--precision: {precision!r} is not valid; choose bf16, fp16 or fp32")
     if steps < 1:
         raise MicroactError(f"--steps: must be >= 1, got {steps}")
@@ -243,11 +241,9 @@ def bench_train(preset: str = "videomae_b_k710_frame_coarse_tsn", batch: Optiona
                 "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_name(),
                 "torch": torch.__version__, "flops_per_clip_train": ours_flops, "loss": p.loss,
                 "sdpa_kernel": sdpa_kernel}
-    attn = ref.blocks[0].attn
-    kernel_query = dict(device=dev, dtype=_DTYPES[precision], num_heads=attn.num_heads, tokens=ref.num_tokens,
-                        head_dim=attn.head_dim)
-    settings["sdpa_kernel_in_use"] = sdpa_kernel_in_use(preference=sdpa_kernel, **kernel_query)
-    settings["sdpa_kernel_default"] = sdpa_kernel_in_use(preference="auto", **kernel_query)  # the peer's
+    settings["sdpa_kernel_in_use"] = attention_kernel_of(model, dev, PRECISION_DTYPES[precision])
+    settings["sdpa_kernel_default"] = attention_kernel_of(model, dev, PRECISION_DTYPES[precision],
+                                                          preference="auto")  # the peer's
     if dev.type == "cpu":
         from microact.engine.train import cpu_has_native_bf16
 

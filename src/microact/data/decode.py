@@ -352,72 +352,56 @@ def iter_frames(path: str | os.PathLike, indices: Optional[Iterable[int]] = None
     """Decode a video once, front to back, yielding ``(index, RGB uint8 [H, W, 3])`` in index order.
 
     For videos too long to hold: only the frames at ``indices`` (all frames when ``None``) are converted to RGB
-    and yielded, one at a time; indices past the end are not yielded. Frame ``i`` is the same frame
-    :func:`read_frames` returns for index ``i``. A damaged tail ends the iteration after the last decodable
-    frame; a file that cannot be opened or decoded at all raises.
+    and yielded, one at a time. Frame ``i`` is the same frame :func:`read_frames` returns for index ``i``. When the
+    video ends before the largest index (a damaged tail, or a header that over-reports), its last decodable frame
+    is yielded too, under its own index, so a caller can stand it in for the missing ones as :func:`read_frames`
+    does.
 
     Raises:
         VideoDecodeError: missing, empty, unreadable files, or no decodable frame.
     """
-    import av
-
     path = Path(path)
     _file_key(path)
-    wanted = None if indices is None else set(int(i) for i in indices)
+    yield from _decode_in_order(path, None if indices is None else set(int(i) for i in indices), threads)
+
+
+def _decode_in_order(path: Path, wanted: Optional[set[int]], threads: int = 0,
+                     check=lambda: None) -> Iterator[tuple[int, np.ndarray]]:
+    """:func:`iter_frames`' work; ``check`` is called after every decoded frame (a timeout's deadline)."""
+    import av
+
     last_wanted = None if wanted is None else max(wanted, default=-1)
     to_rgb = rgb_converter()
     container, stream = _open_for_decoding(path, threads)
-    count = 0
+    count, last_frame, last_yielded = 0, None, -1
     try:
         try:
             for frame in container.decode(stream):
                 if wanted is None or count in wanted:
                     yield count, to_rgb(frame)
+                    last_yielded = count
+                last_frame = frame
                 count += 1
+                check()
                 if last_wanted is not None and count > last_wanted:
                     break
-        except av.FFmpegError as e:
+        except av.FFmpegError as e:  # a damaged tail: the frames decoded so far are the decodable ones
             if count == 0:
                 raise VideoDecodeError(path, f"cannot decode ({_ffmpeg_reason(e)})") from None
-            return  # a damaged tail: the frames so far are the decodable ones
+        if count == 0 and last_wanted != -1:
+            raise VideoDecodeError(path, "no decodable video frames")
+        if last_wanted is not None and last_wanted >= count and last_yielded != count - 1:
+            yield count - 1, to_rgb(last_frame)  # the video ended early: its last frame stands in
     finally:
         container.close()
-    if count == 0 and (last_wanted is None or last_wanted >= 0):
-        raise VideoDecodeError(path, "no decodable video frames")
 
 
 def _read_pyav_sequential(path: Path, indices: np.ndarray, check, threads: int = 0) -> np.ndarray:
-    """Decode every frame up to the last wanted one; index = position in the decoder's output."""
-    import av
-
-    wanted = set(int(i) for i in indices)
-    last_wanted = max(wanted)
-    kept: dict[int, np.ndarray] = {}
-    last_frame = None  # the newest decoded frame, kept in case the wanted indices run past the end
-    count = 0
-    to_rgb = rgb_converter()
-    container, stream = _open_for_decoding(path, threads)
-    try:
-        for frame in container.decode(stream):
-            if count in wanted:
-                kept[count] = to_rgb(frame)
-            last_frame = frame
-            count += 1
-            check()
-            if count > last_wanted:
-                break
-    except av.FFmpegError as e:
-        # Damaged tail: the frames decoded so far are the decodable ones (clamping handles the rest).
-        if count == 0:
-            raise VideoDecodeError(path, f"cannot decode ({_ffmpeg_reason(e)})") from None
-    finally:
-        container.close()
-    if count == 0:
-        raise VideoDecodeError(path, "no decodable video frames")
-    if last_wanted >= count and (count - 1) not in kept:  # the file ended early: clamp to its last frame
-        kept[count - 1] = to_rgb(last_frame)
-    clamped = np.minimum(indices, count - 1)
-    return np.stack([kept[int(i)] for i in clamped])
+    """Decode every frame up to the last wanted one; index = position in the decoder's output. Indices past the
+    end get the last decodable frame."""
+    kept = dict(_decode_in_order(path, set(int(i) for i in indices), threads, check))
+    last = max(kept)
+    return np.stack([kept[min(int(i), last)] for i in indices])
 
 
 def _read_pyav_skipping(path: Path, indices: np.ndarray, check, threads: int = 0) -> Optional[np.ndarray]:

@@ -32,13 +32,16 @@ from microact.results import Results
 Precision = Literal["fp32", "bf16", "fp16"]
 
 
-def _autocast(device: torch.device, precision: Precision):
+PRECISION_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def autocast(device: torch.device, precision: Precision):
+    """The autocast context of a precision name (fp32: none), shared by training, testing and the benchmarks."""
+    if precision not in PRECISION_DTYPES:
+        raise MicroactError(f"precision {precision!r} is not one of fp32, bf16, fp16")
     if precision == "fp32":
         return contextlib.nullcontext()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    if dtype is None:
-        raise MicroactError(f"precision {precision!r} is not one of fp32, bf16, fp16")
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=PRECISION_DTYPES[precision])
 
 
 def _lead_logits(model, x: torch.Tensor) -> torch.Tensor:
@@ -75,7 +78,7 @@ def score_views(model, video: torch.Tensor, device: torch.device, *, average: st
     for start in range(0, flat.shape[0], step):
         # normalise per chunk on the device, so only one chunk exists as floats at a time
         x = normalize_batch(flat[start:start + step].to(device, non_blocking=True))
-        with _autocast(device, precision):
+        with autocast(device, precision):
             logits.append(_lead_logits(model, x).float())
     logits = torch.cat(logits).view(b, v, -1)  # [B*V, K] -> [B, V, K]
     if average == "prob":

@@ -54,6 +54,7 @@ from microact.data.dataset import usable_cores
 from microact.engine import distributed as D
 from microact.engine import fsdp as sharding
 from microact.engine.builders import build_criterion, build_eval_loader, build_model, build_train_loader
+from microact.engine.evaluate import PRECISION_DTYPES, autocast
 from microact.engine.memory import checkpointing_decision
 from microact.engine.optim import EMA, build_optimizer, describe_groups, lr_factor, param_groups, set_lr
 from microact.engine.state import (check_run_dir, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint,
@@ -114,15 +115,6 @@ def resolve_precision(precision: str, device: torch.device,
     if precision == "fp16":
         return "bf16", "train.precision=fp16 runs as bf16 autocast on CPU (fp16 autocast on CPU is slow and lossy)"
     return precision, None
-
-
-_PRECISION_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
-
-def autocast(device: torch.device, precision: str):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=_PRECISION_DTYPES[precision])
 
 
 def accumulation_steps(cfg: Config, world_size: int) -> int:
@@ -346,7 +338,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo) -> int:
     writer, csv_log = None, None
     if main:
         (run_dir / "config.yaml").write_text(cfg.to_yaml())
-        kernel = attention_kernel_of(raw_model, device, _PRECISION_DTYPES[precision])
+        kernel = attention_kernel_of(raw_model, device, PRECISION_DTYPES[precision])
         (run_dir / "env.json").write_text(json.dumps({**environment(info, precision), "sdpa_kernel": kernel}, indent=2))
         csv_log = _CsvLog(run_dir / "log.csv", global_step if resumed_rng is not None else None)
         if t.tensorboard:

@@ -181,8 +181,9 @@ class PatchEmbed(nn.Module):
 
 
 # Which fused CUDA kernel F.scaled_dot_product_attention tries first. PyTorch's own order depends on its version and
-# the GPU (flash first up to about 2.12; cuDNN first on Hopper/Blackwell with recent cuDNN since), and which one is
-# faster for ViT shapes (head_dim 64, ~1.5k tokens) depends on both, so it is measurable and selectable.
+# the GPU (flash first in older releases; in recent ones cuDNN first on Hopper/Blackwell when cuDNN is new enough),
+# and which one is faster for ViT shapes (head_dim 64, ~1.5k tokens) depends on both, so it is measurable and
+# selectable.
 SDPA_KERNELS: dict[str, Optional[SDPBackend]] = {
     "auto": None,  # PyTorch's choice
     "cudnn": SDPBackend.CUDNN_ATTENTION,
@@ -227,14 +228,17 @@ def set_sdpa_kernel(model: nn.Module, name: str) -> int:
     return len(layers)
 
 
-def attention_kernel_of(model: nn.Module, device: Union[str, torch.device], dtype: torch.dtype) -> Optional[str]:
-    """The kernel ``model``'s first VideoMAE attention layer gets for one training sample (None: manual attention
-    or no VideoMAE inside); see :func:`sdpa_kernel_in_use`."""
+def attention_kernel_of(model: nn.Module, device: Union[str, torch.device], dtype: torch.dtype,
+                        preference: Optional[str] = None) -> Optional[str]:
+    """The kernel ``model``'s first VideoMAE attention layer gets for one training sample under its own
+    ``sdpa_kernel`` (or ``preference`` when given); None for manual attention or no VideoMAE inside. See
+    :func:`sdpa_kernel_in_use`."""
     backbone = next((m for m in model.modules() if isinstance(m, VideoMAE)), None)
     if backbone is None or backbone.blocks[0].attn.attn_impl != "sdpa":
         return None
     attn = backbone.blocks[0].attn
-    return sdpa_kernel_in_use(device, dtype, attn.num_heads, backbone.num_tokens, attn.head_dim, attn.sdpa_kernel)
+    return sdpa_kernel_in_use(device, dtype, attn.num_heads, backbone.num_tokens, attn.head_dim,
+                              attn.sdpa_kernel if preference is None else preference)
 
 
 def sdpa_kernel_in_use(device: Union[str, torch.device], dtype: torch.dtype = torch.bfloat16, num_heads: int = 12,
