@@ -109,3 +109,20 @@ def test_label_names_errors(tmp_path):
         load_label_names(bad)
     msg = str(info.value)
     assert f"{bad}:2: id 0 appears twice" in msg and f"{bad}:3: id 'x'" in msg and "ids missing: [1, 2]" in msg
+
+
+def test_utf8_byte_order_mark_is_not_part_of_the_first_line(tmp_path):
+    """Windows editors (the tools that write CRLF lists) may save UTF-8 with a byte order mark: the first record
+    and the first class id must read as on every other line, not as a missing '\\ufeffa.mp4' or an id '\\ufeff0'."""
+    (tmp_path / "a.mp4").touch()
+    (tmp_path / "b.mp4").touch()
+    text = "a.mp4 3\r\nb.mp4 4\r\n"
+    plain, marked = tmp_path / "plain.txt", tmp_path / "marked.txt"
+    plain.write_bytes(text.encode("utf-8"))
+    marked.write_bytes(text.encode("utf-8-sig"))
+    expected = [(r.path, r.label) for r in load_list(plain, video_dir=tmp_path, num_classes=52)]
+    assert [(r.path, r.label) for r in load_list(marked, video_dir=tmp_path, num_classes=52)] == expected
+    names = "0\ta thing\r\n1\tb thing\r\n"
+    (tmp_path / "n.txt").write_bytes(names.encode("utf-8"))
+    (tmp_path / "n_bom.txt").write_bytes(names.encode("utf-8-sig"))
+    assert load_label_names(tmp_path / "n_bom.txt") == load_label_names(tmp_path / "n.txt")

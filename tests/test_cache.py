@@ -148,3 +148,25 @@ def test_cache_settings_are_validated():
     with pytest.raises(ConfigError, match="data.cache_format=jpeg needs data.cache_dir"):
         DataConfig(cache_format="jpeg").validate()
     DataConfig(cache_dir="c", cache_format="jpeg").validate()
+
+
+@pytest.mark.parametrize("fmt", ["npy", "jpeg"])
+@pytest.mark.parametrize("indices", [None, [3, 20]], ids=["test-clip", "training"])
+def test_an_empty_entry_is_decoded_again(video_frames, tmp_path, fmt, indices):
+    """A crash or a full disk can leave a zero-byte entry behind; numpy answers it with EOFError, not ValueError.
+    It is damage like any other: decoded and written again, not an error that drops the video every epoch."""
+    path, frames = video_frames
+    cache = FrameCache(tmp_path / "cache", fmt)
+    calls = []
+
+    def decode():
+        calls.append(1)
+        return frames
+
+    cache.frames(path, "pyav|all", decode, indices=indices)
+    (entry,) = list((tmp_path / "cache").iterdir())
+    entry.write_bytes(b"")
+    out = cache.frames(path, "pyav|all", decode, indices=indices)
+    expected = frames if indices is None else frames[np.minimum(indices, len(frames) - 1)]
+    np.testing.assert_array_equal(out, expected)  # the freshly decoded frames
+    assert len(calls) == 2 and entry.stat().st_size > 0

@@ -19,11 +19,18 @@ def test_every_subcommand_has_help_with_defaults(words, capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "usage: microact " + " ".join(words) in out
-    # options that take a value show their default
-    parser_help_has_default = "(default:" in out
-    takes_options = any(action.option_strings and action.nargs != 0
-                        for action in _subparser(words)._actions if action.dest != "help")
-    assert parser_help_has_default or not takes_options
+    # options that take a value show their default, unless it is empty or the help states it already;
+    # no help states a default twice
+    parser = _subparser(words)
+    formatter = parser._get_formatter()
+    for action in parser._actions:
+        if action.dest == "help" or not action.option_strings:
+            continue
+        shown = formatter._get_help_string(action)
+        if action.nargs != 0 and action.default not in (None, False):
+            assert "default" in shown.lower(), action.option_strings
+        assert shown.count("(default:") <= 1, action.option_strings
+    assert "(default: None)" not in out and "(default: False)" not in out
 
 
 def _subparser(words):

@@ -47,6 +47,12 @@ def test_overrides_are_typed(tmp_path):
     ("model.sdpa_kernel=fast", ["model.sdpa_kernel", "cudnn", "efficient"]),
     ("train.compile=maybe", ["train.compile", "true or false"]),
     ("aug.rrc_area=[1]", ["aug.rrc_area", "2 values"]),
+    ("sched.cosine_t_max=0", ["sched.cosine_t_max", "> 0"]),
+    ("sched.cosine_t_max=-43", ["sched.cosine_t_max", "> 0"]),
+    ("optim.betas=[0.9, 1.5]", ["optim.betas", "[0, 1)"]),
+    ("sched.eta_min=2", ["sched.eta_min", "[0, 1]"]),
+    ("train.max_steps=0", ["train.max_steps", "> 0"]),
+    ("predict.top_k=0", ["predict.top_k", "> 0"]),
     ("noequals", ["key=value"]),
 ])
 def test_bad_values_are_rejected_with_the_key(override, words):

@@ -69,6 +69,27 @@ def test_even_integer_box_and_full_pipeline():
     assert w % 2 == 0 and h % 2 == 0 and w / h >= 0.6
 
 
+def test_final_box_keeps_the_aspect_after_truncation_and_rounding():
+    """w/h >= 0.6 must survive the padding's int() and the rounding to even integers wherever the frame is wide
+    enough, at the cost of a pixel pair or two of width; the box stays even and inside the frame."""
+    rng = np.random.default_rng(0)
+    width, height = 1920, 1080
+    for _ in range(3000):
+        x1, y1 = rng.uniform(0, 1800), rng.uniform(0, 900)
+        raw = [x1, y1, min(x1 + rng.uniform(20, 400), width), y1 + rng.uniform(20, height - y1)]
+        box = B.crop_box(raw, width, height)
+        w, h = box[2] - box[0], box[3] - box[1]
+        assert w % 2 == 0 and h % 2 == 0 and 0 <= box[0] < box[2] <= width and 0 <= box[1] < box[3] <= height
+        assert w / h >= 0.6 - 1e-12, (raw, box)
+        # The padded box before rounding, computed here from the rule (margins at 1080p, pad int((0.6h - w)/2)).
+        m = [max(raw[0] - 60, 0), max(raw[1] - 100, 0), min(raw[2] + 80, width), min(raw[3] + 60, height)]
+        pw, ph = m[2] - m[0], m[3] - m[1]
+        pad = int((0.6 * ph - pw) / 2) if pw / ph < 0.6 else 0
+        assert h <= ph + 3 and pw + 2 * pad - 1 <= w <= pw + 2 * pad + 6  # -1: evenness at the border
+    # A frame narrower than 0.6 h: the box spans its even width.
+    assert B.crop_box([40, 10, 60, 190], 101, 200) == [0, 0, 100, 200]
+
+
 def test_short_side_and_iou():
     assert B.short_side_size(640, 1080, 320) == (320, 540)
     assert B.short_side_size(200, 300, 320) == (200, 300)

@@ -312,3 +312,32 @@ def test_variable_frame_rate_frames_are_indexed_by_display_order(tmp_path):
     assert skipped is not None
     np.testing.assert_array_equal(skipped, ref[idx])
     np.testing.assert_array_equal(read_frames(path, idx), ref[idx])
+
+
+def test_frames_an_edit_list_cuts_off_are_not_counted(tmp_path):
+    """A clip cut by stream copy starts at a keyframe before the cut: the mp4 edit list hides the frames before it
+    (the demuxer flags their packets as discarded and the decoder does not output them). They are not frames of the
+    video: counting them would spread the sampled indices over frames that do not exist, and clamping would repeat
+    the last frame at the end of every clip."""
+    from microact.data.sampling import uniform_sample
+
+    full = tmp_path / "full.mp4"
+    _encode(full, moving_square_frames(40, 64, 48), options={"x264-params": "keyint=100"})
+    cut = tmp_path / "cut.mp4"
+    hidden = 6  # the first 6 frames lie before the cut: negative timestamps, hidden by the edit list
+    with av.open(str(full)) as src, av.open(str(cut), "w") as dst:
+        s_in = src.streams.video[0]
+        s_out = dst.add_stream_from_template(s_in)
+        step = int(1 / (s_in.time_base * s_in.average_rate))
+        for p in src.demux(s_in):
+            if p.size:
+                p.pts, p.dts = p.pts - hidden * step, p.dts - hidden * step
+                p.stream = s_out
+                dst.mux(p)
+    with av.open(str(cut)) as c:
+        packets = sum(1 for p in c.demux(video=0) if p.size)
+    ref = all_frames(cut)
+    assert (packets, len(ref)) == (40, 40 - hidden)  # the file really hides frames from the decoder's output
+    assert count_frames(cut) == len(ref) == probe_video(cut).num_frames
+    idx = uniform_sample(len(ref), 16, 3, test_mode=True)
+    np.testing.assert_array_equal(read_frames(cut, idx), ref[idx])

@@ -219,7 +219,14 @@ def _global_worker(rank, world, init_file, z_full, y_full, out_dict):
         z = z_full[rank * n:(rank + 1) * n].clone().requires_grad_(True)
         loss = CombinedF1Loss(z_full.shape[1], sync="global")(z, y_full[rank * n:(rank + 1) * n])
         loss.backward()
-        out_dict[rank] = (loss.item(), z.grad.clone())
+        # The same loss through a DDP-wrapped layer: DDP averages the parameter gradients over the processes.
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        torch.manual_seed(0)
+        lin = torch.nn.Linear(z_full.shape[1], z_full.shape[1]).double()
+        ddp = DDP(lin)  # kept alive until backward: its hooks do the all-reduce
+        CombinedF1Loss(z_full.shape[1], sync="global")(ddp(z_full[rank * n:(rank + 1) * n]),
+                                                       y_full[rank * n:(rank + 1) * n]).backward()
+        out_dict[rank] = (loss.item(), z.grad.clone(), lin.weight.grad.clone())
     finally:
         dist.destroy_process_group()
 
@@ -238,11 +245,17 @@ def test_global_f1_sync_equals_full_batch(tmp_path):
     full = CombinedF1Loss(k)(z_full, y)
     full.backward()
     assert full.item() == pytest.approx(ref_f1_loss(z.numpy(), y.tolist(), k), abs=1e-6)
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(k, k).double()
+    CombinedF1Loss(k)(lin(z), y).backward()  # one process, the whole batch
     for rank in range(world):
-        value, grad = out[rank]
+        value, grad, ddp_grad = out[rank]
         assert value == pytest.approx(full.item(), abs=1e-9)
-        # Each rank's gradient is the full-batch gradient restricted to its own rows.
-        torch.testing.assert_close(grad, z_full.grad[rank * 4:(rank + 1) * 4], atol=1e-9, rtol=0)
+        # Each rank's gradient is the full-batch gradient restricted to its own rows, times the number of processes
+        # (DDP divides the summed gradients by it) ...
+        torch.testing.assert_close(grad, world * z_full.grad[rank * 4:(rank + 1) * 4], atol=1e-9, rtol=0)
+        # ... so that DDP's averaged parameter gradient is exactly the single-process full-batch gradient.
+        torch.testing.assert_close(ddp_grad, lin.weight.grad, atol=1e-9, rtol=1e-7)
     # And the local statistics differ from the global ones (the test would notice a missing all-reduce).
     local0 = CombinedF1Loss(k)(z[:4], y[:4]).item()
     assert local0 != pytest.approx(full.item(), abs=1e-3)

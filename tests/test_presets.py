@@ -237,6 +237,21 @@ def test_load_head_state():
         create_model("videomae_test_frame_coarse_tsn", **TINY).load_head_state({"weight": w, "bias": b})
 
 
+def test_rgb_diff_refuses_integer_clips_like_the_rgb_path():
+    """uint8 frame differences wrap around (3 - 5 = 254); the float scale then turned them into a float tensor that
+    passed the backbone's dtype check. Both input modes must refuse un-normalised integer clips."""
+    from microact.models.recognizer import rgb_difference
+
+    x = torch.randint(0, 256, (1, 3, 4, 32, 32), dtype=torch.uint8)
+    for mode in ("rgb", "rgb_diff"):
+        model = create_model("videomae_test_frame_coarse_tsn", input_mode=mode, **TINY).eval()
+        with pytest.raises(MicroactError, match="float"):
+            model(x)
+    xf = x.float()
+    ref = torch.cat([xf[:, :, 1:] - xf[:, :, :-1], xf[:, :, -1:] - xf[:, :, -2:-1]], dim=2) * 4.0
+    torch.testing.assert_close(rgb_difference(xf), ref)
+
+
 def test_two_stream_concatenates_rgb_and_flow_maps():
     torch.manual_seed(5)
     model = create_model("videomae_b_k710_twostream_i3d", backbone="videomae_test", **TINY).eval()
@@ -275,6 +290,39 @@ def test_pretrained_backbone_is_loaded(tmp_path):
             assert torch.equal(mine, p), name
     loaded_norm = create_model("videomae_test_frame_coarse_tsn", pretrained=str(path), load_final_norm=True, **TINY)
     assert torch.equal(loaded_norm.backbone.norm.weight, source.norm.weight)
+
+
+def test_config_default_final_norm_follows_the_seed_per_head(tmp_path):
+    """backbone.load_final_norm=false (the default) is the seed: TSN/I3D rows keep a fresh final ``norm`` (lost to
+    the rename), while the TimeSformer rows' stock backbone loads the checkpoint's final LN into ``fc_norm``
+    (SEED.md §2.2, VIDEOMAE.md §3.6). The config path must agree with create_model(pretrained=...)."""
+    from safetensors.torch import save_file
+
+    from microact.models import create_backbone
+
+    torch.manual_seed(7)
+    source = create_backbone("videomae_tiny", output="pooled", **TINY)  # fine-tuned layout: fc_norm
+    with torch.no_grad():
+        for p in source.parameters():
+            p.normal_()
+    path = tmp_path / "ft.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    base = [f"model.pretrained={path}", "data.clip_len=4", "data.img_size=32"]
+
+    tsn = create_model_from_config(load_config(None, base + ["model.preset=videomae_tiny_frame_coarse_tsn"]))
+    assert torch.equal(tsn.backbone.norm.weight, torch.ones(128))  # token map: fresh final norm, as in the seed
+
+    ts = create_model_from_config(load_config(None, base + ["model.preset=videomae_tiny_timesformer"]))
+    assert ts.backbone.output == "pooled"
+    assert torch.equal(ts.backbone.fc_norm.weight, source.fc_norm.weight)
+    assert torch.equal(ts.backbone.fc_norm.bias, source.fc_norm.bias)
+    api = create_model("videomae_tiny_timesformer", pretrained=str(path), **TINY)
+    assert torch.equal(api.backbone.fc_norm.weight, ts.backbone.fc_norm.weight)
+
+    # backbone.load_final_norm=true (the ablation) loads it in map mode too
+    tsn_loaded = create_model_from_config(load_config(None, base + ["model.preset=videomae_tiny_frame_coarse_tsn",
+                                                                    "backbone.load_final_norm=true"]))
+    assert torch.equal(tsn_loaded.backbone.norm.weight, source.fc_norm.weight)
 
 
 # ---- bench train smoke test -----------------------------------------------------------------------

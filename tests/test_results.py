@@ -247,6 +247,33 @@ def test_ensemble_weighted_sum_and_mismatches():
         ensemble([a, b], [1, 2, 3])
 
 
+def test_ensemble_with_nameless_mmaction2_dumps(tmp_path):
+    """mmaction2 dumps carry no video names: they combine with named dumps, and the names can be supplied later."""
+    named, other = _random_results(n=8, seed=11, labels=False), _random_results(n=8, seed=12, labels=False)
+    _mmaction2_dump(tmp_path / "a.pkl", named.scores, np.zeros(8))
+    _mmaction2_dump(tmp_path / "b.pkl", other.scores, np.zeros(8))
+    mm_a, mm_b = load_results(tmp_path / "a.pkl"), load_results(tmp_path / "b.pkl")
+    expected = 0.3 * other.scores.astype(np.float64) + 0.6 * named.scores.astype(np.float64)
+    # a named microact result with a nameless one, in either order: the real names are kept
+    for parts, weights in (([mm_b, named], [0.3, 0.6]), ([named, mm_b], [0.6, 0.3])):
+        e = ensemble(parts, weights)
+        assert e.names == named.names and e.meta["names_from"] != "index"
+        np.testing.assert_allclose(e.scores, expected, rtol=1e-6)
+    # a nameless length mismatch is still refused
+    with pytest.raises(ResultsError, match="holds 7 videos"):
+        ensemble([named, Results([str(i) for i in range(7)], other.scores[:7], None, meta={"names_from": "index"})])
+    # two nameless dumps: the saved ensemble stays nameless, so the test list can name it afterwards
+    e = ensemble([mm_a, mm_b], [0.6, 0.3])
+    save_results(e, tmp_path / "ens.pkl")
+    lst = _write_list(tmp_path / "test_list_videos.txt", named.names, np.zeros(8))
+    for path in (tmp_path / "ens.pkl", tmp_path / "ens.npz"):
+        back = load_results(path, list_file=lst)
+        assert back.names == named.names
+        np.testing.assert_allclose(back.scores, expected, rtol=1e-6)
+    rows = _read_zip_csv(write_mac2024_submission(load_results(tmp_path / "ens.pkl", list_file=lst), tmp_path))
+    assert [row[0] for row in rows[1:]] == named.names
+
+
 def _noisy_models(n=200, seed=0):
     rng = np.random.default_rng(seed)
     y = rng.integers(0, 52, n)
@@ -341,3 +368,26 @@ def test_cli_ensemble_with_search(tmp_path, capsys):
     assert json.loads((out / "metrics.json").read_text())["f1_mean"] == pytest.approx(combined.metrics()["f1_mean"])
     assert (out / "submission_mac2024.zip").is_file() and (out / "ensemble.pkl").is_file()
     assert cli(["ensemble", *test_paths, "--weights", "1", "2", "--out", str(out)]) == 2
+
+
+def test_cli_ensemble_of_mmaction2_dumps_takes_names_from_the_list(tmp_path, capsys):
+    a, b = _random_results(n=6, seed=21, labels=False), _random_results(n=6, seed=22, labels=False)
+    _mmaction2_dump(tmp_path / "a.pkl", a.scores, np.zeros(6))
+    _mmaction2_dump(tmp_path / "b.pkl", b.scores, np.zeros(6))
+    lst = _write_list(tmp_path / "test_list_videos.txt", a.names, np.zeros(6))
+    dumps = [str(tmp_path / "a.pkl"), str(tmp_path / "b.pkl")]
+    out = tmp_path / "ens"
+    assert cli(["ensemble", *dumps, "--weights", "0.4", "0.6", "--list", str(lst), "--out", str(out)]) == 0
+    assert "no video names" not in capsys.readouterr().err
+    rows = _read_zip_csv(out / "submission_mac2024.zip")
+    assert [row[0] for row in rows[1:]] == a.names
+    expected = (0.4 * a.scores.astype(np.float64) + 0.6 * b.scores).argmax(1)
+    assert [int(row[2]) for row in rows[1:]] == expected.tolist()
+    # without the list the ids are row indexes, and the warning says how to name them
+    assert cli(["ensemble", *dumps, "--out", str(tmp_path / "ens2")]) == 0
+    assert "--list" in capsys.readouterr().err
+    # a list of another length is refused with both files named
+    short = _write_list(tmp_path / "short.txt", a.names[:5], np.zeros(5))
+    assert cli(["ensemble", *dumps, "--list", str(short), "--out", str(tmp_path / "ens3")]) == 2
+    err = capsys.readouterr().err
+    assert "short.txt" in err and "a.pkl" in err

@@ -291,3 +291,31 @@ def test_native_bf16_detection_agrees_with_the_cpu_flags():
 
     flags = next(set(line.split(":", 1)[1].split()) for line in open("/proc/cpuinfo") if line.startswith("flags"))
     assert cpu_has_native_bf16() == bool({"avx512_bf16", "amx_bf16", "amx_tile"} & flags)
+
+
+@pytest.mark.parametrize("rule", ["map_top1", "sum_probs"])
+def test_validation_body_parts_follow_the_coarse_rule(monkeypatch, rule):
+    """Validation during training scores body parts like `microact test` does (predict.coarse_rule)."""
+    import numpy as np
+    from sklearn.metrics import f1_score
+
+    import microact.engine.evaluate as evaluate_module
+    from microact import ma52
+    from microact.engine.train import validate
+    from microact.results import Results
+
+    rng = np.random.default_rng(0)
+    n = 60
+    scores = rng.dirichlet(np.full(52, 0.3), size=n)
+    labels = rng.integers(0, 52, n)
+    monkeypatch.setattr(evaluate_module, "evaluate",
+                        lambda *a, **k: Results([f"v{i}.mp4" for i in range(n)], scores, labels))
+    cfg = load_config(None, [f"predict.coarse_rule={rule}"])
+    got = validate(torch.nn.Linear(1, 1), None, torch.device("cpu"), "fp32", cfg)
+    g = np.asarray(ma52.FINE_TO_COARSE)
+    if rule == "sum_probs":  # the body part whose fine classes hold the most probability
+        body = np.array([max(range(7), key=lambda c: scores[i][g == c].sum()) for i in range(n)])
+    else:
+        body = g[scores.argmax(1)]
+    assert got["coarse_macro"] == pytest.approx(f1_score(g[labels], body, average="macro"))
+    assert got["coarse_micro"] == pytest.approx(f1_score(g[labels], body, average="micro"))

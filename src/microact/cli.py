@@ -36,7 +36,13 @@ _HANDLERS = {
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+    """Shows an option's default unless it says nothing (None, an off switch) or the help already states it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ""
+        if action.default in (None, False) or "default" in help_text.lower():
+            return help_text
+        return super()._get_help_string(action)
 
 
 def _sub(subparsers, name: str, help_text: str, description: str | None = None) -> argparse.ArgumentParser:
@@ -134,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", type=float, nargs="*", default=None, help="one weight per dump (default: equal)")
     p.add_argument("--search-on", nargs="*", default=None, help="validation dumps (same models, same order) to search weights on")
     p.add_argument("--grid", type=float, nargs="*", default=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0], help="weight values tried by the search")
+    p.add_argument("--list", default=None,
+                   help="test list file the dumps were computed on: gives the submission its video names when the "
+                        "dumps have none (mmaction2's), and checks the order of those that have")
     p.add_argument("--out", required=True, help="output folder: dump, metrics, submission")
 
     # submit ---------------------------------------------------------------------------------

@@ -115,7 +115,9 @@ class ModelConfig:
 
 @dataclass
 class BackboneConfig:
-    load_final_norm: bool = False  # seed: the pre-trained final LayerNorm is dropped by a rename (SEED.md §2.2)
+    # seed (false): the TSN/I3D rows drop the pre-trained final LayerNorm by a rename, the TimeSformer rows load it
+    # into fc_norm (SEED.md §2.2); true loads it for every head
+    load_final_norm: bool = False
 
 
 @dataclass
@@ -165,6 +167,8 @@ class OptimConfig:
             raise ConfigError(f"optim.layer_decay: must be in (0, 1], got {self.layer_decay}")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ConfigError(f"optim.grad_clip: must be > 0 or null, got {self.grad_clip}")
+        if not all(0 <= b < 1 for b in self.betas):  # AdamW's own check would fire only after the model is built
+            raise ConfigError(f"optim.betas: each must be in [0, 1), got {list(self.betas)}")
 
 
 @dataclass
@@ -178,8 +182,10 @@ class SchedConfig:
     eta_min: float = 0.0
 
     def validate(self):
-        _non_negative(self, "warmup_epochs", "eta_min")
-        _probability(self, "warmup_start_factor")
+        _non_negative(self, "warmup_epochs")
+        _probability(self, "warmup_start_factor", "eta_min")  # eta_min is a fraction of each group's lr
+        if self.cosine_t_max is not None:  # cos(pi * epoch / T_max): 0 divides by zero in the first step
+            _positive(self, "cosine_t_max")
 
 
 @dataclass
@@ -206,6 +212,8 @@ class TrainConfig:
     def validate(self):
         _positive(self, "epochs", "global_batch", "micro_batch", "val_every", "checkpoint_every", "log_every")
         _non_negative(self, "checkpoint_every_steps", "keep_checkpoints")
+        if self.max_steps is not None:
+            _positive(self, "max_steps")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ConfigError(f"train.ema_decay: must be in (0, 1) or null, got {self.ema_decay}")
 
@@ -229,6 +237,9 @@ class EvalConfig:
 class PredictConfig:
     coarse_rule: Literal["map_top1", "sum_probs", "coarse_head"] = "map_top1"  # SEED.md §12 row 12
     top_k: int = 5
+
+    def validate(self):
+        _positive(self, "top_k")
 
 
 @dataclass
@@ -488,10 +499,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 
 def _section_name(obj) -> str:
-    return {
-        DataConfig: "data", AugConfig: "aug", ModelConfig: "model", ArcFaceConfig: "arcface", LossConfig: "loss",
-        OptimConfig: "optim", SchedConfig: "sched", TrainConfig: "train", EvalConfig: "eval", CropConfig: "crop",
-    }.get(type(obj), type(obj).__name__)
+    """The recipe key of a config section (``train`` for a TrainConfig), as error messages name it."""
+    for f in dataclasses.fields(Config):
+        if isinstance(f.default_factory, type) and isinstance(obj, f.default_factory):
+            return f.name
+    return type(obj).__name__
 
 
 def _positive(obj, *names):

@@ -47,14 +47,21 @@ def _check_logits(logits: torch.Tensor, labels: torch.Tensor, num_classes: int, 
 
 
 def _global_sum(stats: torch.Tensor) -> torch.Tensor:
-    """Sum ``stats`` over all processes; the result's gradient flows through the local part only."""
+    """Sum ``stats`` over all processes; the result's gradient flows through the local part only.
+
+    Every process computes the same global loss but back-propagates only through its own rows, and DDP/FSDP then
+    *average* the gradients over the W processes. The local part is therefore weighted by W in the backward pass,
+    so that the averaged gradient equals the full-batch gradient of the global loss (without it the soft-F1 terms
+    would train with 1/W of their weight relative to the per-process-mean cross-entropy).
+    """
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return stats
+    world = dist.get_world_size()
     total = stats.detach().clone()
     dist.all_reduce(total, op=dist.ReduceOp.SUM)
-    return stats + (total - stats.detach())
+    return total + (stats - stats.detach()) * world  # value: the global sum; gradient: W x the local one
 
 
 class CombinedF1Loss(nn.Module):

@@ -140,17 +140,22 @@ def save_results(results: Results, path: str | os.PathLike) -> tuple[Path | None
     pkl_path = None if path.suffix == ".npz" else path
     if pkl_path is not None:
         entries = []
+        # row indexes standing in for missing names (an mmaction2 dump read without its list) are not written as
+        # names: the pickle then reads back as nameless, and --list can still supply the real names
+        real_names = not _placeholder_names(results)
         for i, name in enumerate(results.names):
             scores = torch.from_numpy(results.scores[i].copy())
-            entries.append({
+            entry = {
                 "pred_score": scores,
                 "pred_label": torch.tensor([int(scores.argmax())], dtype=torch.int64),
                 "gt_label": torch.tensor([int(results.labels[i]) if results.labels is not None else 0],
                                          dtype=torch.int64),
                 "num_classes": int(results.num_classes),
                 "img_shape": tuple(results.img_shape),
-                "filename": name,
-            })
+            }
+            if real_names:
+                entry["filename"] = name
+            entries.append(entry)
         # protocol 2, like mmengine's pickle handler, so every mmaction2 version can read it
         _atomic_write(pkl_path, lambda f: pickle.dump(entries, f, protocol=2))
 
@@ -574,18 +579,34 @@ def _source(r: Results, i: int) -> str:
     return str(r.meta.get("source", f"results #{i}"))
 
 
+def _placeholder_names(r: Results) -> bool:
+    """Whether ``r.names`` are row indexes standing in for names the dump did not carry (mmaction2 dumps)."""
+    return r.meta.get("names_from") == "index"
+
+
+def _named_reference(results_list: Sequence[Results]) -> tuple[int, Results]:
+    """The first result that carries real video names (else the first result)."""
+    return next(((i, r) for i, r in enumerate(results_list) if not _placeholder_names(r)), (0, results_list[0]))
+
+
 def check_compatible(results_list: Sequence[Results]) -> None:
-    """Raise :class:`ResultsError` unless all results cover the same videos in the same order with the same K."""
+    """Raise :class:`ResultsError` unless all results cover the same videos in the same order with the same K.
+
+    A dump without video names (mmaction2's; its names are row indexes) can only be checked for its length and
+    class count: it is taken to follow the list order of the dumps that carry names.
+    """
     if not results_list:
         raise ResultsError("no results to combine")
-    ref = results_list[0]
-    for i, r in enumerate(results_list[1:], start=1):
-        a, b = _source(ref, 0), _source(r, i)
+    ref_index, ref = _named_reference(results_list)
+    for i, r in enumerate(results_list):
+        if i == ref_index:
+            continue
+        a, b = _source(ref, ref_index), _source(r, i)
         if r.num_classes != ref.num_classes:
             raise ResultsError(f"{b} has {r.num_classes} classes but {a} has {ref.num_classes}")
         if len(r) != len(ref):
             raise ResultsError(f"{b} holds {len(r)} videos but {a} holds {len(ref)}: dumps of different lists?")
-        if r.names != ref.names:
+        if r.names != ref.names and not _placeholder_names(r):
             j = next(k for k, (x, y) in enumerate(zip(ref.names, r.names)) if x != y)
             raise ResultsError(f"video order differs at index {j}: {ref.names[j]!r} in {a}, {r.names[j]!r} in {b}")
         if r.labels is not None and ref.labels is not None and not np.array_equal(r.labels, ref.labels):
@@ -612,7 +633,7 @@ def ensemble(results_list: Sequence[Results], weights: Sequence[float] | None = 
     for w, r in zip(weights, results_list):
         total += w * r.scores.astype(np.float64)
     labels = next((r.labels for r in results_list if r.labels is not None), None)
-    ref = results_list[0]
+    _, ref = _named_reference(results_list)  # names from a dump that has them (mmaction2 dumps carry none)
     meta = {"ensemble": [{"source": _source(r, i), "weight": w} for i, (r, w) in enumerate(zip(results_list, weights))],
             "names_from": ref.meta.get("names_from", "dump")}
     return Results(list(ref.names), total.astype(np.float32), labels, ref.num_classes, ref.img_shape, meta)
@@ -695,7 +716,7 @@ def search_weights(val_results_list: Sequence[Results], grid: Sequence[float] = 
 
 
 def _warn_index_names(results: Results, what: str) -> None:
-    if results.meta.get("names_from") == "index":
+    if _placeholder_names(results):
         print(f"warning: {what} carries no video names; submission ids are row indexes. "
               "Pass --list test_list_videos.txt to use the real file names.", file=sys.stderr)
 
@@ -726,10 +747,10 @@ def cli_submit(args) -> int:
 
 
 def cli_ensemble(args) -> int:
-    """``microact ensemble DUMP... [--weights w...] [--search-on VAL...] [--grid ...] --out DIR``."""
+    """``microact ensemble DUMP... [--weights w...] [--search-on VAL...] [--grid ...] [--list] --out DIR``."""
     from microact.plots.results import write_report
 
-    dumps = [load_results(p) for p in args.dumps]
+    dumps = [load_results(p, list_file=args.list) for p in args.dumps]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     info: dict = {"dumps": list(args.dumps)}

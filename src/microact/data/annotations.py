@@ -8,6 +8,7 @@ bytes that are not UTF-8, paths leaving the dataset folder) is collected first a
 """
 from __future__ import annotations
 
+import codecs
 import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -72,6 +73,7 @@ def scan_list(list_file: str | os.PathLike, *, video_dir: str | os.PathLike, num
     except OSError as e:
         return [], [f"{list_file}: cannot read list file ({e.strerror or e})"]
     video_dir = Path(video_dir)
+    data = data.removeprefix(codecs.BOM_UTF8)  # Windows editors save "UTF-8" with a byte order mark
     for number, raw in enumerate(data.split(b"\n"), start=1):
         where = f"{list_file}:{number}"
         try:
@@ -180,6 +182,7 @@ def load_label_names(path: str | os.PathLike) -> list[str]:
         raise AnnotationError([f"{path}: cannot read label file ({e.strerror or e})"]) from None
     names: dict[int, str] = {}
     problems: list[str] = []
+    data = data.removeprefix(codecs.BOM_UTF8)
     for number, raw in enumerate(data.split(b"\n"), start=1):
         where = f"{path}:{number}"
         try:

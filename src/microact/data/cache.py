@@ -67,7 +67,7 @@ class FrameCache:
         if entry.is_file():
             try:
                 return self._read(entry, indices)
-            except (OSError, ValueError):
+            except (OSError, ValueError, EOFError):  # EOFError: numpy's answer to an empty .npy file
                 pass  # damaged (an interrupted disk, an old layout): decoded and written again below
         frames = decode()
         try:

@@ -212,8 +212,12 @@ def _frame_index(path: Path, check) -> _FrameIndex:
         try:
             for packet in container.demux(stream):
                 if packet.size:  # the final flush packet is empty
+                    if getattr(packet, "is_discard", False):  # not in older PyAV
+                        # Before an edit list's start (a stream-copy cut): decoded for reference, never output.
+                        addressable = False
+                        continue
                     count += 1
-                    if packet.pts is None or getattr(packet, "is_discard", False):  # not in older PyAV
+                    if packet.pts is None:
                         addressable = False
                     elif addressable:
                         timestamps.append(int(packet.pts))

@@ -613,14 +613,20 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo) -> int:
 
 @torch.no_grad()
 def validate(model, loader, device, precision: str, cfg: Config) -> dict[str, Any]:
-    """F1_mean and its four parts on the validation loader (``eval.val_clips`` clips per video)."""
+    """F1_mean and its four parts on the validation loader (``eval.val_clips`` clips per video).
+
+    Body parts follow ``predict.coarse_rule`` as in ``microact test`` (``coarse_head``, whose scores the clip-averaged
+    fine probabilities do not carry, falls back to the seed's ``map_top1`` there too).
+    """
     from microact.engine.evaluate import evaluate
-    from microact.metrics import f1_mean
+    from microact.metrics import f1_mean, predict_coarse
 
     results = evaluate(model, loader, device, average=cfg.eval.average, precision=precision, progress=D.is_main())
     model.train()
     if results.labels is None:
         raise MicroactError(f"data.val_list={cfg.data.val_list}: every label is 0; a validation list needs labels")
     pred = results.scores.argmax(1)
-    scores = f1_mean(results.labels, pred, cfg.metric.macro_labels, num_classes=cfg.data.num_classes)
+    coarse_pred = predict_coarse(results.scores, "sum_probs") if cfg.predict.coarse_rule == "sum_probs" else None
+    scores = f1_mean(results.labels, pred, cfg.metric.macro_labels, coarse_pred=coarse_pred,
+                     num_classes=cfg.data.num_classes)
     return {k: float(v) for k, v in scores.items()}

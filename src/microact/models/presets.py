@@ -236,13 +236,18 @@ def create_model_from_config(cfg, pretrained: bool = True):
         pretrained: load ``model.pretrained`` when it is set (False when trained weights are loaded afterwards).
     """
     m = cfg.model
+    # backbone.load_final_norm=false is the seed's behaviour, which depends on the head: the token-map backbone
+    # (TSN/I3D rows) loses the pre-trained final norm to the rename, while the stock backbone of the TimeSformer rows
+    # loads it into fc_norm (SEED.md §2.2, VIDEOMAE.md §3.6). None lets load_pretrained pick by output mode; true
+    # loads it in both modes.
+    load_final_norm = True if cfg.backbone.load_final_norm else None
     kwargs = dict(
         num_classes=m.num_classes, num_frames=cfg.data.clip_len, img_size=cfg.data.img_size,
         drop_path_rate=m.drop_path_rate, head_dropout=m.head_dropout, grad_checkpointing=m.grad_checkpointing is True,
         attn_impl=m.attn_impl, sdpa_kernel=m.sdpa_kernel, frame_layout=cfg.frame_head.layout,
         se_mode=cfg.frame_head.se_mode, margin_mode=cfg.arcface.margin_mode, arcface_scale=cfg.arcface.scale,
         arcface_margin=cfg.arcface.margin,
-        load_final_norm=cfg.backbone.load_final_norm, input_mode=m.input_mode,
+        load_final_norm=load_final_norm, input_mode=m.input_mode,
     )
     kwargs.update(m.overrides)
     return create_model(m.preset, pretrained=m.pretrained if pretrained else None, **kwargs)

@@ -130,6 +130,9 @@ def rgb_difference(x: torch.Tensor, scale: float = RGB_DIFF_SCALE) -> torch.Tens
     scratch on little data needs (the synthetic demo). Differences of normalised frames are sparse and small;
     the fixed ``scale`` keeps their patch embeddings on the scale of the position table.
     """
+    if not x.is_floating_point():  # uint8 differences would wrap around (and the float scale hides the dtype)
+        raise MicroactError(f"rgb_diff input: expected a normalised float tensor, got {x.dtype} (clips travel as "
+                            "uint8; normalise them on the device first)")
     d = x[:, :, 1:] - x[:, :, :-1]  # [B, C, T-1, H, W]
     return torch.cat([d, d[:, :, -1:]], dim=2) * scale
 

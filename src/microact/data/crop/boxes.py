@@ -13,7 +13,8 @@ The seed's rule, step by step, and where microact differs:
    padding, which can leave the ratio below ``min_aspect`` at an image border; microact instead shifts the
    padded box back inside the image when the image is wide enough, so the ratio holds whenever possible
    (the box only gets clipped when the image itself is too narrow);
-5. even width and height (H.264 with yuv420p needs them), shrinking by one pixel at most.
+5. even width and height (H.264 with yuv420p needs them), shrinking by one pixel at most; then, with the
+   shift, the width grows by the pixel or two that step 4's ``int()`` and this rounding can cost the ratio.
 """
 from __future__ import annotations
 
@@ -93,7 +94,30 @@ def crop_box(raw_box: Optional[Sequence[float]], width: int, height: int,
         return to_even_int_box([0, 0, width, height], width, height)
     box = apply_margins(raw_box, scale_margins(margins, height), width, height)
     box = pad_to_aspect(box, min_aspect, width, height, shift=shift)
-    return to_even_int_box(box, width, height)
+    box = to_even_int_box(box, width, height)
+    return widen_to_aspect(box, min_aspect, width) if shift else box
+
+
+def widen_to_aspect(box: Sequence[int], min_aspect: float, width: int) -> list[int]:
+    """Widen an even integer box by whole pixel pairs until ``w / h >= min_aspect``, moved inside the image.
+
+    The padding's ``int()`` and the rounding to even integers can each leave the box a pixel or two short of
+    the ratio; this makes it hold whenever the image is wide enough (else the box spans the even image width).
+    """
+    x1, y1, x2, y2 = (int(v) for v in box)
+    w, h = x2 - x1, y2 - y1
+    need = math.ceil(min_aspect * h - 1e-9)
+    need = min(need + need % 2, width - width % 2)  # even, and no wider than the image
+    if w >= need:
+        return [x1, y1, x2, y2]
+    grow = need - w
+    x1 -= grow // 2
+    x2 += grow - grow // 2
+    if x1 < 0:
+        x1, x2 = 0, x2 - x1
+    if x2 > width:
+        x1, x2 = x1 - (x2 - width), width
+    return [x1, y1, x2, y2]
 
 
 def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
