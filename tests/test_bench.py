@@ -162,3 +162,74 @@ def test_bench_train_profile_writes_a_trace_and_a_breakdown(tmp_path):
     for t in p["top"]:
         assert t["category"] == categorize(t["name"])
         assert f"[{t['category']}] {t['name'][:87]}" in report  # long kernel names are shortened
+
+
+def test_bench_backbone_no_pass_reuses_weights_cast_by_an_earlier_pass(monkeypatch):
+    """Autocast keeps its low-precision weight copies until its outermost region exits: one region around a whole
+    cell let every pass after the first skip the casts and held each model's bf16 weights in memory while the next
+    model's peak was measured. Each bf16 pass, warm-up or timed, must cast its own model's weights."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    import microact.bench.backbone as bb
+
+    class CountWeightCasts(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if (func is torch.ops.aten._to_copy.default and isinstance(args[0], torch.nn.Parameter)
+                    and kwargs.get("dtype") == torch.bfloat16):
+                self.n += 1
+            return func(*args, **kwargs)
+
+    casts = []
+    real_time = bb._time
+
+    def counting_time(run, device):
+        with CountWeightCasts() as counter:
+            seconds = real_time(run, device)
+        casts.append(counter.n)
+        return seconds
+
+    monkeypatch.setattr(bb, "_time", counting_time)
+    bb.run_benchmark("videomae_test", batches=[1], precisions=["bf16"], repeats=1, device=torch.device("cpu"),
+                     progress=False)
+    assert len(casts) == 2 * 2 * len(bb.IMPLS)  # (warm-up + 1 timed pass) x 3 models x (forward, forward+backward)
+    assert all(n > 0 for n in casts), casts
+
+
+def test_bench_train_frees_our_model_and_inputs_before_measuring_the_peer(monkeypatch):
+    """The peer's peak memory must not include our backbone's parameters or our copy of the input clips."""
+    import gc
+    import weakref
+
+    pytest.importorskip("transformers")
+    import microact.bench.train as bt
+    import microact.models as models
+
+    ours = {}
+    real_create = models.create_model
+
+    def create(*args, **kwargs):
+        model = real_create(*args, **kwargs)
+        ours["param"] = weakref.ref(next(model.backbone.parameters()))
+        return model
+
+    seen = []
+    real_time_steps = bt._time_steps
+
+    def time_steps(step, device, steps, warmup):
+        gc.collect()
+        clips = [o for o in gc.get_objects() if torch.is_tensor(o) and o.dim() == 5 and o.shape[0] == 2
+                 and sorted(o.shape[1:3]) == [3, 4]]  # [B, 3, T, H, W] or HF's [B, T, 3, H, W]
+        seen.append((ours["param"]() is not None, len(clips)))
+        return real_time_steps(step, device, steps, warmup)
+
+    monkeypatch.setattr(models, "create_model", create)
+    monkeypatch.setattr(bt, "_time_steps", time_steps)
+    res = bt.bench_train("videomae_test_frame_coarse_tsn", batch=2, precision="fp32", steps=1, device="cpu",
+                         warmup=0, num_frames=4, img_size=32)
+    assert "hf" in res
+    assert seen == [(True, 1), (False, 1)]  # ours measured with its model and inputs; the peer with neither

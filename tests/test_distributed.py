@@ -84,6 +84,10 @@ def test_rank_with_only_unreadable_clips_does_not_hang(data_root, tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     skipped = [int(r["skipped"]) for r in csv.DictReader(open(tmp_path / "run" / "log.csv", newline=""))]
     assert max(skipped) > 0  # the all-bad micro-batch really happened (micro-batch 1: one bad clip = all bad)
+    # 16 clips over 2 ranks, no padding: the epoch meets every broken clip once, on one rank or the other, and
+    # log.csv and the epoch line count those of both ranks
+    n_broken = sum(line.startswith("broken") for line in lines)
+    assert skipped[-1] == n_broken and f"skipped clips {n_broken}," in p.stdout
     assert (tmp_path / "run" / "model_final.safetensors").is_file()
 
 

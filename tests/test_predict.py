@@ -205,3 +205,124 @@ def test_predict_timeline_cli_writes_json_plot_and_annotation(carphone_path, rec
                          (["--window", "1", "--stride", "-2"], "--stride must be a positive")):
         assert cli(["predict", str(carphone_path), "--config", str(recipe), *extra]) == 2
         assert words in capsys.readouterr().err
+
+
+def test_videos_with_the_same_name_get_their_own_annotations(make_video, recipe, tmp_path, capsys):
+    """One file name in two folders (or a.mp4 beside a.mov) must not write to one output file."""
+    from microact.data.decode import count_frames
+
+    first = make_video("clip.mp4", num_frames=10, folder=tmp_path / "day1")
+    second = make_video("clip.mp4", num_frames=14, seed=1, folder=tmp_path / "day2")
+    third = make_video("clip.MOV", num_frames=6, seed=2, folder=tmp_path / "day2")
+    out = tmp_path / "annotated"
+    code = cli(["predict", str(first), str(tmp_path / "day2"), "--config", str(recipe), "--detector", "none",
+                "--annotate", str(out), "--device", "cpu", "--top-k", "1"])
+    assert code == 0
+    written = [line.split("wrote ", 1)[1] for line in capsys.readouterr().out.splitlines() if "wrote " in line]
+    assert len(written) == 3 and len(set(written)) == 3
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.split("/")[-1] for p in written)
+    # each annotation holds its own source's frames (each source has its own length)
+    sources = [first, *sorted((tmp_path / "day2").iterdir())]
+    assert {second, third} <= set(sources)
+    assert [count_frames(p) for p in written] == [count_frames(s) for s in sources]
+
+
+def test_output_options_refuse_a_media_file_name_they_cannot_write(carphone_path, recipe, tmp_path, capsys):
+    """`--annotate out.avi` used to create a folder called out.avi; `--timeline t.jpg` a folder called t.jpg."""
+    for extra in (["--annotate", str(tmp_path / "out.avi")], ["--window", "1", "--timeline", str(tmp_path / "t.jpg")]):
+        code = cli(["predict", str(carphone_path), "--config", str(recipe), "--detector", "none", "--device", "cpu",
+                    *extra])
+        assert code == 2
+        assert f"{extra[-1]}: use a" in capsys.readouterr().err
+        assert not (tmp_path / extra[-1]).exists()
+
+
+def test_a_bad_device_is_named_as_the_option_the_user_typed(carphone_path, recipe, capsys):
+    code = cli(["predict", str(carphone_path), "--config", str(recipe), "--detector", "none", "--device", "gpu"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--device gpu: not a device" in err and "train.device" not in err
+
+
+def test_segments_do_not_bridge_gaps_between_windows():
+    """With a stride longer than the window, no segment may claim time that no window saw."""
+    from microact.predict import segments_of
+
+    def window(start, end, cls):
+        return {"start_s": start, "end_s": end, "top_k": [{"id": cls, "name": ma52.FINE_NAMES[cls], "prob": 0.5}]}
+
+    windows = [window(0.0, 0.5, 4), window(2.0, 2.5, 4), window(4.0, 4.5, 4), window(4.5, 5.0, 4), window(6, 7, 9)]
+    segments = segments_of(windows)
+    assert sum(s["windows"] for s in segments) == len(windows)
+    for seg in segments:
+        for t in np.linspace(seg["start_s"], seg["end_s"], 41):
+            assert any(w["start_s"] <= t <= w["end_s"] and w["top_k"][0]["id"] == seg["id"] for w in windows), (seg, t)
+    assert len(segments) == 4  # the two windows that touch (4.0-4.5, 4.5-5.0) are one segment
+
+
+def test_a_broken_video_in_a_folder_does_not_lose_the_others(make_video, recipe, tmp_path, capsys):
+    folder = tmp_path / "videos"
+    make_video("a.mp4", num_frames=10, folder=folder)
+    (folder / "b.mp4").write_bytes(b"not a video at all")
+    make_video("c.mp4", num_frames=12, seed=1, folder=folder)
+    out = tmp_path / "pred.json"
+    code = cli(["predict", str(folder), "--config", str(recipe), "--detector", "none", "--json", str(out),
+                "--device", "cpu", "--top-k", "1"])
+    err = capsys.readouterr().err
+    assert code == 1 and "b.mp4" in err
+    data = json.loads(out.read_text())
+    assert [p["video"] for p in data["predictions"]] == [str(folder / "a.mp4"), str(folder / "c.mp4")]
+    assert [f["video"] for f in data["failed"]] == [str(folder / "b.mp4")]
+    for pred in data["predictions"]:
+        _check_prediction(pred, 1)
+    # one video alone still fails as before
+    assert cli(["predict", str(folder / "b.mp4"), "--config", str(recipe), "--device", "cpu"]) == 2
+
+
+def test_annotated_gif_of_a_large_video_is_downscaled(make_video, tmp_path):
+    from PIL import Image
+
+    from microact.data.decode import count_frames, probe_video
+    from microact.predict import annotate
+
+    video = make_video("wide.mp4", num_frames=5, height=300, width=640)
+    info = probe_video(video)
+    pred = {"box": [10, 10, 200, 250], "top_k": [{"id": 3, "name": ma52.FINE_NAMES[3], "prob": 0.5}]}
+    gif = annotate(video, pred, tmp_path / "wide.gif")  # full-size GIF frames of a long video took gigabytes
+    with Image.open(gif) as im:
+        assert max(im.size) <= 480 < max(info.width, info.height) and im.n_frames == count_frames(video)
+        assert im.size[0] / im.size[1] == pytest.approx(info.width / info.height, rel=0.01)
+
+
+def test_timeline_times_follow_the_frames_of_a_variable_frame_rate_video(recipe, tmp_path):
+    """Seconds in the JSON are when the window's frames are shown, not frame / average fps (off by 1 s here)."""
+    from fractions import Fraction
+
+    import av
+
+    from conftest import moving_square_frames
+
+    shown = np.concatenate([np.arange(30) * 0.1, 3.0 + np.arange(30) * 0.033])  # 10 fps for 3 s, then ~30 fps
+    path = tmp_path / "vfr.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 48, 64, "yuv420p"
+        stream.codec_context.time_base = stream.time_base = Fraction(1, 1000)
+        stream.options = {"bf": "0"}
+        for t, frame in zip(shown, moving_square_frames(len(shown), 64, 48)):
+            vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            vf.pts, vf.time_base = round(t * 1000), Fraction(1, 1000)
+            for packet in stream.encode(vf):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    out = tmp_path / "vfr.json"
+    assert cli(["predict", str(path), "--config", str(recipe), "--detector", "none", "--window", "1", "--json",
+                str(out), "--device", "cpu", "--top-k", "1"]) == 0
+    pred = json.loads(out.read_text())["predictions"][0]
+    assert pred["num_frames"] == len(shown) and len(pred["windows"]) > 3
+    for w in pred["windows"]:
+        assert w["start_s"] == pytest.approx(shown[w["start_frame"]], abs=2e-3)
+        if w["end_frame"] < len(shown):
+            assert w["end_s"] == pytest.approx(shown[w["end_frame"]], abs=2e-3)
+    assert pred["windows"][-1]["end_s"] == pytest.approx(shown[-1] + 0.033, abs=2e-3)

@@ -41,6 +41,60 @@ def test_save_load_keep_and_latest(tmp_path):
     assert latest_checkpoint(tmp_path / "nothing") is None
 
 
+
+def test_pruning_keeps_the_checkpoint_just_written(tmp_path):
+    """A run killed after writing step 9 but before moving ``latest`` off 6 is resumed from 6 and saves step 7:
+    with keep=1 step 7 must survive (not the abandoned step 9), and ``latest`` must name it."""
+    model = torch.nn.Linear(2, 2)
+    for step in (3, 6, 9):
+        save_checkpoint(tmp_path, step, model, {"epoch": step}, keep=0)
+    (tmp_path / "checkpoints" / "latest").write_text("00000006\n")
+    assert latest_checkpoint(tmp_path)[1].name == "state_00000006.pt"
+    save_checkpoint(tmp_path, 7, model, {"epoch": 7}, keep=1)
+    weights, state = latest_checkpoint(tmp_path)
+    assert state.name == "state_00000007.pt" and weights.is_file() and state.is_file()
+    assert load_checkpoint(weights, state, torch.nn.Linear(2, 2))["epoch"] == 7
+    (tmp_path / "checkpoints" / "latest").unlink()  # the fallback, too, finds step 7 and not the abandoned 9
+    assert latest_checkpoint(tmp_path)[1].name == "state_00000007.pt"
+
+
+def test_sigkill_mid_save_leaves_no_lasting_temporary_file(tmp_path):
+    """A process killed while writing step 2's state leaves a partial temporary file; the next save removes it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    model = torch.nn.Linear(2, 2)
+    save_checkpoint(tmp_path, 1, model, {"epoch": 1}, keep=1)
+    code = ("import os, signal, sys, torch\n"
+            "from microact.engine import state\n"
+            "def die(obj, path):\n"
+            "    open(path, 'wb').write(b'partial' * 1000)\n"
+            "    os.kill(os.getpid(), signal.SIGKILL)\n"
+            "state.torch.save = die\n"
+            "state.save_checkpoint(sys.argv[1], 2, torch.nn.Linear(2, 2), {'epoch': 2}, keep=1)\n")
+    p = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert p.returncode == -signal.SIGKILL, p.stderr
+    folder = tmp_path / "checkpoints"
+    assert [f for f in os.listdir(folder) if f.endswith(".tmp")]  # what the kill left behind
+    assert latest_checkpoint(tmp_path)[1].name == "state_00000001.pt"
+    save_checkpoint(tmp_path, 2, model, {"epoch": 2}, keep=1)
+    assert sorted(os.listdir(folder)) == ["latest", "model_00000002.safetensors", "state_00000002.pt"]
+
+
+def test_saved_files_follow_the_umask(tmp_path):
+    """Weights and checkpoints are ordinary files (readable by the group on a shared run directory)."""
+    import os
+
+    mask = os.umask(0o027)
+    try:
+        save_checkpoint(tmp_path, 1, torch.nn.Linear(2, 2), {"epoch": 1}, keep=1)
+    finally:
+        os.umask(mask)
+    for f in (tmp_path / "checkpoints").iterdir():
+        assert f.stat().st_mode & 0o777 == 0o640, f.name
+
 def test_enospc_keeps_previous_file(tmp_path):
     target = tmp_path / "state.pt"
     atomic_write(target, lambda tmp: torch.save({"v": 1}, tmp))

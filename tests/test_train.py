@@ -255,6 +255,85 @@ def test_existing_run_needs_resume(data_root, tmp_path):
         train(cfg, tmp_path / "run")
 
 
+def test_best_val_without_a_validation_keeps_the_last_weights(data_root, tmp_path, capsys):
+    """train.max_steps ends the run before the first validation: the answer is the last weights, the warning says
+    why, and a model_best.safetensors left in the folder by an earlier attempt is not picked up."""
+    import json
+
+    from microact.engine.train import train
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "model_best.safetensors").write_bytes(b"an earlier attempt's weights")
+    cfg = load_config(CONFIGS / "tiny_synth.yaml", overrides(data_root, "data.val_list=val.txt",
+                                                             "train.select=best_val", "train.max_steps=1"))
+    assert train(cfg, run_dir) == 0
+    assert json.loads((run_dir / "metrics.json").read_text())["selected"] == "model_final.safetensors"
+    err = capsys.readouterr().err
+    assert "no validation (the run ended before the first validation" in err and "train.max_steps=1" in err
+
+
+def test_empty_training_list_is_an_error(data_root, tmp_path):
+    from microact.config import ConfigError
+    from microact.engine.train import train
+
+    (data_root / "empty.txt").write_text("")
+    cfg = load_config(CONFIGS / "tiny_synth.yaml", overrides(data_root, "data.train_lists=[empty.txt]"))
+    with pytest.raises(ConfigError, match=r"data.train_lists: no training clips in .*empty\.txt"):
+        train(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "model_final.safetensors").exists()
+
+
+def test_resume_with_changed_config(data_root, tmp_path):
+    """A mid-epoch checkpoint resumed on a shorter training list must stop with a clear error (it used to loop
+    for ever on an epoch it could not finish); other changes are allowed and named."""
+    (data_root / "train4.txt").write_text("".join((data_root / "train.txt").read_text().splitlines(True)[:4]))
+    out = tmp_path / "run"
+    p = run(overrides(data_root, "train.max_steps=3"), out)
+    assert p.returncode == 0, p.stderr[-3000:]
+    try:
+        p = run(overrides(data_root, "data.train_lists=[train4.txt]"), out, "--resume", timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the resumed run hung on an epoch shorter than the checkpoint's position")
+    assert p.returncode != 0
+    assert "state_00000003.pt" in p.stderr and "data.train_lists=['train4.txt']" in p.stderr
+    p = run(overrides(data_root, "train.max_steps=4", "optim.lr=2e-3"), out, "--resume")
+    assert p.returncode == 0, p.stderr[-3000:]
+    note = re.search(r"note: --resume with a config that differs from the checkpoint's in (.*);", p.stdout)
+    assert note and note.group(1) == "optim.lr, train.max_steps"
+
+
+def test_step_with_only_unreadable_clips_is_skipped(data_root, tmp_path, monkeypatch):
+    """Micro-batch 1 and one broken video: its step has no clip. Under fp16 loss scaling (forced on here, as on
+    CUDA) GradScaler.step would fail on gradients it never saw; the step is skipped and its loss logged as nan."""
+    import csv
+    import math
+
+    from microact.data.dataset import ResumableSampler
+    from microact.engine.train import train
+
+    root = tmp_path / "data"
+    root.mkdir()
+    lines = []
+    for i in range(4):
+        (root / f"v{i}.mp4").symlink_to(data_root / f"v{i:02d}.mp4")
+        lines.append(f"v{i}.mp4 {i}")
+    (root / "broken.mp4").write_bytes(b"not a video" * 50)
+    lines.insert(2, "broken.mp4 2")
+    (root / "train.txt").write_text("\n".join(lines) + "\n")
+    real_scaler = torch.amp.GradScaler
+    monkeypatch.setattr(torch.amp, "GradScaler", lambda device, enabled=False: real_scaler(device, enabled=True))
+    cfg = load_config(CONFIGS / "tiny_synth.yaml", overrides(root, "train.epochs=1", "train.global_batch=1",
+                                                             "train.micro_batch=1", "train.ema_decay=0.5"))
+    assert train(cfg, tmp_path / "run") == 0
+    with open(tmp_path / "run" / "log.csv", newline="") as f:
+        losses = [float(r["loss"]) for r in csv.DictReader(f)]
+    broken_step = ResumableSampler(5, shuffle=True, seed=cfg.train.seed).rank_indices(0).index(2)
+    assert len(losses) == 5 and math.isnan(losses[broken_step])
+    assert all(loss > 0 for i, loss in enumerate(losses) if i != broken_step)
+
+
+
 def test_dead_loader_worker_is_reported_with_its_clips(data_root, tmp_path):
     """SIGKILL the (real) loader worker process mid-training: the run stops with an error naming the videos."""
     out = tmp_path / "run"

@@ -188,11 +188,13 @@ def window_ranges(num_frames: int, window: int, stride: int) -> list[tuple[int, 
 
 def segments_of(windows: list[dict]) -> list[dict]:
     """Consecutive windows with the same top-1 class merged: ``[{"start_s", "end_s", "id", "name",
-    "mean_prob", "windows"}]`` (overlapping windows: a segment ends where the next segment's first window starts)."""
+    "mean_prob", "windows"}]`` (overlapping windows: a segment ends where the next segment's first window starts;
+    windows with a gap between them are never merged)."""
     segments: list[dict] = []
     for w in windows:
         top = w["top_k"][0]
-        if segments and segments[-1]["id"] == top["id"]:
+        # a gap between windows (a stride longer than the window) ends a segment: nothing was seen there
+        if segments and segments[-1]["id"] == top["id"] and w["start_s"] <= segments[-1]["end_s"]:
             seg = segments[-1]
             seg["end_s"] = w["end_s"]
             seg["probs"].append(top["prob"])
@@ -206,6 +208,29 @@ def segments_of(windows: list[dict]) -> list[dict]:
         seg["mean_prob"] = float(np.mean(probs))
         seg["windows"] = len(probs)
     return segments
+
+
+def frame_times(path: str | os.PathLike, num_frames: int, fps: float) -> np.ndarray:
+    """Seconds at which each frame (display order) starts, plus the end of the last: ``[num_frames + 1]``.
+
+    From the stream's timestamps when they are unevenly spaced (a variable frame rate: phones, screen recordings),
+    where ``i / fps`` with the average rate would misplace frames by seconds; else ``i / fps``.
+    """
+    import av
+
+    from microact.data.decode import _frame_index
+
+    path = Path(path)
+    even = np.arange(num_frames + 1) / fps
+    timestamps = _frame_index(path, lambda: None).timestamps
+    if timestamps is None or isinstance(timestamps, range) or len(timestamps) != num_frames or num_frames < 2:
+        return even
+    with av.open(str(path)) as container:
+        time_base = container.streams.video[0].time_base
+    if not time_base:
+        return even
+    t = (np.asarray(timestamps, dtype=np.float64) - float(timestamps[0])) * float(time_base)
+    return np.append(t, t[-1] + (t[-1] - t[-2]))
 
 
 def predict_timeline(model, cfg, path: str | os.PathLike, device: torch.device, *, window_s: float,
@@ -284,10 +309,12 @@ def predict_timeline(model, cfg, path: str | os.PathLike, device: torch.device, 
     score_batch()
 
     windows = []
+    times = frame_times(path, info.num_frames, fps)
     for (start, end), p in zip(ranges, probs):
         top1 = int(np.argmax(p))
         g = ma52.FINE_TO_COARSE[top1]
-        windows.append({"start_s": round(start / fps, 3), "end_s": round(end / fps, 3), "start_frame": start,
+        windows.append({"start_s": round(float(times[start]), 3), "end_s": round(float(times[end]), 3),
+                        "start_frame": start,
                         "end_frame": end, "top_k": _ranked(p, ma52.FINE_NAMES, top_k),
                         "body_part": {"id": g, "name": ma52.COARSE_NAMES[g]}, "probs": [float(v) for v in p]})
     return {
@@ -347,7 +374,8 @@ def _draw(frame: np.ndarray, pred: dict, top_k: Optional[list[dict]] = None) -> 
     return out
 
 
-def annotate(path: str | os.PathLike, pred: dict, out_path: str | os.PathLike, max_frames: int = 300) -> Path:
+def annotate(path: str | os.PathLike, pred: dict, out_path: str | os.PathLike, max_frames: int = 300,
+             gif_max_side: int = 480) -> Path:
     """Write the video with the person box and the top-3 classes drawn on it (``.mp4``, or ``.gif`` with Pillow).
 
     Args:
@@ -356,6 +384,7 @@ def annotate(path: str | os.PathLike, pred: dict, out_path: str | os.PathLike, m
             window whose centre is nearest).
         out_path: ``.mp4`` (H.264 via PyAV) or ``.gif`` (needs Pillow).
         max_frames: at most this many frames (evenly spaced) are written.
+        gif_max_side: a GIF's frames are downscaled to at most this many pixels on their longer side.
     """
     from microact.data.decode import count_frames, iter_frames, probe_video
     from microact.data.video_writer import write_video
@@ -388,8 +417,19 @@ def annotate(path: str | os.PathLike, pred: dict, out_path: str | os.PathLike, m
     if suffix == ".mp4":
         write_video(out_path, frames, fps=max(1.0, fps))
     else:
-        images = [Image.fromarray(f) for f in frames]
-        images[0].save(out_path, save_all=True, append_images=images[1:], duration=int(1000 / max(1.0, fps)), loop=0)
+        # GIF frames are downscaled to gif_max_side and handed to Pillow one at a time: full-size frames of a long
+        # or high-resolution video held in a list took gigabytes (and minutes of palette quantisation)
+        def small(f: np.ndarray):
+            image = Image.fromarray(f)
+            scale = gif_max_side / max(image.size)
+            if scale < 1:
+                image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                                     Image.Resampling.BILINEAR)
+            return image
+
+        images = (small(f) for f in frames)
+        first = next(images)
+        first.save(out_path, save_all=True, append_images=images, duration=int(1000 / max(1.0, fps)), loop=0)
     return out_path
 
 
@@ -419,10 +459,16 @@ def _expand_videos(paths: list[Path]) -> list[Path]:
     return videos
 
 
+# file name endings that name a media file, never a folder: one of these that an option cannot write is refused
+_MEDIA_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".gif", ".apng",
+                   ".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".svg", ".pdf", ".json")
+
+
 def _output_targets(videos: list[Path], arg: Optional[str], option: str, suffixes: tuple[str, ...],
                     default_name: str) -> list[Optional[Path]]:
     """One output file per video: ``arg`` itself for one video when it has one of ``suffixes``, else
-    ``arg/<video stem><default_name>`` (a folder)."""
+    ``arg/<video stem><default_name>`` (a folder); videos with the same stem (``a.mp4`` and ``a.mov``, or one name
+    in two folders) get ``<stem>_2``, ``<stem>_3``, ... so that none overwrites another."""
     if not arg:
         return [None] * len(videos)
     target = Path(arg)
@@ -430,7 +476,18 @@ def _output_targets(videos: list[Path], arg: Optional[str], option: str, suffixe
         if len(videos) > 1:
             raise PredictError(f"{option} {target}: several videos need a folder, not one file")
         return [target]
-    return [target / f"{v.stem}{default_name}" for v in videos]
+    if target.suffix.lower() in _MEDIA_SUFFIXES:
+        raise PredictError(f"{option} {target}: use a {' or '.join(suffixes)} file name, or a folder")
+    used: set[str] = set()
+    out = []
+    for v in videos:
+        stem, k = v.stem, 1
+        while stem.lower() in used:  # lower case: one file on case-insensitive file systems
+            k += 1
+            stem = f"{v.stem}_{k}"
+        used.add(stem.lower())
+        out.append(target / f"{stem}{default_name}")
+    return out
 
 
 def cli_main(args) -> int:
@@ -451,16 +508,24 @@ def cli_main(args) -> int:
     targets = _output_targets(videos, args.annotate, "--annotate", (".mp4", ".gif"), "_annotated.mp4")
     timelines = _output_targets(videos, timeline_arg, "--timeline", (".png",), "_timeline.png")
     cfg = build_predictor_config(args.model, args.config)
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, option="--device")
     model = load_model(cfg, args.checkpoint, device)
     predictions = []
+    failed = []  # videos that could not be read: with several videos, the others are still predicted
     for video, target, timeline in zip(videos, targets, timelines):
         top_k = min(args.top_k, cfg.data.num_classes)
-        if window is None:
-            pred = predict_video(model, cfg, video, device, detector=args.detector, top_k=top_k)
-        else:
-            pred = predict_timeline(model, cfg, video, device, window_s=window, stride_s=stride,
-                                    detector=args.detector, top_k=top_k)
+        try:
+            if window is None:
+                pred = predict_video(model, cfg, video, device, detector=args.detector, top_k=top_k)
+            else:
+                pred = predict_timeline(model, cfg, video, device, window_s=window, stride_s=stride,
+                                        detector=args.detector, top_k=top_k)
+        except MicroactError as e:
+            if len(videos) == 1:
+                raise
+            print(f"error: {e} (skipped)", file=sys.stderr)
+            failed.append({"video": str(video), "error": str(e)})
+            continue
         pred["untrained"] = not args.checkpoint
         predictions.append(pred)
         print(format_prediction(pred))
@@ -475,6 +540,10 @@ def cli_main(args) -> int:
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"model": cfg.model.preset, "checkpoint": args.checkpoint,
-                                               "predictions": predictions}, indent=2))
+                                               "predictions": predictions, "failed": failed}, indent=2))
         print(f"wrote {args.json}")
+    if failed:
+        print(f"{len(failed)} of {len(videos)} videos could not be predicted: "
+              f"{', '.join(f['video'] for f in failed)}", file=sys.stderr)
+        return 1
     return 0

@@ -18,42 +18,16 @@ import statistics
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 
+from microact.bench.devices import peak_flops, resolve_device
 from microact.errors import MicroactError
 from microact.models.checkpoints import load_pretrained
 from microact.models.videomae import VideoMAE, create_backbone, flops_per_clip
 
-# Dense peak FLOP/s per precision (vendor data sheets, SXM parts unless named); fp32 = no TF32.
-PEAK_FLOPS = {
-    "H200": {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12},
-    "H100 PCIe": {"bf16": 756e12, "fp16": 756e12, "fp32": 51e12},
-    "H100": {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12},
-    "A100": {"bf16": 312e12, "fp16": 312e12, "fp32": 19.5e12},
-}
-
 IMPLS = ("ours", "hf_sdpa", "hf_eager")
-
-
-def peak_flops(device: torch.device, precision: str) -> Optional[float]:
-    """Peak dense FLOP/s of a known CUDA GPU for ``precision``; None when unknown (CPU, other GPUs)."""
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    for key, table in PEAK_FLOPS.items():  # "H100 PCIe" is tested before "H100"
-        if key in name:
-            return table.get(precision)
-    return None
-
-
-def _resolve_device(spec: str) -> torch.device:
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if spec.startswith("cuda") and not torch.cuda.is_available():
-        raise MicroactError(f"--device {spec}: CUDA is not available on this machine")
-    return torch.device(spec)
 
 
 def build_models(name: str, device: torch.device) -> dict[str, torch.nn.Module]:
@@ -165,30 +139,37 @@ def run_benchmark(name: str, batches: list[int], precisions: list[str], repeats:
     for mode, prec, b in plan_iter:
         backward = mode == "forward+backward"
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(prec)
-        amp = torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
+
+        def amp():
+            # One autocast region per pass: autocast keeps the low-precision copies of the weights until its
+            # outermost region exits, so a region around the whole cell would let every pass after the first skip
+            # the weight casts, and hold each model's cast weights while the next model's peak memory is measured.
+            return torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
+
         x = torch.randn(b, 3, ours.num_frames, ours.img_size, ours.img_size, device=device)
         runs = {impl: _runner(impl, models[impl], x, backward) for impl in IMPLS}
         times = {impl: [] for impl in IMPLS}
         peak_mem = {}
-        with amp:
-            for impl in IMPLS:  # warm-up (kernel selection, allocator), also measures peak memory
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-                    torch.cuda.reset_peak_memory_stats(device)
-                try:
+        for impl in IMPLS:  # warm-up (kernel selection, allocator), also measures peak memory
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats(device)
+            try:
+                with amp():
                     _time(runs[impl], device)
-                except torch.OutOfMemoryError:
-                    times[impl] = None
-                    continue
-                if device.type == "cuda":
-                    peak_mem[impl] = torch.cuda.max_memory_allocated(device) / 2 ** 30
-            for r in range(repeats):
-                # Round-robin so machine drift hits every implementation alike, starting one further each round so
-                # that each follows every other equally often: on a CPU a pass inherits the allocator state (heap
-                # size, pages already mapped) of the pass before it, and a fixed order would always hand one model
-                # the heap that HF eager's large attention matrices just gave back.
-                for impl in IMPLS[r % len(IMPLS):] + IMPLS[:r % len(IMPLS)]:
-                    if times[impl] is not None:
+            except torch.OutOfMemoryError:
+                times[impl] = None
+                continue
+            if device.type == "cuda":
+                peak_mem[impl] = torch.cuda.max_memory_allocated(device) / 2 ** 30
+        for r in range(repeats):
+            # Round-robin so machine drift hits every implementation alike, starting one further each round so
+            # that each follows every other equally often: on a CPU a pass inherits the allocator state (heap
+            # size, pages already mapped) of the pass before it, and a fixed order would always hand one model
+            # the heap that HF eager's large attention matrices just gave back.
+            for impl in IMPLS[r % len(IMPLS):] + IMPLS[:r % len(IMPLS)]:
+                if times[impl] is not None:
+                    with amp():
                         times[impl].append(_time(runs[impl], device))
         ms = {impl: (statistics.median(t) * 1e3 if t else None) for impl, t in times.items()}
         best = {impl: (min(t) * 1e3 if t else None) for impl, t in times.items()}
@@ -253,7 +234,7 @@ def format_table(res: dict) -> str:
 
 def cli_main(args) -> int:
     """``microact bench backbone``."""
-    device = _resolve_device(args.device)
+    device = resolve_device(args.device)
     precisions = args.precision
     if precisions is None:
         from microact.engine.train import cpu_has_native_bf16

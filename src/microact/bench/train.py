@@ -28,47 +28,16 @@ from typing import Any, Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from microact.bench.devices import peak_flops, resolve_device
 from microact.engine.evaluate import PRECISION_DTYPES, autocast
 from microact.errors import MicroactError
 from microact.ma52 import SEED_BEST_RECIPE_CLIP_PASSES
-
-# Dense (no sparsity) peak FLOP/s by device-name substring and precision; fp32 means plain fp32 matmuls
-# (PyTorch keeps TF32 off for matmuls by default). Sources: NVIDIA data sheets.
-_PEAK_FLOPS = (
-    ("H100 PCIe", {"bf16": 756e12, "fp16": 756e12, "fp32": 51e12}),
-    ("H100", {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12}),
-    ("H200", {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12}),
-    ("A100", {"bf16": 312e12, "fp16": 312e12, "fp32": 19.5e12}),
-    ("L40S", {"bf16": 362e12, "fp16": 362e12, "fp32": 91.6e12}),
-    ("L4", {"bf16": 121e12, "fp16": 121e12, "fp32": 30.3e12}),
-)
 
 # Clips per step when --batch is not given: the seed's per-GPU batches on CUDA, small ones on CPU.
 _DEFAULT_BATCH = {
     "cuda": {"videomae_base": 24, "videomae_large": 10, "videomae_huge": 6, "videomae_small": 32},
     "cpu": {"videomae_base": 1, "videomae_large": 1, "videomae_huge": 1, "videomae_small": 2},
 }
-
-
-def peak_flops(device: torch.device, precision: str) -> Optional[float]:
-    """Dense peak FLOP/s of a CUDA device for ``precision`` (None when unknown or on CPU)."""
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    for key, table in _PEAK_FLOPS:
-        if key in name:
-            return table[precision]
-    return None
-
-
-def resolve_device(device: str) -> torch.device:
-    """``"auto"`` -> cuda when available, else cpu; anything else as given (checked)."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise MicroactError(f"--device {device}: CUDA is not available on this machine")
-    return dev
 
 
 def default_batch(backbone: str, device: torch.device) -> int:
@@ -263,30 +232,36 @@ def bench_train(preset: str = "videomae_b_k710_frame_coarse_tsn", batch: Optiona
     # Meaningful for the seed's own model (ViT-B 16x224); for other sizes it says what that size would cost.
     out["seed_recipe_projection"] = {"clip_passes": SEED_BEST_RECIPE_CLIP_PASSES,
                                      "hours": SEED_BEST_RECIPE_CLIP_PASSES / ours["clips_per_s"] / 3600}
-    del step, run_model, model
-    _free(dev)
-
-    if peer:
+    hf_built = None
+    if peer:  # built (on the CPU) from our backbone's sizes before that backbone is freed
         try:
-            hf, hf_flops = _hf_model(ref, num_classes, grad_checkpointing)
+            hf_built = _hf_model(ref, num_classes, grad_checkpointing)
         except ImportError as e:
             out["hf_skipped"] = f"transformers is not installed ({e}); pip install 'microact[hf]'"
         else:
-            hf.to(dev).train()
-            if p.two_stream:
-                out["hf_note"] = "HF peer is one RGB stream of the same size (two-stream has no HF equivalent)"
             x_hf = x[:, :3].transpose(1, 2).contiguous()  # [B, 3, T, H, W] -> [B, T, 3, H, W] (HF layout)
-            run_hf = torch.compile(hf) if compile else hf
+    # Nothing of our run may stay on the device while the peer is measured (its peak memory would include it):
+    # `streams`/`ref` hold our backbone's parameters, `x` our copy of the inputs.
+    del step, run_model, model, streams, ref, x
+    _free(dev)
 
-            def hf_loss(m, a, b):
-                return F.cross_entropy(m(pixel_values=a).logits.float(), b)
+    if hf_built is not None:
+        hf, hf_flops = hf_built
+        del hf_built
+        hf.to(dev).train()
+        if p.two_stream:
+            out["hf_note"] = "HF peer is one RGB stream of the same size (two-stream has no HF equivalent)"
+        run_hf = torch.compile(hf) if compile else hf
 
-            step = _make_step(run_hf, hf_loss, x_hf, y, precision, dev, [{"params": list(hf.parameters())}])
-            out["hf"] = _result("hf_videomae", _time_steps(step, dev, steps, warmup), batch, hf_flops, peak,
-                                sum(q.numel() for q in hf.parameters()))
-            out["ratio"] = out["microact"]["clips_per_s"] / out["hf"]["clips_per_s"]
-            del step, run_hf, hf
-            _free(dev)
+        def hf_loss(m, a, b):
+            return F.cross_entropy(m(pixel_values=a).logits.float(), b)
+
+        step = _make_step(run_hf, hf_loss, x_hf, y, precision, dev, [{"params": list(hf.parameters())}])
+        out["hf"] = _result("hf_videomae", _time_steps(step, dev, steps, warmup), batch, hf_flops, peak,
+                            sum(q.numel() for q in hf.parameters()))
+        out["ratio"] = out["microact"]["clips_per_s"] / out["hf"]["clips_per_s"]
+        del step, run_hf, hf
+        _free(dev)
     return out
 
 

@@ -39,23 +39,26 @@ def env_world() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+def resolve_device(name: str, local_rank: int = 0, option: str = "train.device") -> torch.device:
     """``train.device`` -> a device: ``auto`` picks CUDA when present; under torchrun CUDA uses ``LOCAL_RANK``.
+
+    ``option`` is how errors name the setting (``--device`` on a command line).
 
     Raises:
         MicroactError: CUDA asked for but not available.
     """
+    setting = f"{option} {name}" if option.startswith("--") else f"{option}={name}"
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise MicroactError(f"train.device={name}: CUDA is not available on this machine (use cpu or auto)")
+            raise MicroactError(f"{setting}: CUDA is not available on this machine (use cpu or auto)")
         if name == "cuda":
             return torch.device("cuda", local_rank)
     try:
         return torch.device(name)
     except RuntimeError:
-        raise MicroactError(f"train.device={name!r}: not a device; use auto, cpu, cuda or cuda:N") from None
+        raise MicroactError(f"{setting}: not a device; use auto, cpu, cuda or cuda:N") from None
 
 
 def init(device_name: str = "auto") -> DistInfo:

@@ -39,6 +39,7 @@ def atomic_write(path: Path, write) -> None:
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # temporary files are private (0600); the result is an ordinary file
         os.replace(tmp, path)
     except BaseException as e:
         try:
@@ -55,6 +56,12 @@ def atomic_write(path: Path, write) -> None:
                 "Free some space and continue with --resume.") from None
         raise
     _fsync_dir(path.parent)
+
+
+def _umask() -> int:
+    mask = os.umask(0o22)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -162,17 +169,30 @@ def save_checkpoint(run_dir: Path, step: int, model, train_state: dict[str, Any]
     """
     folder = Path(run_dir) / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(folder)
     weights = folder / f"model_{step:08d}.safetensors"
     state = folder / f"state_{step:08d}.pt"
     save_weights(model, weights)
     atomic_write(state, lambda tmp: torch.save(train_state, tmp))
     atomic_write(folder / "latest", lambda tmp: Path(tmp).write_text(f"{step:08d}\n"))
     if keep > 0:
+        # Keep the newest ``keep`` up to this step. A later step on disk belongs to a run that was abandoned after
+        # writing it (killed before moving ``latest``, or a resume from an earlier checkpoint): it goes too, or it
+        # would outlive the checkpoint just written and be picked up should ``latest`` ever be unreadable.
         steps = sorted(_steps(folder))
-        for old in steps[:-keep]:
+        current = [s for s in steps if s <= step]
+        for old in current[:-keep] + [s for s in steps if s > step]:
             for f in (folder / f"model_{old:08d}.safetensors", folder / f"state_{old:08d}.pt"):
                 f.unlink(missing_ok=True)
     return state
+
+
+def _remove_leftovers(folder: Path) -> None:
+    """Delete the temporary files of writes a crash interrupted (a SIGKILL mid-save leaves a partial copy of the
+    weights or state, ``.<name>.<random>.tmp``, and safetensors' own ``.tmp<random>``); one process writes here."""
+    for f in folder.glob(".*"):
+        if (f.name.endswith(".tmp") or f.name.startswith(".tmp")) and f.is_file():
+            f.unlink(missing_ok=True)
 
 
 def _steps(folder: Path) -> list[int]:

@@ -190,6 +190,26 @@ class _CsvLog:
             csv.DictWriter(f, self.FIELDS).writerow(row)
 
 
+def _changed_keys(saved_yaml: Optional[str], cfg: Config) -> list[str]:
+    """Dotted keys whose values differ between a checkpoint's config (YAML text) and ``cfg``."""
+    import yaml
+
+    if not saved_yaml:
+        return []
+
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in d.items():
+            if isinstance(v, dict) and v:
+                out.update(flat(v, f"{prefix}{k}."))
+            else:
+                out[f"{prefix}{k}"] = v
+        return out
+
+    old, new = flat(yaml.safe_load(saved_yaml) or {}), flat(yaml.safe_load(cfg.to_yaml()))
+    return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+
+
 def _loader_crash(error: Exception, loader, epoch: int, batch_no: int) -> DataLoaderCrashError:
     """Name the clips a dead worker may have been loading: the next batch due (workers prefetch a few more)."""
     ids = loader.batch_sampler.batch_indices(epoch, batch_no)
@@ -289,6 +309,9 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo) -> int:
     if val_loader is not None:
         val_loader.generator = torch.Generator().manual_seed(t.seed)  # keep the global RNG untouched
     dataset = loader.dataset
+    if not len(dataset):  # else every epoch has 0 steps and the untrained weights come out as the run's answer
+        lists = ", ".join(str(Path(cfg.data.root) / f) for f in cfg.data.train_lists)
+        raise ConfigError(f"data.train_lists: no training clips in {lists}")
     batches = loader.batch_sampler
     micro_per_epoch = math.ceil(len(batches.sampler.rank_indices(0)) / t.micro_batch)
     steps_per_epoch = math.ceil(micro_per_epoch / accum)
@@ -327,6 +350,19 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo) -> int:
                 ema.load_state_dict({k: sharding.shard_like(v, ema.shadow[k]) for k, v in state["ema"].items()}
                                     if fsdp else state["ema"])
             epoch, step_in_epoch, global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
+            saved_steps = state.get("steps_per_epoch")
+            if step_in_epoch and (step_in_epoch > steps_per_epoch
+                                  or (saved_steps is not None and saved_steps != steps_per_epoch)):
+                of = f" of {saved_steps}" if saved_steps else ""
+                raise MicroactError(
+                    f"{found[1]}: saved after optimiser step {step_in_epoch}{of} of epoch {epoch}, but with this "
+                    f"config an epoch has {steps_per_epoch} steps ({len(dataset)} training clips in data.train_lists="
+                    f"{cfg.data.train_lists}): the position in the epoch is lost. Resume with the run's training "
+                    "lists, or start a new run from its weights.")
+            changed = _changed_keys(state.get("config"), cfg)
+            if changed:
+                D.log(f"note: --resume with a config that differs from the checkpoint's in {', '.join(changed)}; "
+                      f"{run_dir / 'config.yaml'} now records this run's")
             best, history, nan_skipped = state["best"], state["history"], state["nan_skipped"]
             resumed_rng = state["rng"][info.rank]
             D.log(f"resumed from {found[1]}: epoch {epoch}, step {step_in_epoch}/{steps_per_epoch}, "
@@ -380,6 +416,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo) -> int:
                 "step_in_epoch": step_in_epoch, "global_step": global_step, "rng": rngs,
                 "ema": ema_state, "best": best, "history": history,
                 "nan_skipped": nan_skipped, "global_batch": t.global_batch, "world_size": info.world_size,
+                "steps_per_epoch": steps_per_epoch,
                 "parallel": t.parallel, "config": cfg.to_yaml()}
 
     def checkpoint() -> None:
@@ -425,7 +462,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo) -> int:
                     set_lr(optimizer, factor)
                     n_micro = min(accum, micro_per_epoch - step_in_epoch * accum)
                     step_loss = torch.zeros((), device=device)
-                    step_indices = []
+                    step_indices, step_clips = [], 0
                     for m in range(n_micro):
                         t_wait = time.perf_counter()
                         batch = next(it)
@@ -468,14 +505,22 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo) -> int:
                             scaler.scale(loss).backward()
                         step_loss += loss.detach()
                         clips += x.shape[0] if weight else 0
+                        step_clips += x.shape[0] if weight else 0
 
                     # One host sync per optimiser step: a NaN must be caught before the weights change, and every
                     # rank must agree on skipping a step or stopping after it (SIGTERM may reach only some ranks).
                     flags = torch.stack([(~torch.isfinite(step_loss)).float(),
-                                         torch.tensor(float(flag.signum or 0), device=device)])
-                    bad_flag, stop_flag = D.all_reduce_max(flags).tolist()
+                                         torch.tensor(float(flag.signum or 0), device=device),
+                                         torch.tensor(float(step_clips > 0), device=device)])
+                    bad_flag, stop_flag, data_flag = D.all_reduce_max(flags).tolist()
                     bad, stop = bad_flag > 0, int(stop_flag) or None
-                    if bad:
+                    if data_flag == 0:
+                        # Every clip of this step, on every rank, was unreadable: nothing to learn from. No update
+                        # (GradScaler.step would fail on gradients it never saw), no EMA step, no loss logged.
+                        D.warn(f"epoch {epoch}, step {step_in_epoch}: every clip of this optimiser step was "
+                               "unreadable; skipping the step")
+                        optimizer.zero_grad(set_to_none=True)
+                    elif bad:
                         where = (f"non-finite loss at epoch {epoch}, step {step_in_epoch} (global step {global_step}); "
                                  f"videos of this step (rank {info.rank}): "
                                  + ", ".join(f"{i}:{dataset.records[i].path}" for i in step_indices[:16]))
@@ -504,7 +549,12 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo) -> int:
                     bar.update(1)
 
                     if global_step % t.log_every == 0 or step_in_epoch == steps_per_epoch:
-                        mean_loss = D.all_reduce_mean(loss_acc / max(acc_steps, 1)).item()
+                        # one collective: the mean loss over ranks and the clips every rank skipped this epoch
+                        totals = D.all_reduce_sum(torch.stack([
+                            loss_acc / max(acc_steps, 1), torch.tensor(float(len(skipped_clips)), device=device)]))
+                        mean_loss, skipped_all = (totals[0] / info.world_size).item(), int(totals[1].item())
+                        if not acc_steps:  # every step of the interval was skipped (equal on every rank)
+                            mean_loss = float("nan")
                         interval = max(time.perf_counter() - tick, 1e-9)
                         rate = clips * info.world_size / interval
                         wait_fraction = min(waited / interval, 1.0)
@@ -515,7 +565,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo) -> int:
                             csv_log.write({"step": global_step, "epoch": epoch, "loss": f"{mean_loss:.6f}",
                                            "lr": f"{lr:.6e}", "clips_per_s": f"{rate:.2f}",
                                            "data_wait": f"{wait_fraction:.3f}",
-                                           "skipped": len(skipped_clips), "nan_skipped": nan_skipped})
+                                           "skipped": skipped_all, "nan_skipped": nan_skipped})
                             if writer is not None:
                                 writer.add_scalar("train/loss", mean_loss, global_step)
                                 writer.add_scalar("train/lr", lr, global_step)
@@ -547,10 +597,11 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo) -> int:
             if skipped_clips:
                 D.warn(f"epoch {epoch}: {len(skipped_clips)} clip(s) could not be read and were skipped, e.g. "
                        f"{skipped_clips[0]}")
+            skipped_all = int(D.all_reduce_sum(torch.tensor(float(len(skipped_clips)), device=device)).item())
             epoch_wait = min((epoch_waited + waited) / max(time.perf_counter() - epoch_start, 1e-9), 1.0)
             wait_percent = round(100 * epoch_wait)  # what the log says is what the hint below decides on
             D.log(f"epoch {epoch + 1}/{t.epochs}: global step {global_step}, lr {optimizer.param_groups[0]['lr']:.3e}, "
-                  f"skipped clips {len(skipped_clips)}, NaN steps skipped {nan_skipped}, "
+                  f"skipped clips {skipped_all}, NaN steps skipped {nan_skipped}, "
                   f"waited for data {wait_percent}% of the time")
             if wait_percent > 10 and not data_hint_given:
                 data_hint_given = True
@@ -590,11 +641,13 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo) -> int:
             save_weights(ema_weights, run_dir / "model_ema_final.safetensors")
         selected = "model_final.safetensors"
         if t.select == "best_val":
-            if (run_dir / "model_best.safetensors").is_file():
+            if history:  # this run validated (a model_best.safetensors on disk may be an older run's)
                 selected = "model_best.safetensors"
             else:
-                D.warn("train.select=best_val but there was no validation (data.val_list unset): "
-                       "using the last weights")
+                why = ("data.val_list unset" if not cfg.data.val_list else
+                       f"the run ended before the first validation: train.val_every={t.val_every} epochs, "
+                       f"train.epochs={t.epochs}, train.max_steps={t.max_steps}")
+                D.warn(f"train.select=best_val but there was no validation ({why}): using the last weights")
         summary = {"val": history, "best_f1_mean": best if history else None, "selected": selected,
                    "global_step": global_step, "nan_skipped": nan_skipped}
         (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
