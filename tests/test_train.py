@@ -194,7 +194,9 @@ def test_recipe_loads(path):
         assert cfg.model.pretrained.endswith(preset.checkpoint)
         trainval = "val_list_videos.txt" in cfg.data.train_lists
         assert trainval == (cfg.data.val_list is None)
-        assert cfg.optim.lr == 3e-4 and cfg.train.precision == "fp16"
+        assert cfg.train.precision == "fp16"
+    if path.stem not in ("tiny_synth", "official_videomae_recipe"):  # seed rows (the official recipe: test_config)
+        assert cfg.optim.lr == 3e-4
         assert cfg.sched.cosine_t_max == cfg.train.epochs + 1
 
 
