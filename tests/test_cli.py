@@ -27,10 +27,18 @@ def test_every_subcommand_has_help_with_defaults(words, capsys):
         if action.dest == "help" or not action.option_strings:
             continue
         shown = formatter._get_help_string(action)
-        if action.nargs != 0 and action.default not in (None, False):
+        if action.nargs != 0 and action.default is not None and action.default is not False:  # 0 == False
             assert "default" in shown.lower(), action.option_strings
         assert shown.count("(default:") <= 1, action.option_strings
     assert "(default: None)" not in out and "(default: False)" not in out
+
+
+def test_zero_default_is_shown(capsys):
+    # 0 == False in Python: a default of 0 (--workers 0 = all cores) must still be shown as a default
+    with pytest.raises(SystemExit):
+        main(["crop", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "parallel processes (0 = all cores) (default: 0)" in out
 
 
 def _subparser(words):

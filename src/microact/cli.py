@@ -40,7 +40,8 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
 
     def _get_help_string(self, action: argparse.Action) -> str:
         help_text = action.help or ""
-        if action.default in (None, False) or "default" in help_text.lower():
+        # identity, not ==: a default of 0 (e.g. --workers 0 = all cores) is a value to show, not an off switch
+        if action.default is None or action.default is False or "default" in help_text.lower():
             return help_text
         return super()._get_help_string(action)
 
@@ -187,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--batch", type=int, nargs="*", default=[1, 4], help="batch sizes")
     q.add_argument("--precision", nargs="*", default=None,
                    help="precisions (default: fp32 bf16; fp32 only on a CPU without hardware bf16)")
-    q.add_argument("--repeats", type=int, default=3, help="timed repeats per cell (median)")
+    q.add_argument("--repeats", type=int, default=3, help="timed repeats per cell (best and median reported)")
     q.add_argument("--device", default="auto", help="auto | cpu | cuda")
     q.add_argument("--json", default=None, help="also write the figures here")
     q = _sub(bench_sub, "train", "full recognizer training step: clips/s, peak memory, MFU; HF VideoMAE as the peer")
@@ -241,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, default=12, help="fine classes in the synthetic dataset")
     p.add_argument("--clips-per-class", type=int, default=30, help="clips per class")
     p.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic dataset and of training")
 
     # info -----------------------------------------------------------------------------------
     p = _sub(sub, "info", "versions, device, decoders and detectors available")

@@ -24,7 +24,8 @@ uninterrupted run (checked on CPU). SIGTERM / Ctrl-C finish the current step, sa
 
 Precision: ``fp16`` = autocast + dynamic loss scaling (the seed) on CUDA; on CPU fp16 autocast is slow and
 poorly supported, so ``fp16`` runs as ``bf16`` autocast there (a note is printed); ``bf16`` = autocast without
-scaling; ``fp32`` = none.
+scaling; ``fp32`` = none. On a CPU without hardware bf16 (AVX512-BF16 or AMX) ``fp16`` and ``bf16`` run as
+``fp32`` (a note is printed): emulated bf16 matmuls are tens of times slower.
 
 The run directory: ``config.yaml`` (resolved), ``env.json``, ``log.csv``, ``tb/`` (TensorBoard),
 ``checkpoints/``, ``metrics.json`` (validation history), ``model_final.safetensors``, ``model_best.safetensors``
