@@ -46,8 +46,9 @@ def _model(cfg, seed=0):
     return create_model_from_config(cfg, pretrained=False).eval()
 
 
-def _by_hand(model, cfg, path, num_clips, average="prob"):
-    """One view at a time: decode, transform, normalise with NumPy, forward, then average."""
+def _by_hand(model, cfg, path, num_clips, average="prob", head="fine"):
+    """One view at a time: decode, transform, normalise with NumPy, forward, then average (``head``: which lead
+    head's logits, "fine" or "coarse")."""
     n = count_frames(path)
     frames = read_frames(path, uniform_sample(n, cfg.data.clip_len, num_clips, test_mode=True))
     views = TestTransform(cfg.eval, cfg.data.img_size).views(frames, num_clips)  # [V, 3, T, S, S]
@@ -57,7 +58,7 @@ def _by_hand(model, cfg, path, num_clips, average="prob"):
     with torch.no_grad():
         for view in views:
             x = torch.from_numpy(((view - mean) / std).astype(np.float32))[None]
-            logits.append(model(x).fine[0].double())
+            logits.append(getattr(model(x), head)[0].double())
     logits = torch.stack(logits)
     if average == "prob":
         return logits.softmax(-1).mean(0).numpy()
@@ -200,3 +201,62 @@ def test_evaluate_under_two_processes_gathers_in_list_order(dataset_dir, tmp_pat
     assert merged.names == single.names == list(LABELS)
     np.testing.assert_allclose(merged.scores, single.scores, rtol=1e-5, atol=1e-7)
     assert merged.meta["failed"] == single.meta["failed"] and len(merged.meta["failed"]) == 1
+
+
+def test_coarse_head_rule_from_test_to_submission(dataset_dir, tmp_path, capsys):
+    """predict.coarse_rule=coarse_head: `microact test` keeps the coarse head's clip-averaged probabilities, scores
+    the body parts with them, and the dump carries them to `microact submit`."""
+    from safetensors.torch import save_file
+    from sklearn.metrics import f1_score
+
+    from microact import ma52
+    from microact.metrics import coarse_scores
+
+    cfg = _cfg(dataset_dir)
+    model = _model(cfg, seed=2)
+    ckpt = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(ckpt))
+    config = tmp_path / "recipe.yaml"
+    config.write_text("predict:\n  coarse_rule: coarse_head\n")
+    overrides = OVERRIDES + [f"data.root={dataset_dir}"]
+    with pytest.warns(RuntimeWarning):
+        assert cli(["test", str(config), str(ckpt), *overrides, "--split", "val", "--out", str(tmp_path / "val")]) == 0
+    val = load_results(tmp_path / "val" / "results.npz")
+    assert val.coarse_head_scores.shape == (4, 7)
+    for i, name in enumerate(val.names):
+        if name == "bad.mp4":
+            np.testing.assert_allclose(val.coarse_head_scores[i], np.full(7, 1 / 7), rtol=1e-6)
+        else:
+            expected = _by_hand(model, cfg, dataset_dir / name, 2, head="coarse")
+            np.testing.assert_allclose(val.coarse_head_scores[i], expected, rtol=1e-4, atol=1e-6)
+    # body part = argmax of (coarse head) x (per-part sums of the fine probabilities); scored like scikit-learn
+    body = np.argmax(val.coarse_head_scores.astype(np.float64) * coarse_scores(val.scores), axis=1)
+    truth = ma52.fine_to_coarse(val.labels)
+    metrics = json.loads((tmp_path / "val" / "metrics.json").read_text())
+    assert metrics["coarse_rule"] == "coarse_head"
+    assert metrics["coarse_macro"] == pytest.approx(f1_score(truth, body, average="macro", zero_division=0))
+    assert metrics["coarse_micro"] == pytest.approx(f1_score(truth, body, average="micro"))
+
+    dump = tmp_path / "test.pkl"
+    with pytest.warns(RuntimeWarning):
+        assert cli(["test", str(config), str(ckpt), *overrides, "--dump", str(dump), "--out", str(tmp_path / "t")]) == 0
+    from_pkl, from_npz = load_results(dump), load_results(dump.with_suffix(".npz"))
+    np.testing.assert_array_equal(from_pkl.coarse_head_scores, from_npz.coarse_head_scores)
+    body = np.argmax(from_pkl.coarse_head_scores.astype(np.float64) * coarse_scores(from_pkl.scores), axis=1)
+    assert [int(r[1]) for r in _zip_rows(tmp_path / "t" / "submission_mac2024.zip")[1:]] == body.tolist()
+    assert cli(["submit", str(dump), "--out", str(tmp_path / "s"), "--coarse-rule", "coarse_head"]) == 0
+    assert [int(r[1]) for r in _zip_rows(tmp_path / "s" / "submission_mac2024.zip")[1:]] == body.tolist()
+    # a dump without the coarse head's scores cannot use the rule, and says which rules it can use
+    plain = tmp_path / "plain.pkl"
+    with pytest.warns(RuntimeWarning):
+        assert cli(["test", str(config), str(ckpt), *overrides, "predict.coarse_rule=map_top1", "--dump", str(plain),
+                    "--out", str(tmp_path / "p")]) == 0
+    assert load_results(plain).coarse_head_scores is None
+    capsys.readouterr()
+    assert cli(["submit", str(plain), "--out", str(tmp_path / "s2"), "--coarse-rule", "coarse_head"]) == 2
+    assert "no coarse-head scores" in capsys.readouterr().err
+    # a model without coarse heads is refused before any video is read
+    assert cli(["test", str(config), str(ckpt), *overrides, "model.preset=videomae_tiny_timesformer",
+                "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "predict.coarse_rule=coarse_head needs a model with coarse heads" in err

@@ -162,3 +162,27 @@ def test_bad_inputs_raise_clear_errors():
         metrics.f1_mean([], [])
     with pytest.raises(metrics.MetricError, match="macro_labels"):
         metrics.f1_mean([0], [0], "some")
+
+
+def test_coarse_head_rule_agrees_with_the_recognizer_rule():
+    """metrics.predict_coarse("coarse_head") (NumPy, for dumps) picks what Recognizer.predict_proba's rule ranks
+    first, and refuses to guess without the coarse head's scores."""
+    import torch
+
+    from microact.metrics import MetricError, predict_coarse
+    from microact.models.recognizer import coarse_scores as recognizer_scores
+
+    rng = np.random.default_rng(5)
+    fine = rng.dirichlet(np.full(52, 0.3), size=64)
+    head = rng.dirichlet(np.full(7, 0.5), size=64)
+    expected = recognizer_scores(torch.tensor(fine, dtype=torch.float64).float(), "coarse_head",
+                                 torch.tensor(head).float()).argmax(1).numpy()
+    np.testing.assert_array_equal(predict_coarse(fine, "coarse_head", head), expected)
+    # a loop over the seven parts, by hand
+    by_hand = [max(range(7), key=lambda c: head[i, c] * sum(fine[i, k] for k in range(52)
+                                                           if ma52.FINE_TO_COARSE[k] == c)) for i in range(64)]
+    np.testing.assert_array_equal(predict_coarse(fine, "coarse_head", head), by_hand)
+    with pytest.raises(MetricError, match="coarse head's scores"):
+        predict_coarse(fine, "coarse_head")
+    with pytest.raises(MetricError, match="expected shape"):
+        predict_coarse(fine, "coarse_head", head[:, :6])

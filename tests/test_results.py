@@ -391,3 +391,19 @@ def test_cli_ensemble_of_mmaction2_dumps_takes_names_from_the_list(tmp_path, cap
     assert cli(["ensemble", *dumps, "--list", str(short), "--out", str(tmp_path / "ens3")]) == 2
     err = capsys.readouterr().err
     assert "short.txt" in err and "a.pkl" in err
+
+
+def test_coarse_head_scores_survive_saving_and_ensembling(tmp_path):
+    rng = np.random.default_rng(9)
+    a, b = _random_results(n=5, seed=31, labels=False), _random_results(n=5, seed=32, labels=False)
+    a.coarse_head_scores = rng.dirichlet(np.ones(7), size=5).astype(np.float32)
+    b.coarse_head_scores = rng.dirichlet(np.ones(7), size=5).astype(np.float32)
+    pkl, npz = save_results(a, tmp_path / "a.pkl")
+    for path in (pkl, npz):
+        np.testing.assert_array_equal(load_results(path).coarse_head_scores, a.coarse_head_scores)
+    e = ensemble([a, b], [0.3, 0.7])
+    np.testing.assert_allclose(e.coarse_head_scores, 0.3 * a.coarse_head_scores.astype(np.float64)
+                               + 0.7 * b.coarse_head_scores, rtol=1e-6)
+    assert ensemble([a, _random_results(n=5, seed=33, labels=False)]).coarse_head_scores is None  # not every model has them
+    with pytest.raises(ResultsError, match=r"\[5, 7\]"):
+        Results(a.names, a.scores, coarse_head_scores=np.zeros((5, 6)))

@@ -374,7 +374,7 @@ def test_native_bf16_detection_agrees_with_the_cpu_flags():
     assert cpu_has_native_bf16() == bool({"avx512_bf16", "amx_bf16", "amx_tile"} & flags)
 
 
-@pytest.mark.parametrize("rule", ["map_top1", "sum_probs"])
+@pytest.mark.parametrize("rule", ["map_top1", "sum_probs", "coarse_head"])
 def test_validation_body_parts_follow_the_coarse_rule(monkeypatch, rule):
     """Validation during training scores body parts like `microact test` does (predict.coarse_rule)."""
     import numpy as np
@@ -389,13 +389,19 @@ def test_validation_body_parts_follow_the_coarse_rule(monkeypatch, rule):
     n = 60
     scores = rng.dirichlet(np.full(52, 0.3), size=n)
     labels = rng.integers(0, 52, n)
-    monkeypatch.setattr(evaluate_module, "evaluate",
-                        lambda *a, **k: Results([f"v{i}.mp4" for i in range(n)], scores, labels))
+    head = rng.dirichlet(np.ones(7), size=n)
+
+    def fake_evaluate(*args, coarse_head=False, **kwargs):  # the coarse head's scores only when asked for
+        return Results([f"v{i}.mp4" for i in range(n)], scores, labels, coarse_head_scores=head if coarse_head else None)
+
+    monkeypatch.setattr(evaluate_module, "evaluate", fake_evaluate)
     cfg = load_config(None, [f"predict.coarse_rule={rule}"])
     got = validate(torch.nn.Linear(1, 1), None, torch.device("cpu"), "fp32", cfg)
     g = np.asarray(ma52.FINE_TO_COARSE)
     if rule == "sum_probs":  # the body part whose fine classes hold the most probability
         body = np.array([max(range(7), key=lambda c: scores[i][g == c].sum()) for i in range(n)])
+    elif rule == "coarse_head":  # ... weighted by the coarse head's probability of that part
+        body = np.array([max(range(7), key=lambda c: head[i, c] * scores[i][g == c].sum()) for i in range(n)])
     else:
         body = g[scores.argmax(1)]
     assert got["coarse_macro"] == pytest.approx(f1_score(g[labels], body, average="macro"))

@@ -26,7 +26,7 @@ from microact import ma52
 from microact.errors import MicroactError
 
 MacroLabels = Literal["present", "all"]
-CoarseRule = Literal["map_top1", "sum_probs"]
+CoarseRule = Literal["map_top1", "sum_probs", "coarse_head"]
 
 
 class MetricError(MicroactError, ValueError):
@@ -183,13 +183,29 @@ def coarse_scores(scores) -> np.ndarray:
     return out
 
 
-def predict_coarse(scores, rule: CoarseRule = "map_top1") -> np.ndarray:
-    """Body-part prediction ``[N]`` from fine scores: ``g(argmax)`` (seed) or argmax of per-group sums."""
+def predict_coarse(scores, rule: CoarseRule = "map_top1", head_scores=None) -> np.ndarray:
+    """Body-part prediction ``[N]`` from fine scores (SEED.md §12 row 12).
+
+    Rules: ``"map_top1"`` (seed): ``g(argmax)``; ``"sum_probs"``: argmax of the per-part sums of the fine scores;
+    ``"coarse_head"``: argmax of ``head_scores(c) * sum_{k in c} scores(k)``, the coarse lead head's clip-averaged
+    probabilities ``head_scores [N, 7]`` taken as independent evidence next to the fine ones (the rule of
+    :func:`microact.models.recognizer.coarse_scores`).
+    """
     if rule == "map_top1":
         return ma52.fine_to_coarse(np.argmax(_as_scores(scores), axis=1))
     if rule == "sum_probs":
         return np.argmax(coarse_scores(scores), axis=1)
-    raise MetricError(f"coarse rule {rule!r} is not one of 'map_top1', 'sum_probs'")
+    if rule == "coarse_head":
+        if head_scores is None:
+            raise MetricError("coarse rule 'coarse_head' needs the coarse head's scores, which these results do not "
+                              "hold (a model without coarse heads, or a dump from another tool); use map_top1 or "
+                              "sum_probs")
+        sums = coarse_scores(scores)
+        head = _as_scores(head_scores)
+        if head.shape != sums.shape:
+            raise MetricError(f"coarse head scores: expected shape {sums.shape}, got {head.shape}")
+        return np.argmax(head * sums, axis=1)
+    raise MetricError(f"coarse rule {rule!r} is not one of 'map_top1', 'sum_probs', 'coarse_head'")
 
 
 def topk_accuracy(scores, labels, ks: Sequence[int] = (1, 5)) -> dict[int, float]:
@@ -278,7 +294,7 @@ def format_summary(metrics: dict) -> str:
 
 
 def evaluate_scores(scores, labels, *, macro_labels: MacroLabels = "present", coarse_rule: CoarseRule = "map_top1",
-                    names: Sequence[str] | None = None) -> dict:
+                    names: Sequence[str] | None = None, coarse_head_scores=None) -> dict:
     """Every number for ``metrics.json`` from clip-averaged scores and true labels.
 
     Args:
@@ -287,6 +303,7 @@ def evaluate_scores(scores, labels, *, macro_labels: MacroLabels = "present", co
         macro_labels: label set of the macro F1 terms (SEED.md §12 row 13).
         coarse_rule: body-part prediction rule (SEED.md §12 row 12); the seed uses ``"map_top1"``.
         names: class names for the per-class rows (default: MA-52's names).
+        coarse_head_scores: the coarse head's clip-averaged probabilities ``[N, 7]`` (``coarse_rule="coarse_head"``).
 
     Returns:
         ``{"f1_mean", "fine_macro", "fine_micro", "coarse_macro", "coarse_micro", "top1", "top5",
@@ -298,7 +315,7 @@ def evaluate_scores(scores, labels, *, macro_labels: MacroLabels = "present", co
     if y.size != s.shape[0]:
         raise MetricError(f"scores have {s.shape[0]} rows but there are {y.size} labels")
     pred = np.argmax(s, axis=1)
-    coarse_pred = predict_coarse(s, coarse_rule) if coarse_rule != "map_top1" else None
+    coarse_pred = predict_coarse(s, coarse_rule, coarse_head_scores) if coarse_rule != "map_top1" else None
     out: dict = dict(f1_mean(y, pred, macro_labels, coarse_pred=coarse_pred, num_classes=s.shape[1]))
     topk = topk_accuracy(s, y, ks=(1, 5))
     out.update(top1=topk[1], top5=topk[5], mean_class_accuracy=mean_class_accuracy(y, pred), num_videos=int(y.size),

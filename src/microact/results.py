@@ -63,6 +63,8 @@ class Results:
         num_classes: ``K``.
         img_shape: network input size recorded in the dump, ``(H, W)``.
         meta: free-form facts (source files, weights, failed videos, ...); saved in the ``.npz`` only.
+        coarse_head_scores: float32 ``[N, 7]``, the coarse lead head's clip-averaged probabilities, kept when the
+            results were computed for ``predict.coarse_rule=coarse_head`` (``None`` otherwise, and in mmaction2 dumps).
     """
 
     names: list[str]
@@ -71,6 +73,7 @@ class Results:
     num_classes: int | None = None
     img_shape: tuple = (224, 224)
     meta: dict = field(default_factory=dict)
+    coarse_head_scores: np.ndarray | None = None
 
     def __post_init__(self):
         self.names = [str(n) for n in self.names]
@@ -90,6 +93,11 @@ class Results:
             if self.labels.shape[0] != n:
                 raise ResultsError(f"{self.labels.shape[0]} labels for {n} score rows")
         self.img_shape = tuple(int(v) for v in self.img_shape)
+        if self.coarse_head_scores is not None:
+            self.coarse_head_scores = np.ascontiguousarray(np.asarray(self.coarse_head_scores, dtype=np.float32))
+            if self.coarse_head_scores.shape != (n, ma52.NUM_COARSE):
+                raise ResultsError(f"coarse head scores must be [{n}, {ma52.NUM_COARSE}], "
+                                   f"got shape {self.coarse_head_scores.shape}")
 
     def __len__(self) -> int:
         return self.scores.shape[0]
@@ -103,7 +111,8 @@ class Results:
         """:func:`microact.metrics.evaluate_scores` on these results (labels required)."""
         if self.labels is None:
             raise ResultsError("these results have no labels (a test list?), so they cannot be scored")
-        return evaluate_scores(self.scores, self.labels, macro_labels=macro_labels, coarse_rule=coarse_rule)
+        return evaluate_scores(self.scores, self.labels, macro_labels=macro_labels, coarse_rule=coarse_rule,
+                               coarse_head_scores=self.coarse_head_scores)
 
 
 # --------------------------------------------------------------------------------------------
@@ -155,6 +164,8 @@ def save_results(results: Results, path: str | os.PathLike) -> tuple[Path | None
             }
             if real_names:
                 entry["filename"] = name
+            if results.coarse_head_scores is not None:  # an extra key: mmaction2's readers look up theirs by name
+                entry["coarse_head_score"] = torch.from_numpy(results.coarse_head_scores[i].copy())
             entries.append(entry)
         # protocol 2, like mmengine's pickle handler, so every mmaction2 version can read it
         _atomic_write(pkl_path, lambda f: pickle.dump(entries, f, protocol=2))
@@ -169,6 +180,7 @@ def save_results(results: Results, path: str | os.PathLike) -> tuple[Path | None
             num_classes=np.asarray(results.num_classes, dtype=np.int64),
             img_shape=np.asarray(results.img_shape, dtype=np.int64),
             meta_json=np.asarray(json.dumps(results.meta, default=str)),
+            **({} if results.coarse_head_scores is None else {"coarse_head_scores": results.coarse_head_scores}),
         )
 
     _atomic_write(npz_path, write_npz)
@@ -370,7 +382,7 @@ def _results_from_entries(entries, source: str) -> Results:
     if not isinstance(entries, (list, tuple)) or not entries:
         raise ResultsError(f"{source}: expected a non-empty list with one entry per video, "
                            f"got {type(entries).__name__}")
-    scores, labels, names = [], [], []
+    scores, labels, names, head_rows = [], [], [], []
     num_classes, img_shape = None, (224, 224)
     for i, entry in enumerate(entries):
         where = f"{source}: entry {i}"
@@ -384,10 +396,14 @@ def _results_from_entries(entries, source: str) -> Results:
             names.append(None if name is None else str(name))
             num_classes = entry.get("num_classes", num_classes)
             img_shape = entry.get("img_shape", img_shape)
+            head = entry.get("coarse_head_score")
+            head_rows.append(None if head is None else
+                             _to_array(head, "coarse_head_score", where).astype(np.float32).reshape(-1))
         else:  # mmaction2 0.x `--out` dumps: a bare score array per video
             raw = entry
             labels.append(None)
             names.append(None)
+            head_rows.append(None)
         row = _to_array(raw, "pred_score", where).astype(np.float32).reshape(-1)
         if scores and row.shape != scores[0].shape:
             raise ResultsError(f"{where}: {row.size} scores, but entry 0 has {scores[0].size}")
@@ -412,7 +428,8 @@ def _results_from_entries(entries, source: str) -> Results:
         img_shape = tuple(img_shape)
     else:
         img_shape = (224, 224)
-    return Results(names, score_mat, label_vec, score_mat.shape[1], img_shape, meta)
+    head = np.stack(head_rows) if head_rows and all(r is not None for r in head_rows) else None
+    return Results(names, score_mat, label_vec, score_mat.shape[1], img_shape, meta, head)
 
 
 def _load_npz(path: Path) -> Results:
@@ -424,6 +441,7 @@ def _load_npz(path: Path) -> Results:
             num_classes = int(z["num_classes"])
             img_shape = tuple(int(v) for v in z["img_shape"])
             meta = json.loads(str(z["meta_json"])) if "meta_json" in z.files else {}
+            head = z["coarse_head_scores"] if "coarse_head_scores" in z.files else None
     except FileNotFoundError:
         raise ResultsError(f"{path}: result file not found") from None
     except KeyError as e:
@@ -431,7 +449,7 @@ def _load_npz(path: Path) -> Results:
     except ValueError as e:
         raise ResultsError(f"{path}: not a readable .npz result file ({e})") from None
     meta["source"] = str(path)
-    return Results(names, scores, labels, num_classes, img_shape, meta)
+    return Results(names, scores, labels, num_classes, img_shape, meta, head)
 
 
 def read_list_names(list_file: str | os.PathLike, num_classes: int = ma52.NUM_FINE) -> tuple[list[str], np.ndarray]:
@@ -515,10 +533,10 @@ def _write_zip(zip_path: Path, csv_text: str) -> Path:
 
 
 def _body_predictions(results: Results, coarse_rule: str) -> np.ndarray:
-    if coarse_rule not in ("map_top1", "sum_probs"):
-        raise ResultsError(f"coarse rule {coarse_rule!r}: submissions support 'map_top1' and 'sum_probs' "
-                           "(the coarse heads' scores are not part of a result dump)")
-    return predict_coarse(results.scores, coarse_rule)
+    if coarse_rule == "coarse_head" and results.coarse_head_scores is None:
+        raise ResultsError("coarse rule 'coarse_head': these results hold no coarse-head scores (they are kept by "
+                           "`microact test` with predict.coarse_rule=coarse_head); use map_top1 or sum_probs")
+    return predict_coarse(results.scores, coarse_rule, results.coarse_head_scores)
 
 
 def write_mac2024_submission(results: Results, out_dir: str | os.PathLike, coarse_rule: str = "map_top1",
@@ -528,7 +546,8 @@ def write_mac2024_submission(results: Results, out_dir: str | os.PathLike, coars
     Args:
         results: test results in test-list order; ``names`` become the ids (``test0000.mp4``...).
         out_dir: folder for the zip.
-        coarse_rule: ``"map_top1"`` (seed: body = g(argmax fine)) or ``"sum_probs"`` (argmax of per-part sums).
+        coarse_rule: ``"map_top1"`` (seed: body = g(argmax fine)), ``"sum_probs"`` (argmax of per-part sums) or
+            ``"coarse_head"`` (with the coarse head's scores, :func:`microact.metrics.predict_coarse`).
         filename: zip file name.
 
     Returns:
@@ -551,7 +570,8 @@ def write_ma52_top5_csv(results: Results, out_dir: str | os.PathLike, coarse_rul
 
     Body parts are ranked by the sum of fine probabilities inside each part (the public 2025 code). With
     ``coarse_rule="map_top1"`` the first body prediction is g(action top-1) (consistent with F1_mean) and the
-    remaining four follow the per-part sums; ``"sum_probs"`` uses the sums for all five.
+    remaining four follow the per-part sums; ``"sum_probs"`` uses the sums for all five; ``"coarse_head"`` ranks all
+    five by the sums times the coarse head's probabilities.
 
     Returns:
         Path of the zip (``prediction.csv`` at its root).
@@ -559,6 +579,8 @@ def write_ma52_top5_csv(results: Results, out_dir: str | os.PathLike, coarse_rul
     _check_submittable(results)
     order = np.argsort(-results.scores.astype(np.float64), axis=1, kind="stable")[:, :5]  # [N, 5]
     sums = coarse_scores(results.scores)  # [N, 7]
+    if coarse_rule == "coarse_head" and results.coarse_head_scores is not None:
+        sums = sums * results.coarse_head_scores
     body_order = np.argsort(-sums, axis=1, kind="stable")  # [N, 7]
     first = _body_predictions(results, coarse_rule)
     buf = io.StringIO()
@@ -636,7 +658,10 @@ def ensemble(results_list: Sequence[Results], weights: Sequence[float] | None = 
     _, ref = _named_reference(results_list)  # names from a dump that has them (mmaction2 dumps carry none)
     meta = {"ensemble": [{"source": _source(r, i), "weight": w} for i, (r, w) in enumerate(zip(results_list, weights))],
             "names_from": ref.meta.get("names_from", "dump")}
-    return Results(list(ref.names), total.astype(np.float32), labels, ref.num_classes, ref.img_shape, meta)
+    head = None
+    if all(r.coarse_head_scores is not None for r in results_list):  # the same weighted sum for the coarse head
+        head = sum(w * r.coarse_head_scores.astype(np.float64) for w, r in zip(weights, results_list))
+    return Results(list(ref.names), total.astype(np.float32), labels, ref.num_classes, ref.img_shape, meta, head)
 
 
 def _score_fn(labels: np.ndarray, metric: str, macro_labels: str) -> Callable[[np.ndarray], float]:

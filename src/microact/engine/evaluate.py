@@ -26,6 +26,7 @@ from typing import Literal, Optional
 import numpy as np
 import torch
 
+from microact import ma52
 from microact.errors import MicroactError
 from microact.results import Results
 
@@ -44,14 +45,37 @@ def autocast(device: torch.device, precision: Precision):
     return torch.autocast(device_type=device.type, dtype=PRECISION_DTYPES[precision])
 
 
-def _lead_logits(model, x: torch.Tensor) -> torch.Tensor:
+def _lead_logits(model, x: torch.Tensor, coarse_head: bool = False):
+    """The fine lead logits; with ``coarse_head`` the pair (fine, coarse lead logits)."""
     out = model(x)
-    return out.fine if hasattr(out, "fine") else out  # Recognizer -> RecognizerOutput; plain modules -> logits
+    fine = out.fine if hasattr(out, "fine") else out  # Recognizer -> RecognizerOutput; plain modules -> logits
+    if not coarse_head:
+        return fine
+    coarse = getattr(out, "coarse", None)
+    if coarse is None:
+        raise MicroactError("predict.coarse_rule=coarse_head needs a model with coarse heads (a *_frame_coarse_* "
+                            "preset); this one has none: use map_top1 or sum_probs")
+    return fine, coarse
+
+
+def check_coarse_rule(model, rule: str) -> None:
+    """Refuse ``predict.coarse_rule=coarse_head`` for a model without a coarse lead head, before any video is read."""
+    if rule == "coarse_head" and not getattr(model, "has_coarse", False):
+        preset = getattr(getattr(model, "preset", None), "name", None)
+        raise MicroactError(f"predict.coarse_rule=coarse_head needs a model with coarse heads (a *_frame_coarse_* "
+                            f"preset){f'; {preset} has none' if preset else ''}: use map_top1 or sum_probs")
+
+
+def _average_views(logits: torch.Tensor, b: int, v: int, average: str) -> torch.Tensor:
+    logits = logits.view(b, v, -1)  # [B*V, K] -> [B, V, K]
+    if average == "prob":
+        return logits.softmax(dim=-1).mean(dim=1)
+    return logits.mean(dim=1).softmax(dim=-1)
 
 
 @torch.no_grad()
 def score_views(model, video: torch.Tensor, device: torch.device, *, average: str = "prob",
-                precision: Precision = "fp32", max_clips: Optional[int] = None) -> torch.Tensor:
+                precision: Precision = "fp32", max_clips: Optional[int] = None, coarse_head: bool = False):
     """Clip-averaged fine probabilities of a batch of videos.
 
     Args:
@@ -61,9 +85,10 @@ def score_views(model, video: torch.Tensor, device: torch.device, *, average: st
         average: ``"prob"`` (seed: mean of per-view softmax) or ``"logit"`` (softmax of the mean logits).
         precision: autocast precision of the forward pass; logits are turned into float32 before the softmax.
         max_clips: at most this many views per forward pass (``None``: the whole batch at once).
+        coarse_head: also average the coarse lead head's logits the same way (``predict.coarse_rule=coarse_head``).
 
     Returns:
-        float32 ``[B, K]`` on the CPU.
+        float32 ``[B, K]`` on the CPU; with ``coarse_head`` the pair (fine ``[B, K]``, coarse head ``[B, 7]``).
     """
     from microact.data.transforms import normalize_batch
 
@@ -74,18 +99,21 @@ def score_views(model, video: torch.Tensor, device: torch.device, *, average: st
     b, v = video.shape[:2]
     flat = video.flatten(0, 1)  # [B, V, 3, T, H, W] -> [B*V, 3, T, H, W]
     step = max(1, max_clips or flat.shape[0])
-    logits = []
+    fine, coarse = [], []
     for start in range(0, flat.shape[0], step):
         # normalise per chunk on the device, so only one chunk exists as floats at a time
         x = normalize_batch(flat[start:start + step].to(device, non_blocking=True))
         with autocast(device, precision):
-            logits.append(_lead_logits(model, x).float())
-    logits = torch.cat(logits).view(b, v, -1)  # [B*V, K] -> [B, V, K]
-    if average == "prob":
-        probs = logits.softmax(dim=-1).mean(dim=1)
-    else:
-        probs = logits.mean(dim=1).softmax(dim=-1)
-    return probs.cpu()
+            out = _lead_logits(model, x, coarse_head)
+        if coarse_head:
+            fine.append(out[0].float())
+            coarse.append(out[1].float())
+        else:
+            fine.append(out.float())
+    probs = _average_views(torch.cat(fine), b, v, average).cpu()
+    if not coarse_head:
+        return probs
+    return probs, _average_views(torch.cat(coarse), b, v, average).cpu()
 
 
 def _world() -> tuple[int, int]:
@@ -109,7 +137,8 @@ def _gather(obj):
 
 @torch.no_grad()
 def evaluate(model, loader, device, *, average: str = "prob", precision: Precision = "fp32",
-             num_views: Optional[int] = None, max_clips: Optional[int] = None, progress: bool = True) -> Results:
+             num_views: Optional[int] = None, max_clips: Optional[int] = None, progress: bool = True,
+             coarse_head: bool = False) -> Results:
     """Score every video of a test-mode loader.
 
     Args:
@@ -123,6 +152,8 @@ def evaluate(model, loader, device, *, average: str = "prob", precision: Precisi
         num_views: expected views per video (checked against the batches when given).
         max_clips: views per forward pass (memory bound); ``None`` = a whole batch.
         progress: show a progress bar (rank 0).
+        coarse_head: also keep the coarse lead head's clip-averaged probabilities (``Results.coarse_head_scores``;
+            ``predict.coarse_rule=coarse_head``).
 
     Returns:
         :class:`Results` in list order: names = the list's file names, labels = the list's labels (``None`` when
@@ -137,7 +168,7 @@ def evaluate(model, loader, device, *, average: str = "prob", precision: Precisi
     rank, _ = _world()
     was_training = model.training
     model.eval()
-    indices, rows, skipped = [], [], []
+    indices, rows, head_rows, skipped = [], [], [], []
     views_seen, img_shape = None, (0, 0)
     for batch in tqdm(loader, desc="test", unit="batch", disable=not progress or rank != 0, file=sys.stderr):
         skipped += batch["skipped"]
@@ -147,31 +178,43 @@ def evaluate(model, loader, device, *, average: str = "prob", precision: Precisi
         if num_views is not None and video.shape[1] != num_views:
             raise MicroactError(f"expected {num_views} views per video, the loader gives {video.shape[1]}")
         views_seen, img_shape = video.shape[1], tuple(video.shape[-2:])
-        rows.append(score_views(model, video, device, average=average, precision=precision, max_clips=max_clips))
+        scored = score_views(model, video, device, average=average, precision=precision, max_clips=max_clips,
+                             coarse_head=coarse_head)
+        if coarse_head:
+            scored, head = scored
+            head_rows.append(head)
+        rows.append(scored)
         indices += batch["index"].tolist()
     if was_training:
         model.train()
-    local = (indices, torch.cat(rows).numpy() if rows else None, skipped, views_seen, img_shape)
+    local = (indices, torch.cat(rows).numpy() if rows else None, skipped, views_seen, img_shape,
+             torch.cat(head_rows).numpy() if head_rows else None)
 
     num_classes = int(getattr(model, "num_classes", 0)) or None
     scores: dict[int, np.ndarray] = {}
+    head_scores: dict[int, np.ndarray] = {}
     failed_messages: list[str] = []
-    for part_indices, part_scores, part_skipped, part_views, part_shape in _gather(local):
+    for part_indices, part_scores, part_skipped, part_views, part_shape, part_head in _gather(local):
         failed_messages += part_skipped
         views_seen = views_seen or part_views
         img_shape = img_shape if any(img_shape) else part_shape
         for i, idx in enumerate(part_indices):
             scores.setdefault(int(idx), part_scores[i])  # a padded duplicate keeps the first copy
+            if part_head is not None:
+                head_scores.setdefault(int(idx), part_head[i])
             num_classes = num_classes or part_scores.shape[1]
     if num_classes is None:
         raise MicroactError("no video of the list could be decoded and the model does not say its class count")
 
     n = len(records)
     out = np.empty((n, num_classes), dtype=np.float32)
+    head_out = np.full((n, ma52.NUM_COARSE), 1.0 / ma52.NUM_COARSE, dtype=np.float32) if coarse_head else None
     failed = []
     for i, record in enumerate(records):
         if i in scores:
             out[i] = scores[i]
+            if head_out is not None:
+                head_out[i] = head_scores[i]
         else:  # undecodable: a uniform row keeps the list order and the count (argmax then says class 0)
             out[i] = 1.0 / num_classes
             prefix = f"{Path(dataset.video_root) / record.path}: "
@@ -187,7 +230,7 @@ def evaluate(model, loader, device, *, average: str = "prob", precision: Precisi
         labels = None
         meta["labels_note"] = "every label is 0: treated as an unlabelled (test) list"
     return Results([r.path for r in records], out, labels, num_classes, img_shape if any(img_shape) else (224, 224),
-                   meta)
+                   meta, head_out)
 
 
 # --------------------------------------------------------------------------------------------
@@ -276,6 +319,7 @@ def cli_main(args) -> int:
     precision = cfg.train.precision if device.type == "cuda" else "fp32"
 
     model = create_model_from_config(cfg, pretrained=False)
+    check_coarse_rule(model, cfg.predict.coarse_rule)
     load_trained_weights(model, args.checkpoint)
     model.to(device)
     loader = build_test_loader(cfg, list_file, num_clips, distributed=info.distributed)
@@ -285,7 +329,9 @@ def cli_main(args) -> int:
         print(f"testing {args.checkpoint} on {list_file} ({len(loader.dataset)} videos, {num_clips} clips x "
               f"{loader.dataset.transform.num_crops} crops, view {cfg.eval.view}, average {cfg.eval.average}, "
               f"{precision}, {world} process(es), device {device})")
-    results = evaluate(model, loader, device, average=cfg.eval.average, precision=precision)
+    coarse_rule = cfg.predict.coarse_rule
+    results = evaluate(model, loader, device, average=cfg.eval.average, precision=precision,
+                       coarse_head=coarse_rule == "coarse_head")
     results.meta.update(config=str(args.config), checkpoint=str(args.checkpoint), list=str(list_file),
                         split=args.split, num_clips=num_clips, view=cfg.eval.view)
     if rank != 0:
@@ -299,10 +345,6 @@ def cli_main(args) -> int:
     if results.meta["failed"]:
         print(f"{len(results.meta['failed'])} video(s) could not be decoded (uniform probabilities): "
               + ", ".join(results.meta["failed"][:5]))
-    coarse_rule = cfg.predict.coarse_rule
-    if coarse_rule == "coarse_head":
-        print("note: predict.coarse_rule=coarse_head is not available from a result dump; scoring with map_top1")
-        coarse_rule = "map_top1"
     if results.labels is not None:
         metrics = write_report(results, out, macro_labels=cfg.metric.macro_labels, coarse_rule=coarse_rule,
                                extra={"config": str(args.config), "checkpoint": str(args.checkpoint),

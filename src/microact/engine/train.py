@@ -259,6 +259,10 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo) -> int:
                           "Launch it with torchrun --nproc_per_node=N (N >= 2), or use train.parallel=ddp")
     seed_everything(t.seed)  # identical initialisation on every rank
     model = build_model(cfg).to(device)
+    if cfg.data.val_list:  # validation would fail only after the first epoch
+        from microact.engine.evaluate import check_coarse_rule
+
+        check_coarse_rule(model, cfg.predict.coarse_rule)
     n_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     check_run_dir(run_dir, min_free_bytes=8 * n_bytes + 16 * 2**20)  # weights + Adam moments, twice, plus margin
     enable_ckpt, memory_note = checkpointing_decision(
@@ -669,18 +673,19 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo) -> int:
 def validate(model, loader, device, precision: str, cfg: Config) -> dict[str, Any]:
     """F1_mean and its four parts on the validation loader (``eval.val_clips`` clips per video).
 
-    Body parts follow ``predict.coarse_rule`` as in ``microact test`` (``coarse_head``, whose scores the clip-averaged
-    fine probabilities do not carry, falls back to the seed's ``map_top1`` there too).
+    Body parts follow ``predict.coarse_rule`` as in ``microact test``.
     """
     from microact.engine.evaluate import evaluate
     from microact.metrics import f1_mean, predict_coarse
 
-    results = evaluate(model, loader, device, average=cfg.eval.average, precision=precision, progress=D.is_main())
+    rule = cfg.predict.coarse_rule
+    results = evaluate(model, loader, device, average=cfg.eval.average, precision=precision, progress=D.is_main(),
+                       coarse_head=rule == "coarse_head")
     model.train()
     if results.labels is None:
         raise MicroactError(f"data.val_list={cfg.data.val_list}: every label is 0; a validation list needs labels")
     pred = results.scores.argmax(1)
-    coarse_pred = predict_coarse(results.scores, "sum_probs") if cfg.predict.coarse_rule == "sum_probs" else None
+    coarse_pred = predict_coarse(results.scores, rule, results.coarse_head_scores) if rule != "map_top1" else None
     scores = f1_mean(results.labels, pred, cfg.metric.macro_labels, coarse_pred=coarse_pred,
                      num_classes=cfg.data.num_classes)
     return {k: float(v) for k, v in scores.items()}

@@ -144,7 +144,8 @@ def write_report(results, out_dir: str | os.PathLike, *, macro_labels: str = "pr
         raise ResultsError("cannot write a metrics report: the results have no labels")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    metrics = evaluate_scores(results.scores, results.labels, macro_labels=macro_labels, coarse_rule=coarse_rule)
+    metrics = evaluate_scores(results.scores, results.labels, macro_labels=macro_labels, coarse_rule=coarse_rule,
+                              coarse_head_scores=results.coarse_head_scores)
     metrics["failed"] = results.meta.get("failed", [])
     metrics.update(extra or {})
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
@@ -154,7 +155,7 @@ def write_report(results, out_dir: str | os.PathLike, *, macro_labels: str = "pr
     plot_confusion(results.labels, pred, ma52.FINE_NAMES, out / "confusion_fine.png", classes=present,
                    title=f"fine classes, row-normalised (F1_mean {100 * metrics['f1_mean']:.2f})")
     coarse_true = ma52.fine_to_coarse(results.labels)
-    coarse_pred = predict_coarse(results.scores, coarse_rule)
+    coarse_pred = predict_coarse(results.scores, coarse_rule, results.coarse_head_scores)
     plot_confusion(coarse_true, coarse_pred, ma52.COARSE_NAMES, out / "confusion_coarse.png", normalize=False,
                    title="body parts (counts)")
     shown = [r for r in metrics["per_class"] if r["support"] or r["predicted"]]
