@@ -18,6 +18,7 @@ from microact.errors import MicroactError
 _HANDLERS = {
     "synth": "microact.data.synth:cli_main",
     "crop": "microact.data.crop.run:cli_main",
+    "flow": "microact.data.flow:cli_main",
     "data check": "microact.data.check:cli_main",
     "train": "microact.engine.train:cli_main",
     "test": "microact.engine.evaluate:cli_main",
@@ -100,6 +101,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=0, help="parallel processes (0 = all cores)")
     p.add_argument("--preview", type=int, default=8, help="videos shown in the preview image (0 = none)")
     p.add_argument("--overwrite", action="store_true", help="redo videos that are already cropped")
+
+    # flow -----------------------------------------------------------------------------------
+    p = _sub(sub, "flow", "write the optical-flow video of every video of a folder (two-stream recipes)",
+             "Farneback flow between consecutive frames, drawn as colour (hue = direction, brightness = speed, "
+             "SEED.md §2.9), written as H.264 mp4 at 30 fps with the same relative names; one frame shorter than "
+             "the source. Point data.flow_dir at OUT_DIR. Resumable: finished files are skipped.")
+    p.add_argument("in_dir", help="folder of input videos (searched recursively)")
+    p.add_argument("out_dir", help="output folder")
+    p.add_argument("--workers", type=int, default=0, help="parallel processes (0 = all cores)")
+    p.add_argument("--overwrite", action="store_true", help="redo videos whose flow video already exists")
 
     # data check -----------------------------------------------------------------------------
     p = _sub(sub, "data", "dataset utilities")

@@ -23,6 +23,7 @@ from typing import Any, Literal, Optional
 
 import yaml
 
+from microact.data.flow import FLOW_MEAN, FLOW_STD
 from microact.errors import MicroactError
 
 
@@ -56,9 +57,19 @@ class DataConfig:
     cache_dir: Optional[str] = None  # decode-once cache of sampled frames (off by default)
     cache_format: Literal["npy", "jpeg"] = "npy"  # npy: lossless, frames x H x W x 3 bytes; jpeg: ~10-20x smaller, lossy
     cache_jpeg_quality: int = 95  # JPEG quality of cache_format=jpeg (1-100)
+    # Two-stream presets: folder of the optical-flow videos (`microact flow`), relative to root like video_dir,
+    # with the same relative names as the videos; null = no flow stream (one-stream presets)
+    flow_dir: Optional[str] = None
+    flow_mean: tuple[float, float, float] = FLOW_MEAN  # flow channels' statistics, 0-255 scale (SEED.md §2.9)
+    flow_std: tuple[float, float, float] = FLOW_STD
 
     def validate(self):
         _positive(self, "num_classes", "clip_len", "img_size", "decode_timeout", "prefetch_factor")
+        if not all(s > 0 for s in self.flow_std):
+            raise ConfigError(f"data.flow_std: each must be > 0, got {list(self.flow_std)}")
+        if self.flow_dir is not None and not self.flow_dir.strip():
+            raise ConfigError("data.flow_dir: empty; give the folder of the flow videos (relative to data.root) "
+                              "or null for no flow stream")
         _non_negative(self, "num_workers")
         if self.decode_threads is not None:
             _non_negative(self, "decode_threads")
@@ -85,10 +96,16 @@ class AugConfig:
     # loader: ColorJitter and RandomErasing run in the loader workers (the seed); device: the workers draw the same
     # random numbers and the training step applies them to the batch on the GPU (less CPU work per clip)
     jitter_erasing_on: Literal["loader", "device"] = "loader"
+    # Flow branch of two-stream presets (SEED.md §5.8): its own draws, RandomResizedCrop with these ranges, then
+    # RandomErasing and flip with the settings above; no ColorJitter (colours encode the flow)
+    flow_rrc_area: tuple[float, float] = (0.6, 1.0)
+    flow_rrc_aspect: tuple[float, float] = (3 / 4, 4 / 3)  # mmaction2's default w/h range
 
     def validate(self):
         _range_pair(self, "rrc_area", 0.0, 1.0)
         _range_pair(self, "rrc_aspect", 0.0, math.inf)
+        _range_pair(self, "flow_rrc_area", 0.0, 1.0)
+        _range_pair(self, "flow_rrc_aspect", 0.0, math.inf)
         _range_pair(self, "erase_area", 0.0, 1.0)
         _probability(self, "erase_prob", "flip_prob")
 
@@ -303,11 +320,38 @@ class Config:
                 f"{e.view} test crop would be wider than the resized frame; raise eval.resize_short to at least "
                 f"{self.data.img_size}"
             )
+        self._validate_streams()
         if self.model.num_classes != self.data.num_classes:
             raise ConfigError(
                 f"model.num_classes ({self.model.num_classes}) differs from data.num_classes ({self.data.num_classes})"
             )
         return self
+
+    def _validate_streams(self) -> None:
+        """A two-stream preset needs flow videos (``data.flow_dir``); a one-stream preset must not get any."""
+        from microact.models.presets import get_preset
+
+        try:
+            two_stream = get_preset(self.model.preset).two_stream
+        except MicroactError:
+            return  # an unknown preset is reported, with the valid names, when the model is built
+        flow_dir = self.data.flow_dir
+        if two_stream and flow_dir is None:
+            raise ConfigError(
+                f"model.preset={self.model.preset} is two-stream (RGB + optical flow) but data.flow_dir is not set: "
+                "write the flow videos with `microact flow VIDEO_DIR FLOW_DIR` and set data.flow_dir to FLOW_DIR "
+                "(relative to data.root)")
+        if not two_stream and flow_dir is not None:
+            raise ConfigError(
+                f"data.flow_dir={flow_dir} is set but model.preset={self.model.preset} takes RGB only: remove "
+                "data.flow_dir (data.flow_dir=null) or choose a two-stream preset (videomae_b_k710_twostream_i3d)")
+        if flow_dir is not None and self.aug.jitter_erasing_on == "device":
+            raise ConfigError(
+                "aug.jitter_erasing_on=device is not supported with data.flow_dir (two-stream clips): the device "
+                "augmentation works on 3 RGB channels; use aug.jitter_erasing_on=loader")
+        if flow_dir is not None and self.model.input_mode != "rgb":
+            raise ConfigError(f"model.input_mode={self.model.input_mode} is not supported with data.flow_dir "
+                              "(two-stream clips): use model.input_mode=rgb")
 
     def to_dict(self) -> dict:
         return _to_plain(self)

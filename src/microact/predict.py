@@ -59,9 +59,47 @@ def build_predictor_config(model: Optional[str] = None, config: Optional[str] = 
         preset = get_preset(model or DEFAULT_PRESET)
         extra = [f"model.preset={preset.name}", f"data.clip_len={preset.num_frames}",
                  f"data.img_size={preset.img_size}"] + extra
+        if preset.two_stream:  # prediction computes the flow itself; the recipe check only wants the key set
+            extra = ["data.flow_dir=flow"] + extra
     elif model is not None:
         extra = [f"model.preset={model}"] + extra
+        if get_preset(model).two_stream:
+            extra = ["data.flow_dir=flow"] + extra
+        else:
+            extra = ["data.flow_dir=null"] + extra
     return load_config(config, extra)
+
+
+def is_two_stream(cfg) -> bool:
+    """Whether the recipe's model takes RGB + optical flow (6 channels, SEED.md §2.9)."""
+    from microact.models.presets import get_preset
+
+    return get_preset(cfg.model.preset).two_stream
+
+
+def flow_views(path: Path, cfg, num_frames: int, box: Sequence[int], transform) -> np.ndarray:
+    """Test views of a video's optical flow, computed on the fly as ``microact flow`` writes it (SEED.md §2.9).
+
+    The flow video ``microact flow`` would write has ``num_frames - 1`` frames, frame ``i`` being the flow from
+    frame ``i`` to ``i + 1``; it is sampled like a flow video in testing (over its own frame count), and each
+    sampled flow frame is computed from its two source frames, cropped like the RGB frames.
+
+    Returns:
+        ``[V, 3, T, S, S]`` uint8, the views of ``transform`` (the RGB views' order).
+    """
+    from microact.data.decode import read_frames
+    from microact.data.flow import flow_image, grey
+    from microact.data.sampling import uniform_sample
+
+    if num_frames < 2:
+        raise PredictError(f"{path}: one frame only, no optical flow for the two-stream model")
+    clips = cfg.eval.test_clips
+    indices = uniform_sample(num_frames - 1, cfg.data.clip_len, clips, test_mode=True)
+    needed = np.unique(np.concatenate([indices, indices + 1]))
+    decoded = read_frames(path, needed, decoder=cfg.data.decoder, timeout=cfg.data.decode_timeout)
+    greys = {int(i): grey(f) for i, f in zip(needed, crop_frames(decoded, box, cfg.crop.short_side))}
+    images = np.stack([flow_image(greys[int(i)], greys[int(i) + 1]) for i in indices])
+    return transform.views(images, clips)
 
 
 def load_model(cfg, checkpoint: Optional[str], device: torch.device):
@@ -133,7 +171,7 @@ def predict_video(model, cfg, path: str | os.PathLike, device: torch.device, *, 
     """
     from microact.data.decode import count_frames, read_frames
     from microact.data.sampling import uniform_sample
-    from microact.data.transforms import TestTransform
+    from microact.data.transforms import TestTransform, stream_statistics
     from microact.engine.evaluate import score_views
 
     path = Path(path)
@@ -145,9 +183,13 @@ def predict_video(model, cfg, path: str | os.PathLike, device: torch.device, *, 
     indices = uniform_sample(num_frames, cfg.data.clip_len, clips, test_mode=True)
     frames = read_frames(path, indices, decoder=cfg.data.decoder, timeout=cfg.data.decode_timeout)
     frames = crop_frames(frames, box, cfg.crop.short_side)
-    views = TestTransform(cfg.eval, cfg.data.img_size, cfg.aug.resize_backend).views(frames, clips)  # [V,3,T,S,S]
-    video = torch.from_numpy(views)[None]  # [V, 3, T, S, S] -> [1, V, 3, T, S, S]
-    probs = score_views(model, video, device, average=cfg.eval.average)[0].numpy().astype(np.float64)
+    transform = TestTransform(cfg.eval, cfg.data.img_size, cfg.aug.resize_backend)
+    views = transform.views(frames, clips)  # [V,3,T,S,S]
+    if is_two_stream(cfg):  # RGB then flow channels, as the loader gives them: [V, 6, T, S, S]
+        views = np.concatenate([views, flow_views(path, cfg, num_frames, box, transform)], axis=1)
+    video = torch.from_numpy(views)[None]  # [V, C, T, S, S] -> [1, V, C, T, S, S]
+    probs = score_views(model, video, device, average=cfg.eval.average,
+                        flow_stats=stream_statistics(cfg.data))[0].numpy().astype(np.float64)
     return {
         "video": str(path),
         "box": list(box),
@@ -260,6 +302,10 @@ def predict_timeline(model, cfg, path: str | os.PathLike, device: torch.device, 
     path = Path(path)
     if not path.is_file():
         raise PredictError(f"{path}: video not found")
+    if is_two_stream(cfg):
+        raise PredictError(f"--window is not available for the two-stream model {cfg.model.preset} yet (its flow "
+                           "frames would need the frame after each sampled one); predict trimmed clips without "
+                           "--window, or use a one-stream model for timelines")
     if not window_s > 0 or (stride_s is not None and not stride_s > 0):
         raise PredictError(f"--window and --stride must be positive seconds, got {window_s} and {stride_s}")
     info = probe_video(path, timeout=cfg.data.decode_timeout)

@@ -6,6 +6,11 @@ persistent workers (which hold their own copy of the dataset) still see the curr
 
 A video that cannot be decoded never raises out of ``__getitem__``: it yields ``video=None`` with an
 ``error`` message and a warning; :func:`collate` drops it and reports it in ``batch["skipped"]``.
+
+Two-stream recipes (``flow_root``): every item also decodes the video's optical-flow video (same relative name
+under ``flow_root``, one frame shorter, written by ``microact flow``), samples and transforms it with its own
+random draws, and returns one 6-channel clip, RGB then flow; a missing or unreadable flow video skips the item
+like an unreadable video.
 """
 from __future__ import annotations
 
@@ -23,6 +28,10 @@ from microact.data.annotations import VideoRecord
 from microact.data.cache import CacheFormat, FrameCache
 from microact.data.decode import VideoDecodeError, count_frames, read_frames
 from microact.data.sampling import uniform_sample
+
+# Last element of the flow branch's generator seed: (seed, epoch, index, FLOW_STREAM). The RGB branch keeps
+# (seed, epoch, index), so adding the flow stream leaves its draws unchanged and the streams independent.
+FLOW_STREAM = 1
 
 
 class VideoDataset(Dataset):
@@ -49,8 +58,12 @@ class VideoDataset(Dataset):
         cache_jpeg_quality: quality of the ``jpeg`` format.
         decode_threads: FFmpeg threads per decode (PyAV); ``None`` shares the cores among the loader workers
             (:func:`decode_threads`), 0 lets FFmpeg choose in every worker.
+        flow_root: folder of the optical-flow videos (two-stream presets); ``None``: RGB only.
+        flow_transform: the flow branch's transform (training: :func:`~microact.data.transforms.flow_train_transform`;
+            test: a :class:`TestTransform`, like ``transform``); required with ``flow_root``.
 
-    Items: ``{"video": uint8 tensor [3,T,S,S] (train) or [V,3,T,S,S] (test), "label": int, "index": int}``
+    Items: ``{"video": uint8 tensor [C,T,S,S] (train) or [V,C,T,S,S] (test), "label": int, "index": int}`` with
+    C = 3, or 6 (RGB then flow) with ``flow_root``
     (plus ``"augment"``: the deferred parameters, float64 ``[NUM_PARAMS]``, when the transform returned them),
     or ``{"video": None, ..., "error": "path: reason"}`` for a bad video.
     """
@@ -59,7 +72,13 @@ class VideoDataset(Dataset):
                  transform: Callable, num_clips: int = 1, test_mode: bool = False, decoder: str = "pyav",
                  decode_timeout: Optional[float] = None, seed: int = 0, cache_dir: str | os.PathLike | None = None,
                  cache_format: CacheFormat = "npy", cache_jpeg_quality: int = 95,
-                 decode_threads: Optional[int] = None):
+                 decode_threads: Optional[int] = None, flow_root: str | os.PathLike | None = None,
+                 flow_transform: Optional[Callable] = None):
+        if flow_root is not None and flow_transform is None:
+            raise ValueError("flow_root needs a flow_transform (the flow branch's pipeline)")
+        if flow_root is not None and getattr(transform, "defers_to_device", False):
+            raise ValueError("two-stream clips cannot leave ColorJitter / RandomErasing to the device "
+                             "(aug.jitter_erasing_on=device knows 3-channel clips only)")
         self.records = list(records)
         self.video_root = Path(video_root)
         self.clip_len = clip_len
@@ -71,6 +90,8 @@ class VideoDataset(Dataset):
         self.seed = seed
         self.cache = FrameCache(cache_dir, cache_format, cache_jpeg_quality) if cache_dir else None
         self.decode_threads = decode_threads
+        self.flow_root = None if flow_root is None else Path(flow_root)
+        self.flow_transform = flow_transform
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -84,28 +105,43 @@ class VideoDataset(Dataset):
         """The generator of one item: a function of (seed, epoch, index) only."""
         return np.random.default_rng([self.seed, self.epoch if epoch is None else epoch, index])
 
+    def flow_rng_for(self, index: int, epoch: Optional[int] = None) -> np.random.Generator:
+        """The flow branch's generator of one item: independent of :meth:`rng_for`'s (SEED.md §5.8)."""
+        return np.random.default_rng([self.seed, self.epoch if epoch is None else epoch, index, FLOW_STREAM])
+
     def __getitem__(self, key) -> dict:
         epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
         index = int(index)
         record = self.records[index]  # an IndexError here is a caller bug, not a bad video
         path = self.video_root / record.path
+        where = ""  # names the flow video when that is the one that failed
         try:
             rng = self.rng_for(index, epoch)
-            frames = self._frames(path, rng)
-            if self.test_mode:
-                video = self.transform.views(frames, self.num_clips)
-            else:
-                video = self.transform(frames, rng)
+            video = self._clip(path, rng, self.transform)
             item = {"label": record.label, "index": index}
             if isinstance(video, tuple):  # the transform left ColorJitter / RandomErasing to the training device
                 video, item["augment"] = video[0], torch.from_numpy(video[1])
+            if self.flow_root is not None:
+                flow_path = self.flow_root / record.path
+                where = f"flow video {flow_path}: "
+                if not flow_path.is_file():
+                    raise VideoDecodeError(flow_path, "no such file (write the flow videos with `microact flow`)")
+                flow = self._clip(flow_path, self.flow_rng_for(index, epoch), self.flow_transform)
+                video = np.concatenate([video, flow], axis=-4)  # [(V,) 3, T, S, S] x 2 -> [(V,) 6, T, S, S]
             item["video"] = torch.from_numpy(np.ascontiguousarray(video))
             return item
         except Exception as e:  # a bad video must not stop training; the message says what happened
             reason = e.reason if isinstance(e, VideoDecodeError) else f"{type(e).__name__}: {e}"
-            message = f"{path}: {reason}"
+            message = f"{path}: {where}{reason}"
             warnings.warn(f"skipping video ({record.source}): {message}", RuntimeWarning, stacklevel=2)
             return {"video": None, "label": record.label, "index": index, "error": message}
+
+    def _clip(self, path: Path, rng: np.random.Generator, transform: Callable):
+        """Sampled, transformed frames of one video: training ``transform(frames, rng)``, test all its views."""
+        frames = self._frames(path, rng)
+        if self.test_mode:
+            return transform.views(frames, self.num_clips)
+        return transform(frames, rng)
 
     def _frames(self, path: Path, rng: np.random.Generator) -> np.ndarray:
         num_frames = count_frames(path, timeout=self.decode_timeout)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from microact.config import AugConfig, EvalConfig
+from microact.data.flow import FLOW_MEAN, FLOW_STD
 
 MEAN = (123.675, 116.28, 103.53)
 STD = (58.395, 57.12, 57.375)
@@ -348,20 +349,35 @@ def to_channels_first(clip: np.ndarray) -> np.ndarray:
 
 
 def normalize_batch(x, mean: Sequence[float] = MEAN, std: Sequence[float] = STD,
-                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                    dtype: torch.dtype = torch.float32, flow_mean: Sequence[float] = FLOW_MEAN,
+                    flow_std: Sequence[float] = FLOW_STD) -> torch.Tensor:
     """``(x - mean) / std`` per channel on a uint8 batch, on whatever device ``x`` lives.
 
+    The one normalisation of training, validation, testing, prediction and the benchmarks. A two-stream clip
+    (6 channels: RGB then optical flow, SEED.md §2.9) is normalised per stream: channels 0-2 with ``mean`` /
+    ``std``, channels 3-5 with ``flow_mean`` / ``flow_std``.
+
     Args:
-        x: ``[B, 3, T, H, W]`` or ``[B, V, 3, T, H, W]`` (tensor or array); channels at dim -4.
-        mean, std: per-channel statistics in pixel units (ImageNet's by default, as the seed).
+        x: ``[B, C, T, H, W]`` or ``[B, V, C, T, H, W]`` (tensor or array) with C = 3 or 6; channels at dim -4.
+        mean, std: per-channel RGB statistics in pixel units (ImageNet's by default, as the seed).
         dtype: output floating type.
+        flow_mean, flow_std: the flow channels' statistics (the seed's by default), used when C = 6.
     """
     x = torch.as_tensor(x)
-    if x.ndim not in (5, 6) or x.shape[-4] != 3:
-        raise ValueError(f"expected [B, 3, T, H, W] or [B, V, 3, T, H, W], got {tuple(x.shape)}")
-    m = torch.tensor(mean, dtype=dtype, device=x.device).view(3, 1, 1, 1)
-    s = torch.tensor(std, dtype=dtype, device=x.device).view(3, 1, 1, 1)
+    if x.ndim not in (5, 6) or x.shape[-4] not in (3, 6):
+        raise ValueError(f"expected [B, C, T, H, W] or [B, V, C, T, H, W] with C = 3 (RGB) or 6 (RGB + flow), "
+                         f"got {tuple(x.shape)}")
+    if x.shape[-4] == 6:
+        mean, std = tuple(mean) + tuple(flow_mean), tuple(std) + tuple(flow_std)
+    channels = x.shape[-4]
+    m = torch.tensor(mean, dtype=dtype, device=x.device).view(channels, 1, 1, 1)
+    s = torch.tensor(std, dtype=dtype, device=x.device).view(channels, 1, 1, 1)
     return (x.to(dtype) - m) / s
+
+
+def stream_statistics(data) -> dict:
+    """:func:`normalize_batch`'s flow keyword arguments from a config's ``data`` section."""
+    return {"flow_mean": tuple(data.flow_mean), "flow_std": tuple(data.flow_std)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -409,6 +425,22 @@ class TrainTransform:
         if flipped:
             x = flip(x)
         return to_channels_first(x), deferred_params(order, factors, erase_box, flipped, x.shape[2])
+
+
+def flow_train_transform(aug: AugConfig, img_size: int) -> TrainTransform:
+    """The flow branch's training pipeline (SEED.md §5.8): RRC with ``aug.flow_rrc_area`` / ``flow_rrc_aspect``
+    -> squash to ``img_size``² -> RandomErasing -> flip, on flow frames ``[T, H, W, 3]``.
+
+    No ColorJitter: the colours are the flow's direction and speed. The seed resized the short side to 256 before
+    the crop; that only rescales the frame, whose crop is then squashed to ``img_size``², so the crop is taken on
+    the decoded frame (as for the RGB branch, up to a pixel of rounding). Always on the loader: the device
+    augmentation knows 3-channel clips only.
+    """
+    import dataclasses
+
+    flow_aug = dataclasses.replace(aug, rrc_area=aug.flow_rrc_area, rrc_aspect=aug.flow_rrc_aspect,
+                                   color_jitter=False, jitter_erasing_on="loader")
+    return TrainTransform(flow_aug, img_size)
 
 
 class TestTransform:

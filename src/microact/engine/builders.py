@@ -45,22 +45,53 @@ def video_dir(cfg: Config) -> Path:
     return Path(cfg.data.root) / cfg.data.video_dir
 
 
+def flow_dir(cfg: Config) -> Path | None:
+    """Folder of the optical-flow videos (``data.flow_dir`` under ``data.root``), or ``None`` without a flow stream."""
+    return None if cfg.data.flow_dir is None else Path(cfg.data.root) / cfg.data.flow_dir
+
+
+def check_flow_files(cfg: Config, records) -> None:
+    """With ``data.check_files``: every listed video has its flow video under ``data.flow_dir``.
+
+    Training would otherwise skip every clip whose flow video is missing; a forgotten ``microact flow`` run is
+    better said before it starts.
+
+    Raises:
+        MicroactError: naming the missing files (the first few) and the command that writes them.
+    """
+    from microact.errors import MicroactError
+
+    folder = flow_dir(cfg)
+    if folder is None or not cfg.data.check_files:
+        return
+    missing = [r.path for r in records if not (folder / r.path).is_file()]
+    if missing:
+        shown = ", ".join(str(folder / m) for m in missing[:3]) + (" ..." if len(missing) > 3 else "")
+        raise MicroactError(
+            f"data.flow_dir: {len(missing)} of {len(records)} listed videos have no flow video ({shown}); write "
+            f"them with `microact flow {video_dir(cfg)} {folder}` (or set data.check_files=false to skip those "
+            "clips)")
+
+
 def build_train_dataset(cfg: Config):
     """The training :class:`~microact.data.dataset.VideoDataset` over every list of ``data.train_lists``."""
     from microact.data.annotations import load_lists
     from microact.data.dataset import VideoDataset
-    from microact.data.transforms import TrainTransform
+    from microact.data.transforms import TrainTransform, flow_train_transform
 
     root = Path(cfg.data.root)
     records = load_lists([root / f for f in cfg.data.train_lists], video_dir=video_dir(cfg),
                          num_classes=cfg.data.num_classes, check_files=cfg.data.check_files,
                          allow_absolute_paths=cfg.data.allow_absolute_paths)
+    check_flow_files(cfg, records)
+    flow = {} if cfg.data.flow_dir is None else {"flow_root": flow_dir(cfg),
+                                                 "flow_transform": flow_train_transform(cfg.aug, cfg.data.img_size)}
     return VideoDataset(records, video_dir(cfg), clip_len=cfg.data.clip_len,
                         transform=TrainTransform(cfg.aug, cfg.data.img_size, rng=cfg.train.seed),
                         test_mode=False, decoder=cfg.data.decoder, decode_timeout=cfg.data.decode_timeout,
                         seed=cfg.train.seed, cache_dir=cfg.data.cache_dir,
                         cache_format=cfg.data.cache_format, cache_jpeg_quality=cfg.data.cache_jpeg_quality,
-                        decode_threads=cfg.data.decode_threads)
+                        decode_threads=cfg.data.decode_threads, **flow)
 
 
 def build_train_loader(cfg: Config, *, distributed: bool = False):

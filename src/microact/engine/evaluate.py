@@ -75,17 +75,20 @@ def _average_views(logits: torch.Tensor, b: int, v: int, average: str) -> torch.
 
 @torch.no_grad()
 def score_views(model, video: torch.Tensor, device: torch.device, *, average: str = "prob",
-                precision: Precision = "fp32", max_clips: Optional[int] = None, coarse_head: bool = False):
+                precision: Precision = "fp32", max_clips: Optional[int] = None, coarse_head: bool = False,
+                flow_stats: Optional[dict] = None):
     """Clip-averaged fine probabilities of a batch of videos.
 
     Args:
         model: a :class:`~microact.models.recognizer.Recognizer` in eval mode (or any module returning logits).
-        video: uint8 ``[B, V, 3, T, H, W]`` (V views per video).
+        video: uint8 ``[B, V, C, T, H, W]`` (V views per video; C = 3, or 6 for RGB + flow).
         device: where the model lives; the uint8 batch is moved there and normalised there.
         average: ``"prob"`` (seed: mean of per-view softmax) or ``"logit"`` (softmax of the mean logits).
         precision: autocast precision of the forward pass; logits are turned into float32 before the softmax.
         max_clips: at most this many views per forward pass (``None``: the whole batch at once).
         coarse_head: also average the coarse lead head's logits the same way (``predict.coarse_rule=coarse_head``).
+        flow_stats: the flow channels' statistics, :func:`~microact.data.transforms.stream_statistics` of the
+            recipe (``None``: the seed's).
 
     Returns:
         float32 ``[B, K]`` on the CPU; with ``coarse_head`` the pair (fine ``[B, K]``, coarse head ``[B, 7]``).
@@ -95,14 +98,14 @@ def score_views(model, video: torch.Tensor, device: torch.device, *, average: st
     if average not in ("prob", "logit"):
         raise MicroactError(f"eval.average: {average!r} is not one of 'prob', 'logit'")
     if video.dim() != 6:
-        raise ValueError(f"expected a uint8 batch [B, V, 3, T, H, W], got {list(video.shape)}")
+        raise ValueError(f"expected a uint8 batch [B, V, C, T, H, W], got {list(video.shape)}")
     b, v = video.shape[:2]
-    flat = video.flatten(0, 1)  # [B, V, 3, T, H, W] -> [B*V, 3, T, H, W]
+    flat = video.flatten(0, 1)  # [B, V, C, T, H, W] -> [B*V, C, T, H, W]
     step = max(1, max_clips or flat.shape[0])
     fine, coarse = [], []
     for start in range(0, flat.shape[0], step):
         # normalise per chunk on the device, so only one chunk exists as floats at a time
-        x = normalize_batch(flat[start:start + step].to(device, non_blocking=True))
+        x = normalize_batch(flat[start:start + step].to(device, non_blocking=True), **(flow_stats or {}))
         with autocast(device, precision):
             out = _lead_logits(model, x, coarse_head)
         if coarse_head:
@@ -138,13 +141,13 @@ def _gather(obj):
 @torch.no_grad()
 def evaluate(model, loader, device, *, average: str = "prob", precision: Precision = "fp32",
              num_views: Optional[int] = None, max_clips: Optional[int] = None, progress: bool = True,
-             coarse_head: bool = False) -> Results:
+             coarse_head: bool = False, flow_stats: Optional[dict] = None) -> Results:
     """Score every video of a test-mode loader.
 
     Args:
         model: the recognizer; it is put in eval mode.
         loader: a :func:`microact.data.dataset.build_loader` loader over a test-mode
-            :class:`~microact.data.dataset.VideoDataset` (batches ``{"video": uint8 [B, V, 3, T, H, W], "label",
+            :class:`~microact.data.dataset.VideoDataset` (batches ``{"video": uint8 [B, V, C, T, H, W], "label",
             "index", "skipped"}``).
         device: the model's device.
         average: ``"prob"`` (seed) or ``"logit"`` (SEED.md §12 row 11).
@@ -154,6 +157,7 @@ def evaluate(model, loader, device, *, average: str = "prob", precision: Precisi
         progress: show a progress bar (rank 0).
         coarse_head: also keep the coarse lead head's clip-averaged probabilities (``Results.coarse_head_scores``;
             ``predict.coarse_rule=coarse_head``).
+        flow_stats: the flow channels' statistics for two-stream clips (:func:`score_views`).
 
     Returns:
         :class:`Results` in list order: names = the list's file names, labels = the list's labels (``None`` when
@@ -179,7 +183,7 @@ def evaluate(model, loader, device, *, average: str = "prob", precision: Precisi
             raise MicroactError(f"expected {num_views} views per video, the loader gives {video.shape[1]}")
         views_seen, img_shape = video.shape[1], tuple(video.shape[-2:])
         scored = score_views(model, video, device, average=average, precision=precision, max_clips=max_clips,
-                             coarse_head=coarse_head)
+                             coarse_head=coarse_head, flow_stats=flow_stats)
         if coarse_head:
             scored, head = scored
             head_rows.append(head)
@@ -280,16 +284,20 @@ def build_test_loader(cfg, list_file: str | os.PathLike, num_clips: int, *, dist
     from microact.data.annotations import load_list
     from microact.data.dataset import VideoDataset, build_loader
     from microact.data.transforms import TestTransform
+    from microact.engine.builders import check_flow_files, flow_dir
 
     video_dir = Path(cfg.data.root) / cfg.data.video_dir
     records = load_list(list_file, video_dir=video_dir, num_classes=cfg.data.num_classes,
                         check_files=cfg.data.check_files, allow_absolute_paths=cfg.data.allow_absolute_paths)
-    dataset = VideoDataset(records, video_dir, clip_len=cfg.data.clip_len,
-                           transform=TestTransform(cfg.eval, cfg.data.img_size, cfg.aug.resize_backend),
+    check_flow_files(cfg, records)
+    transform = TestTransform(cfg.eval, cfg.data.img_size, cfg.aug.resize_backend)
+    # the flow videos get the same deterministic views (sampled over their own, one shorter, frame count)
+    flow = {} if cfg.data.flow_dir is None else {"flow_root": flow_dir(cfg), "flow_transform": transform}
+    dataset = VideoDataset(records, video_dir, clip_len=cfg.data.clip_len, transform=transform,
                            num_clips=num_clips, test_mode=True, decoder=cfg.data.decoder,
                            decode_timeout=cfg.data.decode_timeout, seed=cfg.train.seed, cache_dir=cfg.data.cache_dir,
                            cache_format=cfg.data.cache_format, cache_jpeg_quality=cfg.data.cache_jpeg_quality,
-                           decode_threads=cfg.data.decode_threads)
+                           decode_threads=cfg.data.decode_threads, **flow)
     return build_loader(dataset, batch_size=cfg.eval.batch_size, shuffle=False, num_workers=cfg.data.num_workers,
                         distributed=distributed, prefetch_factor=cfg.data.prefetch_factor)
 
@@ -300,6 +308,7 @@ def cli_main(args) -> int:
     from microact.engine import distributed as dist_utils
     from microact.metrics import format_per_class, format_summary
     from microact.models.presets import create_model_from_config
+    from microact.data.transforms import stream_statistics
     from microact.plots.results import write_report
     from microact.results import save_results, write_ma52_top5_csv, write_mac2024_submission
 
@@ -331,7 +340,7 @@ def cli_main(args) -> int:
               f"{precision}, {world} process(es), device {device})")
     coarse_rule = cfg.predict.coarse_rule
     results = evaluate(model, loader, device, average=cfg.eval.average, precision=precision,
-                       coarse_head=coarse_rule == "coarse_head")
+                       coarse_head=coarse_rule == "coarse_head", flow_stats=stream_statistics(cfg.data))
     results.meta.update(config=str(args.config), checkpoint=str(args.checkpoint), list=str(list_file),
                         split=args.split, num_clips=num_clips, view=cfg.eval.view)
     if rank != 0:

@@ -435,7 +435,9 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo) -> int:
     from tqdm import tqdm
 
     from microact.data.device_augment import apply_deferred
-    from microact.data.transforms import normalize_batch
+    from microact.data.transforms import normalize_batch, stream_statistics
+
+    flow_stats = stream_statistics(cfg.data)  # two-stream clips: channels 3-5 are flow (SEED.md §2.9)
 
     model.train()
     stop = None
@@ -496,7 +498,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo) -> int:
                         video = batch["video"].to(device, non_blocking=True)
                         if "augment" in batch:  # aug.jitter_erasing_on=device: the loader sent the parameters
                             video = apply_deferred(video, batch["augment"])
-                        x = normalize_batch(video)
+                        x = normalize_batch(video, **flow_stats)
                         labels = batch["label"].to(device, non_blocking=True)
                         last = m == n_micro - 1
                         # DDP: all-reduce gradients once, on the last micro-batch. FSDP reduce-scatters every
@@ -675,12 +677,13 @@ def validate(model, loader, device, precision: str, cfg: Config) -> dict[str, An
 
     Body parts follow ``predict.coarse_rule`` as in ``microact test``.
     """
+    from microact.data.transforms import stream_statistics
     from microact.engine.evaluate import evaluate
     from microact.metrics import f1_mean, predict_coarse
 
     rule = cfg.predict.coarse_rule
     results = evaluate(model, loader, device, average=cfg.eval.average, precision=precision, progress=D.is_main(),
-                       coarse_head=rule == "coarse_head")
+                       coarse_head=rule == "coarse_head", flow_stats=stream_statistics(cfg.data))
     model.train()
     if results.labels is None:
         raise MicroactError(f"data.val_list={cfg.data.val_list}: every label is 0; a validation list needs labels")

@@ -1,0 +1,391 @@
+"""Optical-flow stream of the two-stream row (SEED.md §2.9, §5.8): flow videos, loading, normalisation, CLI."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from conftest import write_labelled_clips
+from microact.cli import main
+from microact.config import AugConfig, ConfigError, EvalConfig, load_config, save_config
+from microact.data.decode import count_frames, read_frames
+from microact.data.video_writer import write_video
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "configs" / "videomae_b_k710_twostream_i3d_trainval.yaml"
+
+
+def shifted_square_frames(num_frames: int, dx: int, dy: int, height: int = 48, width: int = 64) -> np.ndarray:
+    """A grey textured 16x16 square moving (dx, dy) pixels per frame over a flat background."""
+    rng = np.random.default_rng(3)
+    texture = cv2.GaussianBlur(rng.integers(0, 256, (16, 16), dtype=np.uint8), (3, 3), 0)
+    frames = np.full((num_frames, height, width, 3), 60, dtype=np.uint8)
+    for t in range(num_frames):
+        y, x = 12 + dy * t, 8 + dx * t
+        frames[t, y:y + 16, x:x + 16] = texture[..., None]  # grey: R = G = B, so chroma subsampling loses nothing
+    return frames
+
+
+def independent_flow_hsv(prev_rgb: np.ndarray, next_rgb: np.ndarray) -> np.ndarray:
+    """SEED.md §2.9 restated with numpy: hue = angle / 2 (degrees), S = 255, V = min-max magnitude; HSV uint8."""
+    a, b = (cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in (prev_rgb, next_rgb))
+    flow = cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 3, 15, 3, 5, 1.2, 0)
+    angle = np.degrees(np.arctan2(flow[..., 1], flow[..., 0])) % 360.0
+    magnitude = np.hypot(flow[..., 0], flow[..., 1])
+    value = (magnitude - magnitude.min()) / max(float(magnitude.max() - magnitude.min()), 1e-12) * 255.0
+    return np.stack([angle / 2.0, np.full_like(angle, 255.0), value], axis=-1)
+
+
+def hue_distance(a, b):
+    """Circular distance between OpenCV hues (0-180)."""
+    d = np.abs(np.asarray(a, float) - np.asarray(b, float)) % 180.0
+    return np.minimum(d, 180.0 - d)
+
+
+@pytest.mark.parametrize("dx, dy, hue", [(2, 0, 0.0), (0, 2, 45.0), (-2, 0, 90.0)])
+def test_flow_video_shows_the_known_motion(tmp_path, dx, dy, hue):
+    from microact.data.flow import write_flow_video
+
+    frames = shifted_square_frames(10, abs(dx), dy)
+    if dx < 0:  # the rightward clip played backwards: the square moves left and stays in the frame
+        frames = frames[::-1].copy()
+    src = tmp_path / "src.mp4"
+    write_video(src, frames, fps=15, crf=0)
+    written = write_flow_video(src, tmp_path / "flow.mp4")
+    assert written == count_frames(tmp_path / "flow.mp4") == len(frames) - 1
+
+    decoded = read_frames(tmp_path / "flow.mp4", np.arange(written))
+    for t in (2, 5, 7):
+        got = cv2.cvtColor(decoded[t], cv2.COLOR_RGB2HSV).astype(float)
+        want = independent_flow_hsv(frames[t], frames[t + 1])
+        # the square's interior at time t (where the flow is the square's own motion)
+        x0 = 8 + dx * t if dx >= 0 else 8 - dx * (len(frames) - 1 - t)
+        y0 = 12 + dy * t
+        inner = (slice(y0 + 4, y0 + 12), slice(x0 + 4, x0 + 12))
+        assert np.median(hue_distance(got[inner][..., 0], hue)) <= 3  # direction of the known motion
+        assert np.median(got[inner][..., 2]) >= 200  # the fastest pixels: value near the top of the range
+        assert np.median(hue_distance(got[inner][..., 0], want[inner][..., 0])) <= 3
+        assert np.abs(got[..., 2] - want[..., 2]).mean() <= 6  # brightness everywhere, within coding noise
+        far = np.ones(got.shape[:2], dtype=bool)  # more than Farneback's window (15 px) away from the square
+        for x, y in ((x0, y0), (x0 + dx, y0 + dy)):
+            far[max(0, y - 16):y + 32, max(0, x - 16):x + 32] = False
+        assert far.any() and got[..., 2][far].mean() <= 20  # the still background is dark
+
+
+def test_flow_frames_count_and_shared_computation():
+    from microact.data.flow import flow_frames, flow_image, grey
+
+    frames = shifted_square_frames(5, 2, 1)
+    images = list(flow_frames(frames))
+    assert len(images) == 4 and images[0].shape == (48, 64, 3) and images[0].dtype == np.uint8
+    assert np.array_equal(images[2], flow_image(grey(frames[2]), grey(frames[3])))
+    assert list(flow_frames(frames[:1])) == []
+
+
+# --------------------------------------------------------------------------------------------
+# microact flow
+# --------------------------------------------------------------------------------------------
+
+
+def test_run_flow_is_resumable_and_counts_bad_videos(tmp_path, capsys):
+    src, out = tmp_path / "videos", tmp_path / "flow"
+    (src / "sub").mkdir(parents=True)
+    write_video(src / "a.mp4", shifted_square_frames(8, 2, 0), fps=15)
+    write_video(src / "sub" / "b.mp4", shifted_square_frames(10, 0, 2), fps=15)
+    (src / "bad.mp4").write_bytes(b"not a video" * 50)
+
+    assert main(["flow", str(src), str(out), "--workers", "1"]) == 1  # one failure: exit 1, never a crash
+    assert count_frames(out / "a.mp4") == 7 and count_frames(out / "sub" / "b.mp4") == 9
+    assert not (out / "bad.mp4").exists()
+    assert "bad.mp4" in (out / "flow_errors.txt").read_text()
+    printed = capsys.readouterr().out
+    assert "wrote 2, skipped 0 (already done), failed 1" in printed
+
+    stamp = (out / "a.mp4").stat().st_mtime_ns
+    (out / "sub" / "b.mp4").unlink()
+    from microact.data.flow import run_flow
+
+    summary = run_flow(src, out, workers=1, progress=False)
+    assert (summary["done"], summary["skipped"], summary["failed"]) == (1, 1, 1)
+    assert (out / "a.mp4").stat().st_mtime_ns == stamp  # finished outputs are not redone
+    assert count_frames(out / "sub" / "b.mp4") == 9
+    assert not [p for p in out.rglob(".*") if p.is_file()]  # no partial files left behind
+
+    (src / "bad.mp4").unlink()
+    summary = run_flow(src, out, workers=1, progress=False, overwrite=True)
+    assert (summary["done"], summary["skipped"], summary["failed"]) == (2, 0, 0)
+    assert not (out / "flow_errors.txt").exists()
+
+
+def test_run_flow_refuses_missing_or_empty_folders(tmp_path):
+    from microact.data.flow import FlowError, run_flow
+
+    with pytest.raises(FlowError, match="no such folder"):
+        run_flow(tmp_path / "nope", tmp_path / "out", progress=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FlowError, match="no videos"):
+        run_flow(tmp_path / "empty", tmp_path / "out", progress=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Dataset
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_stream_root(tmp_path_factory):
+    """8 labelled 40x32 clips of 10 frames, their flow videos under flow/, and train/test lists."""
+    from microact.data.flow import run_flow
+
+    root = tmp_path_factory.mktemp("twostream")
+    lines = write_labelled_clips(root, 8)
+    (root / "train.txt").write_text("\n".join(lines) + "\n")
+    (root / "test.txt").write_text("\n".join(lines[:4]) + "\n")
+    summary = run_flow(root, root / "flow", workers=1, progress=False)
+    assert summary["done"] == 8
+    return root
+
+
+def _records(root):
+    from microact.data.annotations import load_list
+
+    return load_list(root / "train.txt", video_dir=root, num_classes=52)
+
+
+def test_training_item_has_rgb_then_independently_drawn_flow(two_stream_root):
+    from microact.data.dataset import FLOW_STREAM, VideoDataset
+    from microact.data.sampling import uniform_sample
+    from microact.data.transforms import TrainTransform, flow_train_transform
+
+    root = two_stream_root
+    aug = AugConfig(color_jitter=False, erase_prob=0.5, flow_rrc_area=(0.6, 1.0))
+    kwargs = dict(clip_len=4, seed=7)
+    one = VideoDataset(_records(root), root, transform=TrainTransform(aug, 24), **kwargs)
+    two = VideoDataset(_records(root), root, transform=TrainTransform(aug, 24), flow_root=root / "flow",
+                       flow_transform=flow_train_transform(aug, 24), **kwargs)
+    for epoch, index in ((0, 1), (3, 5)):
+        item = two[(epoch, index)]
+        video = item["video"]
+        assert video.dtype == torch.uint8 and tuple(video.shape) == (6, 4, 24, 24)
+        assert torch.equal(video[:3], one[(epoch, index)]["video"])  # the RGB branch draws as a one-stream run
+
+        # independent decode + transform of the flow video with the flow branch's own generator
+        flow_path = root / "flow" / f"v{index:02d}.mp4"
+        n = count_frames(flow_path)
+        assert n == count_frames(root / f"v{index:02d}.mp4") - 1
+        rng = np.random.default_rng([7, epoch, index, FLOW_STREAM])
+        frames = read_frames(flow_path, uniform_sample(n, 4, 1, False, rng))
+        want = flow_train_transform(aug, 24)(frames, rng)
+        assert np.array_equal(video[3:].numpy(), want)
+
+
+def test_flow_branch_has_no_color_jitter_and_its_own_crop_ranges():
+    from microact.data.transforms import flow_train_transform
+
+    aug = AugConfig(color_jitter=True, flow_rrc_area=(0.7, 0.9), flow_rrc_aspect=(0.5, 2.0))
+    t = flow_train_transform(aug, 32)
+    assert t.color_jitter is None and t.aug.rrc_area == (0.7, 0.9) and t.aug.rrc_aspect == (0.5, 2.0)
+    assert (t.aug.erase_prob, t.aug.erase_area, t.aug.flip_prob) == (aug.erase_prob, aug.erase_area, aug.flip_prob)
+
+
+def test_test_item_has_six_channel_views_sampled_over_the_flow_frames(two_stream_root):
+    from microact.data.dataset import VideoDataset
+    from microact.data.sampling import uniform_sample
+    from microact.data.transforms import TestTransform
+
+    root = two_stream_root
+    transform = TestTransform(EvalConfig(resize_short=36, crop_height=40, flip_tta=True), 32)
+    ds = VideoDataset(_records(root), root, clip_len=4, transform=transform, num_clips=2, test_mode=True,
+                      flow_root=root / "flow", flow_transform=transform)
+    video = ds[2]["video"]
+    assert tuple(video.shape) == (4, 6, 4, 32, 32)  # 2 clips x 2 crops (flip TTA)
+    rgb_frames = read_frames(root / "v02.mp4", uniform_sample(10, 4, 2, True))
+    assert np.array_equal(video[:, :3].numpy(), transform.views(rgb_frames, 2))
+    flow_frames = read_frames(root / "flow" / "v02.mp4", uniform_sample(9, 4, 2, True))
+    assert np.array_equal(video[:, 3:].numpy(), transform.views(flow_frames, 2))
+
+
+def test_missing_or_corrupt_flow_video_skips_the_item(two_stream_root, tmp_path):
+    from microact.data.dataset import VideoDataset, collate
+    from microact.data.transforms import TrainTransform, flow_train_transform
+
+    root = two_stream_root
+    flow = tmp_path / "flow"
+    flow.mkdir()
+    for i in (0, 2):
+        (flow / f"v{i:02d}.mp4").write_bytes((root / "flow" / f"v{i:02d}.mp4").read_bytes())
+    (flow / "v01.mp4").write_bytes(b"garbage" * 40)  # corrupt; v03 is missing
+    aug = AugConfig(color_jitter=False)
+    ds = VideoDataset(_records(root)[:4], root, clip_len=4, transform=TrainTransform(aug, 24), flow_root=flow,
+                      flow_transform=flow_train_transform(aug, 24))
+    with pytest.warns(RuntimeWarning, match="flow video"):
+        items = [ds[i] for i in range(4)]
+    batch = collate(items)
+    assert tuple(batch["video"].shape) == (2, 6, 4, 24, 24) and batch["index"].tolist() == [0, 2]
+    assert len(batch["skipped"]) == 2
+    assert str(flow / "v01.mp4") in batch["skipped"][0] and str(flow / "v03.mp4") in batch["skipped"][1]
+    assert "microact flow" in batch["skipped"][1]
+
+
+# --------------------------------------------------------------------------------------------
+# Normalisation
+# --------------------------------------------------------------------------------------------
+
+
+def test_normalize_batch_uses_each_stream_statistics():
+    from microact.data.transforms import MEAN, STD, normalize_batch
+
+    x = torch.randint(0, 256, (2, 3, 6, 2, 3, 3), dtype=torch.uint8)  # [B, V, 6, T, H, W]
+    flow_mean, flow_std = (1.0, 2.0, 3.0), (4.0, 5.0, 6.0)
+    got = normalize_batch(x, flow_mean=flow_mean, flow_std=flow_std)
+    means, stds = list(MEAN) + list(flow_mean), list(STD) + list(flow_std)
+    for c in range(6):
+        want = (x[:, :, c].double() - means[c]) / stds[c]
+        assert torch.allclose(got[:, :, c].double(), want, atol=1e-5), c
+    seed_flow = normalize_batch(x[:, 0])  # [B, 6, T, H, W] with the seed's flow statistics by default
+    assert torch.allclose(seed_flow[:, 4].double(), (x[:, 0, 4].double() - 1.023) / 8.112, atol=1e-5)
+    rgb_only = normalize_batch(x[:, 0, :3])
+    assert torch.equal(rgb_only, seed_flow[:, :3])  # three channels: the RGB statistics only, as before
+    with pytest.raises(ValueError, match="C = 3"):
+        normalize_batch(x[:, 0, :4])
+
+
+def test_score_views_normalises_flow_with_the_given_statistics():
+    from microact.engine.evaluate import score_views
+
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, x):
+            seen.append(x)
+            return torch.zeros(x.shape[0], 5)
+
+    video = torch.full((1, 2, 6, 2, 4, 4), 10, dtype=torch.uint8)
+    score_views(Probe(), video, torch.device("cpu"), flow_stats={"flow_mean": (2, 2, 2), "flow_std": (4, 4, 4)})
+    assert torch.allclose(seen[0][:, 3:], torch.full((2, 3, 2, 4, 4), 2.0))
+    assert torch.allclose(seen[0][:, 0], torch.full((2, 2, 4, 4), (10 - 123.675) / 58.395))
+
+
+# --------------------------------------------------------------------------------------------
+# Config
+# --------------------------------------------------------------------------------------------
+
+
+def test_recipe_sets_the_flow_stream():
+    cfg = load_config(RECIPE)
+    assert cfg.data.flow_dir == "flow"
+    assert cfg.data.flow_mean == (0.955, 1.023, 1.040) and cfg.data.flow_std == (7.474, 8.112, 8.170)
+    assert cfg.aug.flow_rrc_area == (0.6, 1.0) and math.isclose(cfg.aug.flow_rrc_aspect[1], 4 / 3)
+    assert "Not runnable" not in RECIPE.read_text() and "microact flow" in RECIPE.read_text()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["data.flow_dir=null"], r"two-stream .*data\.flow_dir is not set.*microact flow"),
+    (["model.preset=videomae_b_k710_frame_coarse_tsn"], r"data\.flow_dir=flow is set but .* RGB only"),
+    (["data.flow_std=[1, 0, 1]"], r"data\.flow_std: each must be > 0"),
+    (["data.flow_mean=[1, 2]"], r"data\.flow_mean: expected 3 values"),
+    (["aug.flow_rrc_area=[0.9, 0.2]"], r"aug\.flow_rrc_area: expected \[min, max\]"),
+    (["aug.flow_rrc_aspect=[0, 0]"], r"aug\.flow_rrc_aspect"),
+    (["aug.jitter_erasing_on=device"], r"aug\.jitter_erasing_on=device is not supported with data\.flow_dir"),
+    (["data.flow_dir=''"], r"data\.flow_dir: empty"),
+])
+def test_flow_config_errors(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(RECIPE, overrides)
+
+
+def test_one_stream_recipes_are_unchanged_by_the_flow_keys():
+    cfg = load_config(REPO / "configs" / "tiny_synth.yaml")
+    assert cfg.data.flow_dir is None
+
+
+# --------------------------------------------------------------------------------------------
+# End to end: microact train, test and predict with the tiny two-stream model
+# --------------------------------------------------------------------------------------------
+
+
+def _tiny_recipe(root: Path, tmp_path: Path) -> Path:
+    cfg = load_config(RECIPE, [
+        f"data.root={root}", "data.train_lists=[train.txt]", "data.test_list=test.txt", "data.clip_len=4",
+        "data.img_size=32", "data.num_workers=0", "model.pretrained=null", "model.overrides={backbone: videomae_test}",
+        "train.epochs=1", "train.global_batch=4", "train.micro_batch=4", "train.max_steps=2", "train.precision=fp32",
+        "train.log_every=1", "train.tensorboard=false", "train.device=cpu", "eval.resize_short=36",
+        "eval.crop_height=40", "eval.batch_size=2", "crop.short_side=null"])
+    path = tmp_path / "tiny_twostream.yaml"
+    save_config(cfg, path)
+    return path
+
+
+def test_train_test_and_predict_end_to_end(two_stream_root, tmp_path, capsys):
+    recipe = _tiny_recipe(two_stream_root, tmp_path)
+    run = tmp_path / "run"
+    assert main(["train", str(recipe), "--out", str(run)]) == 0
+    weights = run / "model_final.safetensors"
+    assert weights.is_file()
+
+    assert main(["test", str(recipe), str(weights), "--out", str(tmp_path / "test")]) == 0
+    metrics = json.loads((tmp_path / "test" / "metrics.json").read_text())
+    assert metrics  # a labelled list: metrics written for every video
+    from microact.results import load_results
+
+    results = load_results(tmp_path / "test" / "results.pkl")
+    assert results.scores.shape == (4, 52) and np.allclose(results.scores.sum(1), 1.0, atol=1e-4)
+    printed = capsys.readouterr().out
+    assert "could not be decoded" not in printed and "2 clips" in printed
+
+    out = tmp_path / "pred.json"
+    assert main(["predict", str(two_stream_root / "v00.mp4"), "--config", str(recipe), "--checkpoint",
+                 str(weights), "--detector", "none", "--json", str(out), "--device", "cpu"]) == 0
+    pred = json.loads(out.read_text())["predictions"][0]
+    assert pred["num_views"] == 2 and len(pred["probs"]) == 52
+
+
+def test_predict_two_stream_flow_views_match_the_flow_video(two_stream_root):
+    """The on-the-fly flow of ``predict`` is the flow ``microact flow`` writes (up to its H.264 coding)."""
+    from microact.data.sampling import uniform_sample
+    from microact.data.transforms import TestTransform
+    from microact.predict import build_predictor_config, flow_views
+
+    cfg = build_predictor_config(config=str(RECIPE), overrides=["data.clip_len=4", "data.img_size=32",
+                                                                 "eval.resize_short=36", "eval.crop_height=40",
+                                                                 "crop.short_side=null"])
+    transform = TestTransform(cfg.eval, 32)
+    path = two_stream_root / "v03.mp4"
+    views = flow_views(path, cfg, 10, (0, 0, 32, 40), transform)
+    decoded = read_frames(two_stream_root / "flow" / "v03.mp4", uniform_sample(9, 4, cfg.eval.test_clips, True))
+    assert views.shape == (cfg.eval.test_clips, 3, 4, 32, 32)
+    assert np.abs(views.astype(float) - transform.views(decoded, cfg.eval.test_clips)).mean() < 4
+
+
+def test_predict_timeline_refuses_two_stream(two_stream_root):
+    from microact.predict import PredictError, build_predictor_config, predict_timeline
+
+    cfg = build_predictor_config(model="videomae_b_k710_twostream_i3d")
+    assert cfg.data.flow_dir is not None
+    with pytest.raises(PredictError, match="two-stream"):
+        predict_timeline(None, cfg, two_stream_root / "v00.mp4", torch.device("cpu"), window_s=1.0)
+
+
+def test_missing_flow_videos_are_reported_before_training(two_stream_root, tmp_path):
+    from microact.engine.builders import build_train_dataset
+    from microact.errors import MicroactError
+
+    cfg = load_config(_tiny_recipe(two_stream_root, tmp_path), ["data.flow_dir=no_flow_here"])
+    with pytest.raises(MicroactError, match=r"8 of 8 listed videos have no flow video.*microact flow"):
+        build_train_dataset(cfg)
+    skipping = load_config(_tiny_recipe(two_stream_root, tmp_path), ["data.flow_dir=no_flow_here",
+                                                                      "data.check_files=false"])
+    assert len(build_train_dataset(skipping)) == 8  # the items are skipped one by one instead
+
+
+def test_bench_e2e_refuses_two_stream_presets():
+    from microact.bench.e2e import run
+    from microact.errors import MicroactError
+
+    with pytest.raises(MicroactError, match="two-stream"):
+        run("videomae_b_k710_twostream_i3d", workers=0, batch=2, steps=1, device_name="cpu")
