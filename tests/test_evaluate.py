@@ -260,3 +260,20 @@ def test_coarse_head_rule_from_test_to_submission(dataset_dir, tmp_path, capsys)
                 "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert "predict.coarse_rule=coarse_head needs a model with coarse heads" in err
+
+
+def test_cli_test_writes_beside_the_dump_by_default(dataset_dir, tmp_path):
+    from safetensors.torch import save_file
+
+    cfg = _cfg(dataset_dir)
+    ckpt = tmp_path / "run" / "model_final.safetensors"
+    ckpt.parent.mkdir()
+    save_file({k: v.contiguous() for k, v in _model(cfg).state_dict().items()}, str(ckpt))
+    config = tmp_path / "recipe.yaml"
+    config.write_text("description: tiny test recipe\n")
+    dump = tmp_path / "dumps" / "val.pkl"
+    with pytest.warns(RuntimeWarning):
+        assert cli(["test", str(config), str(ckpt), *OVERRIDES, f"data.root={dataset_dir}", "--split", "val",
+                    "--dump", str(dump)]) == 0
+    assert {"val.pkl", "val.npz", "metrics.json", "confusion_fine.png"} <= {p.name for p in dump.parent.iterdir()}
+    assert not (ckpt.parent / "val_results").exists()

@@ -407,3 +407,24 @@ def test_coarse_head_scores_survive_saving_and_ensembling(tmp_path):
     assert ensemble([a, _random_results(n=5, seed=33, labels=False)]).coarse_head_scores is None  # not every model has them
     with pytest.raises(ResultsError, match=r"\[5, 7\]"):
         Results(a.names, a.scores, coarse_head_scores=np.zeros((5, 6)))
+
+
+def test_cli_ensemble_refuses_validation_dumps_of_other_models(tmp_path, capsys):
+    """--search-on pairs its i-th dump with the i-th test dump; `microact test` records each dump's checkpoint
+    (in the .npz beside a .pkl), so a swapped order is caught instead of giving each model the other's weight."""
+    models = _noisy_models(n=60, seed=3)[:2]
+    test_paths, val_paths = [], []
+    for i, m in enumerate(models):
+        for split, paths in (("test", test_paths), ("val", val_paths)):
+            r = Results(m.names, m.scores, m.labels, meta={"checkpoint": f"run{i}/model_final.safetensors",
+                                                            "split": split})
+            paths.append(str(save_results(r, tmp_path / f"{split}{i}.pkl")[0]))
+    out = str(tmp_path / "ens")
+    assert cli(["ensemble", *test_paths, "--search-on", *reversed(val_paths), "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert "run0/model_final.safetensors" in err and "run1/model_final.safetensors" in err and "same order" in err
+    assert cli(["ensemble", *test_paths, "--search-on", *val_paths, "--out", out]) == 0
+    assert "tuned on the test set" not in capsys.readouterr().err
+    # searching on test dumps works but says what it is doing
+    assert cli(["ensemble", *test_paths, "--search-on", *test_paths, "--out", out]) == 0
+    assert capsys.readouterr().err.count("tuned on the test set") == 2

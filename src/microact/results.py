@@ -771,6 +771,35 @@ def cli_submit(args) -> int:
     return 0
 
 
+def _provenance(path: str | os.PathLike, results: Results) -> dict:
+    """What `microact test` recorded about a dump (checkpoint, split): in its meta, or for a ``.pkl`` in the
+    ``.npz`` written beside it (the pickle keeps mmaction2's schema, which has no room for it)."""
+    meta = dict(results.meta)
+    sibling = Path(path).with_suffix(".npz")
+    if "checkpoint" not in meta and Path(path).suffix != ".npz" and sibling.is_file():
+        try:
+            with np.load(sibling, allow_pickle=False) as z:
+                if "meta_json" in z.files and z["scores"].shape == results.scores.shape:
+                    meta.update(json.loads(str(z["meta_json"])))
+        except (OSError, ValueError, KeyError):
+            pass  # provenance is a courtesy check; an unreadable sibling just skips it
+    return {k: meta[k] for k in ("checkpoint", "split") if k in meta}
+
+
+def _check_search_pairs(dump_paths, dumps, val_paths, val) -> None:
+    """The i-th validation dump must come from the i-th model: weights searched on one model and applied to
+    another are silently wrong. Checked where `microact test` recorded the checkpoints."""
+    for i, (tp, t, vp, v) in enumerate(zip(dump_paths, dumps, val_paths, val)):
+        test_info, val_info = _provenance(tp, t), _provenance(vp, v)
+        if val_info.get("split") == "test":
+            print(f"warning: --search-on {vp} is a dump of the test split: weights searched on it are tuned on the "
+                  "test set", file=sys.stderr)
+        a, b = test_info.get("checkpoint"), val_info.get("checkpoint")
+        if a and b and a != b:
+            raise ResultsError(f"--search-on: dump {i + 1} ({tp}) comes from {a} but its validation dump ({vp}) from "
+                               f"{b}; give the validation dumps in the same order as the dumps")
+
+
 def cli_ensemble(args) -> int:
     """``microact ensemble DUMP... [--weights w...] [--search-on VAL...] [--grid ...] [--list] --out DIR``."""
     from microact.plots.results import write_report
@@ -791,6 +820,7 @@ def cli_ensemble(args) -> int:
                                "(one per model, same order)")
         val = [load_results(p) for p in args.search_on]
         check_compatible(val)
+        _check_search_pairs(args.dumps, dumps, args.search_on, val)
         for p, r in zip(args.search_on, val):
             if r.labels is None:
                 raise ResultsError(f"{p}: validation dump has no labels (all gt_label 0?)")

@@ -723,7 +723,7 @@ def _run_jobs(jobs: list[ClipJob], workers: int, progress: bool) -> dict[str, li
 def summary_table(summary: dict) -> str:
     """A short text table: class id, name, body part and clips per split."""
     rows = [f"{'id':>3}  {'class':<32} {'body part':<11} {'train':>5} {'val':>5} {'test':>5}"]
-    for c in summary["classes"]:
+    for c in sorted(summary["classes"]):
         n = [summary["counts"][s][str(c)] for s in ("train", "val", "test")]
         rows.append(f"{c:>3}  {ma52.FINE_NAMES[c]:<32} {ma52.COARSE_NAMES[ma52.FINE_TO_COARSE[c]]:<11} "
                     f"{n[0]:>5} {n[1]:>5} {n[2]:>5}")
@@ -742,4 +742,9 @@ def cli_main(args) -> int:
     )
     print(summary_table(summary))
     print(f"wrote {summary['num_clips']} clips of {summary['num_subjects']} subjects to {args.out}")
+    for split in ("val", "test"):
+        empty = sorted(c for c in summary["classes"] if not summary["counts"][split][str(c)])
+        if empty:
+            print(f"note: {len(empty)} class(es) have no {split} clips ({', '.join(map(str, empty))}); raise "
+                  "--clips-per-class or the split fractions for every class to be scored")
     return 0

@@ -347,7 +347,12 @@ def cli_main(args) -> int:
         dist_utils.cleanup()
         return 0
 
-    out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"{args.split}_results"
+    if args.out:
+        out = Path(args.out)
+    elif args.dump:  # one place for everything this run writes
+        out = Path(args.dump).parent
+    else:
+        out = Path(args.checkpoint).parent / f"{args.split}_results"
     out.mkdir(parents=True, exist_ok=True)
     pkl, npz = save_results(results, Path(args.dump) if args.dump else out / "results.pkl")
     print(f"wrote {pkl} and {npz}")

@@ -216,7 +216,7 @@ def _loader_crash(error: Exception, loader, epoch: int, batch_no: int) -> DataLo
     ids = loader.batch_sampler.batch_indices(epoch, batch_no)
     paths = ", ".join(str(loader.dataset.records[i].path) for i in ids) or "none left"
     return DataLoaderCrashError(
-        f"a DataLoader worker died in epoch {epoch} while batch {batch_no} of this epoch was due (its videos: {paths}; "
+        f"a DataLoader worker died in epoch {epoch + 1} while batch {batch_no + 1} of this epoch was due (its videos: {paths}; "
         f"the worker may also have been prefetching a later batch): {error}. Run with data.num_workers=0 to see the "
         "error of the video directly; a worker killed by a signal is often out of memory.")
 
@@ -360,7 +360,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo) -> int:
                                   or (saved_steps is not None and saved_steps != steps_per_epoch)):
                 of = f" of {saved_steps}" if saved_steps else ""
                 raise MicroactError(
-                    f"{found[1]}: saved after optimiser step {step_in_epoch}{of} of epoch {epoch}, but with this "
+                    f"{found[1]}: saved after optimiser step {step_in_epoch}{of} of epoch {epoch + 1}, but with this "
                     f"config an epoch has {steps_per_epoch} steps ({len(dataset)} training clips in data.train_lists="
                     f"{cfg.data.train_lists}): the position in the epoch is lost. Resume with the run's training "
                     "lists, or start a new run from its weights.")
@@ -370,7 +370,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo) -> int:
                       f"{run_dir / 'config.yaml'} now records this run's")
             best, history, nan_skipped = state["best"], state["history"], state["nan_skipped"]
             resumed_rng = state["rng"][info.rank]
-            D.log(f"resumed from {found[1]}: epoch {epoch}, step {step_in_epoch}/{steps_per_epoch}, "
+            D.log(f"resumed from {found[1]}: epoch {epoch + 1}/{t.epochs}, step {step_in_epoch}/{steps_per_epoch}, "
                   f"global step {global_step}")
     if resumed_rng is None:
         seed_everything(t.seed + info.rank)  # dropout / drop path differ per rank, as with one seed per GPU
@@ -524,11 +524,12 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo) -> int:
                     if data_flag == 0:
                         # Every clip of this step, on every rank, was unreadable: nothing to learn from. No update
                         # (GradScaler.step would fail on gradients it never saw), no EMA step, no loss logged.
-                        D.warn(f"epoch {epoch}, step {step_in_epoch}: every clip of this optimiser step was "
+                        D.warn(f"epoch {epoch + 1}/{t.epochs}, step {step_in_epoch + 1}: every clip of this optimiser step was "
                                "unreadable; skipping the step")
                         optimizer.zero_grad(set_to_none=True)
                     elif bad:
-                        where = (f"non-finite loss at epoch {epoch}, step {step_in_epoch} (global step {global_step}); "
+                        where = (f"non-finite loss at epoch {epoch + 1}/{t.epochs}, step {step_in_epoch + 1} (global step "
+                                 f"{global_step + 1}); "
                                  f"videos of this step (rank {info.rank}): "
                                  + ", ".join(f"{i}:{dataset.records[i].path}" for i in step_indices[:16]))
                         if t.nan_policy == "stop":
@@ -596,13 +597,13 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo) -> int:
             if stop:
                 checkpoint()
                 code = 128 + (stop if stop in (signal.SIGTERM, signal.SIGINT) else signal.SIGTERM)
-                D.log(f"stopped by {signal.Signals(stop).name} at epoch {epoch}, step {step_in_epoch}: checkpoint "
-                      f"saved in {run_dir / 'checkpoints'}; continue with --resume")
+                D.log(f"stopped by {signal.Signals(stop).name} after step {step_in_epoch} of epoch {epoch + 1}/"
+                      f"{t.epochs}: checkpoint saved in {run_dir / 'checkpoints'}; continue with --resume")
                 return code
 
             epoch_done = step_in_epoch == steps_per_epoch
             if skipped_clips:
-                D.warn(f"epoch {epoch}: {len(skipped_clips)} clip(s) could not be read and were skipped, e.g. "
+                D.warn(f"epoch {epoch + 1}/{t.epochs}: {len(skipped_clips)} clip(s) could not be read and were skipped, e.g. "
                        f"{skipped_clips[0]}")
             skipped_all = int(D.all_reduce_sum(torch.tensor(float(len(skipped_clips)), device=device)).item())
             epoch_wait = min((epoch_waited + waited) / max(time.perf_counter() - epoch_start, 1e-9), 1.0)

@@ -15,8 +15,10 @@ Every backend answers ``detect(frame_rgb) -> list[Box]`` (pixel boxes with a sco
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+import sys
 from pathlib import Path
 from typing import NamedTuple, Optional, Protocol
 
@@ -113,6 +115,23 @@ class HaarFaceDetector:
         pass
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Send file descriptor 2 to /dev/null for the duration: mediapipe's C++ (absl, TFLite) logs a dozen lines per
+    process when a graph starts and on its first inference, before any of its log-level settings are read, and
+    they land in the middle of our progress bars. Python exceptions are raised, not printed, so nothing of ours is
+    lost; only this process's descriptor changes (the crop workers are separate processes)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 class MediaPipeDetector:
     """MediaPipe pose (all-landmark box), falling back to MediaPipe face detection -> body box."""
 
@@ -120,22 +139,26 @@ class MediaPipeDetector:
 
     def __init__(self, min_confidence: float = 0.3, pad: float = 0.08):
         try:
-            # mediapipe's C++ side logs a dozen INFO/WARNING lines per process; users only need our messages.
-            os.environ.setdefault("GLOG_minloglevel", "2")
-            os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
             import mediapipe as mp
         except ImportError as e:
             raise DetectorError(f"--detector mediapipe needs the 'mediapipe' package (0.10.21, installed with "
                                 f"--no-deps; see ENVIRONMENT.md §5): {e}") from None
         solutions = mp.solutions
-        # Pose model_complexity 0 and 2 download weights at run time; 1 is bundled in the wheel.
-        self._pose = solutions.pose.Pose(static_image_mode=True, model_complexity=1,
-                                         min_detection_confidence=min_confidence)
-        face = solutions.face_detection.FaceDetection
-        self._faces = [face(model_selection=m, min_detection_confidence=min_confidence) for m in (1, 0)]
+        with _native_stderr_silenced():
+            # Pose model_complexity 0 and 2 download weights at run time; 1 is bundled in the wheel.
+            self._pose = solutions.pose.Pose(static_image_mode=True, model_complexity=1,
+                                             min_detection_confidence=min_confidence)
+            face = solutions.face_detection.FaceDetection
+            self._faces = [face(model_selection=m, min_detection_confidence=min_confidence) for m in (1, 0)]
         self._pad = pad
 
     def detect(self, frame_rgb: np.ndarray) -> list[Box]:
+        # Its graphs log on their first inference and again when a calculator first meets a new case (a non-square
+        # frame, ...): silencing every call costs two dup2() calls against tens of milliseconds of inference.
+        with _native_stderr_silenced():
+            return self._detect(frame_rgb)
+
+    def _detect(self, frame_rgb: np.ndarray) -> list[Box]:
         h, w = frame_rgb.shape[:2]
         frame = np.ascontiguousarray(frame_rgb)
         result = self._pose.process(frame)
@@ -160,9 +183,10 @@ class MediaPipeDetector:
         return []
 
     def close(self) -> None:
-        self._pose.close()
-        for faces in self._faces:
-            faces.close()
+        with _native_stderr_silenced():
+            self._pose.close()
+            for faces in self._faces:
+                faces.close()
 
 
 class YoloDetector:
