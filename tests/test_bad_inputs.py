@@ -442,6 +442,47 @@ def _load_training_state(d: Path) -> Outcome:
     return library(load)
 
 
+def _ckpt_run_folder(d: Path) -> Path:
+    """A ``microact train`` run folder given where a weights file belongs."""
+    from microact.engine.state import save_weights
+
+    run = d / "r4"
+    run.mkdir()
+    for name in ("model_final.safetensors", "model_best.safetensors"):
+        save_weights(_state_dict(), run / name)
+    return run
+
+
+def _ckpt_training_state_file(d: Path) -> Path:
+    """A run's ``checkpoints/state_<step>.pt`` (optimizer and counters) given where its weights belong."""
+    import torch
+
+    from microact.engine.state import save_checkpoint
+
+    save_checkpoint(d / "r4", 84, torch.nn.Linear(2, 2), {"optimizer": {"state": {}}, "global_step": 84}, keep=1)
+    return d / "r4" / "checkpoints" / "state_00000084.pt"
+
+
+def _load_renamed_pth(d: Path) -> Outcome:
+    """Library: a ``torch.save`` file named ``.safetensors`` loads through the safe torch loader, with a note."""
+    import torch
+
+    from microact.config import load_config
+    from microact.engine.evaluate import load_trained_weights
+    from microact.models.presets import create_model_from_config
+
+    d.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": _state_dict()}, d / "renamed.safetensors")
+    model = create_model_from_config(load_config(None, TINY), pretrained=False)
+    err = io.StringIO()
+
+    def load():
+        with contextlib.redirect_stderr(err):
+            load_trained_weights(model, d / "renamed.safetensors")
+        return err.getvalue().strip()
+    return library(load)
+
+
 def _ckpt_garbage(d: Path) -> Path:
     (d / "notes.safetensors").write_text("these are my notes, not weights\n")
     return d / "notes.safetensors"
@@ -672,12 +713,19 @@ def _cases() -> list[Case]:
         ("ckpt-text", "a text file named .safetensors", _ckpt_garbage, ("notes.safetensors",)),
         ("ckpt-missing", "a checkpoint path that does not exist", lambda d: d / "nope.safetensors",
          ("nope.safetensors", "not found")),
+        ("ckpt-run-folder", "a training run folder instead of its weights", _ckpt_run_folder,
+         ("r4", "run folder", "r4/model_final.safetensors", "r4/model_best.safetensors")),
+        ("ckpt-training-state-file", "a run's checkpoints/state_<step>.pt", _ckpt_training_state_file,
+         ("state_00000084.pt", "training-state file", "checkpoints/model_00000084.safetensors")),
     ]
     for cid, what, make, keys in K:
         cases.append(Case(cid, "checkpoint", what, "microact test RECIPE CKPT", _no_marker(_checkpoint(make)),
                           "exit 2", keys))
     cases.append(Case("ckpt-training-state", "checkpoint", "a training checkpoint {'model': weights, 'epoch': 3}",
                       "load_trained_weights()", _load_training_state, "accepted", ("model weights loaded",)))
+    cases.append(Case("ckpt-pth-renamed", "checkpoint", "a torch.save file renamed to .safetensors",
+                      "load_trained_weights()", _load_renamed_pth, "accepted",
+                      ("renamed.safetensors", "PyTorch checkpoint", "safe torch loader")))
     cases.append(Case("convert-resnet", "checkpoint", "a ResNet-50 state dict", "microact convert",
                       _convert(_ckpt_resnet), "exit 2", ("resnet50.pth",)))
     cases.append(Case("convert-code-pickle", "checkpoint", "a .pth whose pickle runs code", "microact convert",

@@ -413,3 +413,43 @@ def test_microact_convert_command(tmp_path, capsys):
     torch.save({"x": _WritesMarker(tmp_path / "PWNED")}, evil)
     assert main(["convert", str(evil), str(tmp_path / "e.safetensors")]) == 2
     assert "nothing in it was executed" in capsys.readouterr().err and not (tmp_path / "PWNED").exists()
+
+
+def _hf_folder(path, intermediate_size, hidden_size=64):
+    from transformers import VideoMAEConfig, VideoMAEModel
+
+    torch.manual_seed(0)
+    VideoMAEModel(VideoMAEConfig(hidden_size=hidden_size, num_hidden_layers=2, num_attention_heads=2,
+                                 intermediate_size=intermediate_size, image_size=64, num_frames=8)).save_pretrained(path)
+    return path
+
+
+def test_convert_guesses_the_backbone_from_every_shape(tmp_path, capsys):
+    from microact.cli import main
+
+    # width 64 and depth 2 like videomae_test, but an MLP of 128 (videomae_test's is 256): no built-in fits, so the
+    # tensors are written unchecked and the output says so (it used to guess videomae_test and fail on fc1)
+    odd = _hf_folder(tmp_path / "hf_mlp128", intermediate_size=128)
+    assert main(["convert", str(odd), str(tmp_path / "odd.safetensors")]) == 0
+    printed = capsys.readouterr().out
+    assert "backbone unknown" in printed and "none of the built-in backbones fits" in printed
+    assert "MLP width 128" in printed and "unchecked" in printed and "videomae_test" in printed
+    assert load_file(str(tmp_path / "odd.safetensors"))["blocks.0.mlp.fc1.weight"].shape == (128, 64)
+    # a width no built-in has (96): the same
+    assert main(["convert", str(_hf_folder(tmp_path / "hf96", 384, hidden_size=96)),
+                 str(tmp_path / "w96.safetensors")]) == 0
+    assert "none of the built-in backbones fits the weights (embed dim 96" in capsys.readouterr().out
+    # every shape of videomae_test: guessed, and said so
+    fits = _hf_folder(tmp_path / "hf_test", intermediate_size=256)
+    assert main(["convert", str(fits), str(tmp_path / "fits.safetensors")]) == 0
+    printed = capsys.readouterr().out
+    assert "backbone videomae_test (guessed)" in printed and "every shape fits videomae_test" in printed
+    # a wrong --backbone names itself, where it came from and the one that fits
+    assert main(["convert", str(fits), str(tmp_path / "x.safetensors"), "--backbone", "videomae_tiny"]) == 2
+    err = capsys.readouterr().err
+    assert "do not fit videomae_tiny (given by --backbone)" in err and "--backbone videomae_test fits them" in err
+    assert "embed dim 64, depth 2, MLP width 256" in err
+    # converted files record their source layout, and no recipe (they were not trained by microact)
+    with safe_open(str(tmp_path / "fits.safetensors"), "pt") as f:
+        meta = f.metadata()
+    assert meta["layout"] == "hf" and meta["backbone"] == "videomae_test" and "microact.recipe" not in meta

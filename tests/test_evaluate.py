@@ -277,3 +277,79 @@ def test_cli_test_writes_beside_the_dump_by_default(dataset_dir, tmp_path):
                     "--dump", str(dump)]) == 0
     assert {"val.pkl", "val.npz", "metrics.json", "confusion_fine.png"} <= {p.name for p in dump.parent.iterdir()}
     assert not (ckpt.parent / "val_results").exists()
+
+
+def test_cli_test_warns_when_the_recipe_differs_from_the_recorded_one(dataset_dir, tmp_path, capsys):
+    from microact.engine.state import save_weights
+
+    trained = _cfg(dataset_dir, "model.input_mode=rgb_diff")
+    ckpt = tmp_path / "run" / "model_final.safetensors"
+    ckpt.parent.mkdir()
+    save_weights(_model(trained), ckpt, trained.to_yaml())
+    config = tmp_path / "recipe.yaml"
+    config.write_text("description: tiny test recipe\n")
+    base = [str(config), str(ckpt), *OVERRIDES, f"data.root={dataset_dir}"]
+
+    # the weights fit (same shapes), so only the recorded recipe can tell that rgb is wrong for them
+    with pytest.warns(RuntimeWarning):
+        assert cli(["test", *base, "model.input_mode=rgb", "eval.view=center224", "--split", "val",
+                    "--out", str(tmp_path / "a")]) == 0
+    err = capsys.readouterr().err
+    assert f"WARNING: {ckpt}: the weights were trained with model.input_mode=rgb_diff; this recipe has " \
+           "model.input_mode=rgb" in err
+    assert "eval.view=center224 (trained run: portrait373)" in err
+    # the training recipe: silent
+    with pytest.warns(RuntimeWarning):
+        assert cli(["test", *base, "model.input_mode=rgb_diff", "--split", "val", "--out", str(tmp_path / "b")]) == 0
+    err = capsys.readouterr().err
+    assert "WARNING" not in err and "test views differ" not in err
+
+
+def test_recipe_differences_cover_the_forward_defining_keys(dataset_dir):
+    from microact.engine.evaluate import recipe_differences
+
+    trained = _cfg(dataset_dir)
+    changes = {"model.preset": "videomae_test_frame_coarse_i3d", "data.clip_len": 8, "data.img_size": 48,
+               "model.num_classes": 10, "model.overrides": {"backbone": "videomae_tiny"},
+               "frame_head.layout": "temporal", "frame_head.se_mode": "gate", "arcface.scale": 16.0}
+    extra = ["data.num_classes=10", "eval.resize_short=48"]
+    current = _cfg(dataset_dir, *extra, *(f"{k}={json.dumps(v)}" for k, v in changes.items()))
+    forward, views = recipe_differences(trained, current)
+    assert {k: new for k, _, new in forward} == changes
+    assert [k for k, _, _ in views] == ["eval.resize_short"]
+    # only whether flow videos are used matters, not where they are
+    a, b = (_cfg(dataset_dir, "model.preset=videomae_b_k710_twostream_i3d", f"data.flow_dir={d}")
+            for d in ("flow", "elsewhere"))
+    assert recipe_differences(a, b) == ([], [])
+    assert [k for k, _, _ in recipe_differences(trained, a)[0]] == ["model.preset", "data.flow_dir"]
+
+
+def test_checkpoint_paths_that_are_not_weights_name_the_right_file(dataset_dir, tmp_path, capsys):
+    from microact.engine.state import save_checkpoint, save_weights
+    from microact.models.checkpoints import CheckpointError
+
+    cfg = _cfg(dataset_dir)
+    model = _model(cfg)
+    run = tmp_path / "r4"
+    save_checkpoint(run, 84, model, {"optimizer": {"state": {}}, "global_step": 84, "epoch": 2}, keep=1)
+    # an unfinished run: its latest checkpoint's weights
+    with pytest.raises(CheckpointError, match=r"did not finish.*checkpoints/model_00000084\.safetensors"):
+        load_trained_weights(model, run)
+    save_weights(model, run / "model_final.safetensors")
+    save_weights(model, run / "model_best.safetensors")
+    (run / "metrics.json").write_text(json.dumps({"selected": "model_best.safetensors"}))
+    with pytest.raises(CheckpointError) as e:
+        load_trained_weights(model, run)
+    assert str(e.value) == (f"{run}: a microact run folder, not a weights file: pass {run}/model_final.safetensors "
+                            f"(the last weights) or {run}/model_best.safetensors (the best validation F1); the run "
+                            "selected model_best.safetensors (metrics.json)")
+    # the training state beside the weights
+    with pytest.raises(CheckpointError, match=r"state_00000084\.pt: a microact training-state file .* pass the "
+                                              r"weights of this checkpoint, .*/model_00000084\.safetensors$"):
+        load_trained_weights(model, run / "checkpoints" / "state_00000084.pt")
+    # a .pth renamed to .safetensors loads through the safe torch loader, with a note
+    torch.save({"model": model.state_dict()}, tmp_path / "renamed.safetensors")
+    other = _model(cfg, seed=4)
+    load_trained_weights(other, tmp_path / "renamed.safetensors")
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in other.state_dict().items())
+    assert "renamed.safetensors is a PyTorch checkpoint (torch.save), not safetensors" in capsys.readouterr().err

@@ -326,3 +326,58 @@ def test_timeline_times_follow_the_frames_of_a_variable_frame_rate_video(recipe,
         if w["end_frame"] < len(shown):
             assert w["end_s"] == pytest.approx(shown[w["end_frame"]], abs=2e-3)
     assert pred["windows"][-1]["end_s"] == pytest.approx(shown[-1] + 0.033, abs=2e-3)
+
+
+def test_predict_uses_the_recipe_recorded_in_the_weights(make_video, recipe, tmp_path, capsys):
+    """Weights trained with rgb_diff (as configs/tiny_synth.yaml trains) fit an rgb model of the same preset: only
+    the recipe recorded in the weights file can tell the two apart."""
+    from microact.engine.state import save_weights
+    from microact.predict import build_predictor_config, load_model, predict_video
+
+    video = make_video("clip.mp4", num_frames=20, height=64, width=48)
+    trained = build_predictor_config(config=str(recipe), overrides=["model.input_mode=rgb_diff"])
+    torch.manual_seed(5)
+    model = load_model(trained, None, torch.device("cpu"))
+    ckpt = tmp_path / "run" / "model_final.safetensors"
+    ckpt.parent.mkdir()
+    save_weights(model, ckpt, trained.to_yaml())
+    expected = predict_video(model, trained, video, torch.device("cpu"), detector="none")["probs"]
+    capsys.readouterr()
+
+    def predict(*options):
+        out = tmp_path / "pred.json"
+        assert cli(["predict", str(video), "--checkpoint", str(ckpt), "--detector", "none", "--json", str(out),
+                    "--device", "cpu", *options]) == 0
+        return json.loads(out.read_text())["predictions"][0]["probs"], capsys.readouterr().err
+
+    # neither --config nor --model: the recorded recipe, said in one line
+    probs, err = predict()
+    np.testing.assert_allclose(probs, expected, rtol=1e-5, atol=1e-7)
+    assert (f"using the recipe recorded in {ckpt}: videomae_tiny_frame_coarse_tsn, 8 frames at 64 px, input "
+            "rgb_diff") in err and "WARNING" not in err
+    # --model only: the recorded recipe is the base (not the preset's 16 frames at 224 px)
+    probs, err = predict("--model", "videomae_tiny_frame_coarse_tsn")
+    np.testing.assert_allclose(probs, expected, rtol=1e-5, atol=1e-7)
+    assert "WARNING" not in err
+    # --model naming another preset: the recorded recipe with that preset, and a warning naming both
+    assert cli(["predict", str(video), "--checkpoint", str(ckpt), "--model", "videomae_test_frame_coarse_tsn",
+                "--detector", "none", "--device", "cpu"]) == 2  # its ViT is narrower: the weights do not fit
+    err = capsys.readouterr().err
+    assert "videomae_test_frame_coarse_tsn (--model instead of the recorded videomae_tiny_frame_coarse_tsn)" in err
+    assert ("the weights were trained with model.preset=videomae_tiny_frame_coarse_tsn; this recipe has "
+            "model.preset=videomae_test_frame_coarse_tsn") in err and "does not fit" in err
+    # another recipe: a warning naming the key and both values
+    rgb = tmp_path / "rgb.yaml"
+    rgb.write_text(RECIPE)
+    probs, err = predict("--config", str(rgb))
+    assert (f"WARNING: {ckpt}: the weights were trained with model.input_mode=rgb_diff; this recipe has "
+            "model.input_mode=rgb") in err
+    # weights without a recorded recipe (older runs, converted files) keep working, silently
+    from safetensors.torch import save_file
+
+    old = tmp_path / "old.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(old))
+    assert cli(["predict", str(video), "--checkpoint", str(old), "--config", str(rgb), "--detector", "none",
+                "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "WARNING" not in err and "recorded" not in err

@@ -119,3 +119,23 @@ def test_run_dir_checks(tmp_path):
         check_run_dir(blocker / "run", min_free_bytes=1)
     with pytest.raises(CheckpointStorageError, match="MiB free"):
         check_run_dir(tmp_path / "run", min_free_bytes=2**62)
+
+
+def test_weights_files_record_the_recipe(tmp_path):
+    from safetensors import safe_open
+
+    from microact.config import load_config
+    from microact.engine.state import RECIPE_METADATA_KEY, save_weights
+
+    recipe = load_config(None, ["model.input_mode=rgb_diff", "data.clip_len=8"]).to_yaml()
+    model = torch.nn.Linear(2, 2)
+    save_weights(model, tmp_path / "model_final.safetensors", recipe)
+    save_checkpoint(tmp_path, 4, model, {"epoch": 1}, keep=1, recipe=recipe)
+    save_weights(model, tmp_path / "plain.safetensors")  # no recipe given: the metadata of older versions
+    for path, expected in ((tmp_path / "model_final.safetensors", recipe),
+                           (tmp_path / "checkpoints" / "model_00000004.safetensors", recipe),
+                           (tmp_path / "plain.safetensors", None)):
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata()
+        assert meta["producer"] == "microact" and meta.get(RECIPE_METADATA_KEY) == expected, path
+    assert load_config(None, []).to_yaml() != recipe  # the recorded text is this run's, not the defaults

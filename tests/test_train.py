@@ -178,6 +178,13 @@ def test_validation_and_run_directory(data_root, tmp_path, capsys):
     assert metrics["selected"] == "model_best.safetensors"
     assert set(metrics["val"][0]) >= {"f1_mean", "fine_macro", "fine_micro", "coarse_macro", "coarse_micro"}
     assert load_config(run_dir / "config.yaml").data.val_list == "val.txt"
+    # every weights file records the run's recipe, so predict and test can use it or warn when theirs differs
+    from microact.engine.evaluate import recorded_recipe
+
+    checkpoint_weights = sorted((run_dir / "checkpoints").glob("model_*.safetensors"))
+    assert checkpoint_weights
+    for path in [run_dir / "model_final.safetensors", run_dir / "model_best.safetensors", *checkpoint_weights]:
+        assert recorded_recipe(path) == (run_dir / "config.yaml").read_text(), path
 
 
 RECIPES = sorted(CONFIGS.glob("*.yaml"))

@@ -171,8 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
     # predict --------------------------------------------------------------------------------
     p = _sub(sub, "predict", "recognise micro-actions in any video: crop, test pipeline, top-k classes")
     p.add_argument("videos", nargs="+", help="video files, or folders of videos")
-    p.add_argument("--model", default=None, help="preset name (default: the config's, else the best seed model)")
-    p.add_argument("--config", default=None, help="recipe the checkpoint was trained with")
+    p.add_argument("--model", default=None,
+                   help="preset name (default: the config's, else the one recorded in --checkpoint, else the best "
+                        "seed model)")
+    p.add_argument("--config", default=None,
+                   help="recipe the checkpoint was trained with (default: the recipe recorded in --checkpoint, "
+                        "which microact training writes into its weights files)")
     p.add_argument("--checkpoint", default=None, help="trained weights (.safetensors); without it the model is untrained")
     p.add_argument("--detector", default="auto", choices=["auto", "mediapipe", "haar", "none"], help="person detector for the crop")
     p.add_argument("--top-k", type=int, default=5, help="classes shown per video")

@@ -391,13 +391,36 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise ConfigError(f"{path}: not valid YAML: {e}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(raw).__name__}")
+    return _validated(raw, overrides, f"{path}: " if path is not None else "")
+
+
+def config_from_yaml(text: str, source: str, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """A recipe given as YAML text (e.g. the one a checkpoint records), with overrides, validated.
+
+    Args:
+        text: the YAML of a recipe (``Config.to_yaml()``).
+        source: where the text comes from, for error messages (e.g. ``"run/model_final.safetensors (recorded
+            recipe)"``).
+
+    Raises:
+        ConfigError: naming ``source`` and the key.
+    """
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: top level must be a mapping of sections, got {type(raw).__name__}")
+    return _validated(raw, overrides, f"{source}: ")
+
+
+def _validated(raw: dict, overrides, where: str) -> Config:
     for item in overrides:
         key, value = parse_override(item)
         _set_dotted(raw, key, value)
     try:
         return config_from_dict(raw).validate()
     except ConfigError as e:
-        where = f"{path}: " if path is not None else ""
         raise ConfigError(f"{where}{e}") from None
 
 

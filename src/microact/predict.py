@@ -43,18 +43,42 @@ class PredictError(MicroactError):
 
 
 def build_predictor_config(model: Optional[str] = None, config: Optional[str] = None,
-                           overrides: Sequence[str] = ()):
-    """The run configuration of a prediction: the recipe's, or a preset's defaults (its frames and input size).
+                           overrides: Sequence[str] = (), checkpoint: Optional[str] = None):
+    """The run configuration of a prediction: the recipe's; without one, the recipe ``checkpoint`` records (the
+    one it was trained with); else a preset's defaults (its frames and input size).
 
     Args:
-        model: preset name; overrides the recipe's ``model.preset``.
+        model: preset name; overrides the recipe's (or the recorded recipe's) ``model.preset``.
         config: YAML recipe the checkpoint was trained with.
         overrides: more ``key=value`` overrides.
+        checkpoint: trained weights; a recipe recorded in them is used when ``config`` is not given.
     """
-    from microact.config import load_config
+    from microact.config import ConfigError, config_from_yaml, load_config
+    from microact.engine.evaluate import recorded_recipe
     from microact.models.presets import get_preset
 
     extra = list(overrides)
+    recorded = recorded_recipe(checkpoint) if checkpoint and config is None else None
+    if recorded is not None:
+        instead = ""
+        if model is not None:  # the recorded frames, size and input mode stay; the comparison warns about the preset
+            get_preset(model)  # an unknown name fails here, naming the valid presets
+            extra = [f"model.preset={model}", "data.flow_dir=" + ("flow" if get_preset(model).two_stream
+                                                                    else "null")] + extra
+        try:
+            if model is not None:
+                trained_preset = config_from_yaml(recorded, f"{checkpoint} (recorded recipe)").model.preset
+                instead = f" (--model instead of the recorded {trained_preset})" if trained_preset != model else ""
+            cfg = config_from_yaml(recorded, f"{checkpoint} (recorded recipe)", extra)
+        except ConfigError as e:  # e.g. recorded by another microact version: fall back to the preset's defaults
+            print(f"warning: cannot use the recipe recorded in the weights ({e}); using the preset's defaults",
+                  file=sys.stderr)
+        else:
+            print(f"using the recipe recorded in {checkpoint}: {cfg.model.preset}{instead}, {cfg.data.clip_len} "
+                  f"frames at {cfg.data.img_size} px, input {cfg.model.input_mode} (pass --config to use another)",
+                  file=sys.stderr)
+            return cfg
+        extra = list(overrides)
     if config is None:
         preset = get_preset(model or DEFAULT_PRESET)
         extra = [f"model.preset={preset.name}", f"data.clip_len={preset.num_frames}",
@@ -104,11 +128,12 @@ def flow_views(path: Path, cfg, num_frames: int, box: Sequence[int], transform) 
 
 def load_model(cfg, checkpoint: Optional[str], device: torch.device):
     """Build the recipe's model, load ``checkpoint`` (strict) or warn loudly that it is untrained."""
-    from microact.engine.evaluate import load_trained_weights
+    from microact.engine.evaluate import load_trained_weights, warn_if_recipe_differs
     from microact.models.presets import create_model_from_config
 
     model = create_model_from_config(cfg, pretrained=False)
     if checkpoint:
+        warn_if_recipe_differs(cfg, checkpoint)
         load_trained_weights(model, checkpoint)
     else:
         print("WARNING: no --checkpoint given: the model has RANDOM, UNTRAINED weights and its predictions are "
@@ -553,7 +578,7 @@ def cli_main(args) -> int:
             raise PredictError(f"{name} must be a positive number of seconds, got {value}")
     targets = _output_targets(videos, args.annotate, "--annotate", (".mp4", ".gif"), "_annotated.mp4")
     timelines = _output_targets(videos, timeline_arg, "--timeline", (".png",), "_timeline.png")
-    cfg = build_predictor_config(args.model, args.config)
+    cfg = build_predictor_config(args.model, args.config, checkpoint=args.checkpoint)
     device = resolve_device(args.device, option="--device")
     model = load_model(cfg, args.checkpoint, device)
     predictions = []

@@ -21,7 +21,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 import numpy as np
 import torch
@@ -279,6 +279,106 @@ def load_trained_weights(model, path: str | os.PathLike) -> None:
     model.load_state_dict(clean, strict=True)
 
 
+# Recipe keys that change what the network computes from a clip: weights trained with other values give wrong
+# answers even when every shape fits (e.g. rgb vs rgb_diff input, 8 vs 16 frames of a model whose shapes do not
+# depend on the frame count). data.flow_dir counts only as set or not (the folder itself is a data location).
+FORWARD_KEYS = ("model.preset", "model.num_classes", "model.input_mode", "model.overrides", "data.clip_len",
+                "data.img_size", "data.flow_dir", "data.flow_mean", "data.flow_std", "frame_head.layout",
+                "frame_head.se_mode", "arcface.margin_mode", "arcface.scale", "arcface.margin")
+# Test-view keys: testing with other views is legitimate (an ablation) but changes the numbers, so it is noted.
+VIEW_KEYS = ("eval.view", "eval.resize_short", "eval.crop_height", "eval.flip_tta", "eval.average",
+             "aug.resize_backend")
+
+
+def recorded_recipe(path: str | os.PathLike) -> Optional[str]:
+    """The recipe YAML a microact weights file records (:data:`microact.engine.state.RECIPE_METADATA_KEY`), or
+    ``None``: older runs, converted or foreign files, folders, ``.pth`` files. Reads the header only; a file that
+    cannot be read gives ``None`` here and its error when the weights are loaded."""
+    from microact.engine.state import RECIPE_METADATA_KEY
+
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            if f.read(9)[8:9] != b"{":  # not a safetensors header
+                return None
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            return (f.metadata() or {}).get(RECIPE_METADATA_KEY)
+    except Exception:  # missing, a folder, corrupt: load_trained_weights reports it
+        return None
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "overrides":  # model.overrides is compared as one value
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _show(value) -> str:
+    """A value as the user would type it in an override (null, true, [1, 2])."""
+    import yaml
+
+    return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
+
+
+def recipe_differences(trained, current) -> tuple[list[tuple[str, Any, Any]], list[tuple[str, Any, Any]]]:
+    """``(forward, views)``: the :data:`FORWARD_KEYS` and :data:`VIEW_KEYS` whose values differ between the
+    recipe the weights were trained with and the current one, as ``(key, trained value, current value)``."""
+    was, now = _flat(trained.to_dict()), _flat(current.to_dict())
+    was["data.flow_dir"] = "set" if was["data.flow_dir"] is not None else None
+    now["data.flow_dir"] = "set" if now["data.flow_dir"] is not None else None
+    if was["data.flow_dir"] is None and now["data.flow_dir"] is None:  # flow statistics unused by RGB models
+        for key in ("data.flow_mean", "data.flow_std"):
+            was[key] = now[key]
+
+    def differing(keys):
+        return [(k, was.get(k), now.get(k)) for k in keys if was.get(k) != now.get(k)]
+    return differing(FORWARD_KEYS), differing(VIEW_KEYS)
+
+
+def warn_if_recipe_differs(cfg, checkpoint: str | os.PathLike, file=None) -> list[str]:
+    """Print (to stderr) a warning for each difference between ``cfg`` and the recipe ``checkpoint`` records.
+
+    A warning, not an error: testing with other views is legitimate, and a user may know better; but the
+    forward-defining keys get an explicit "the weights were trained with ..." line. Files without a recorded
+    recipe (older runs, converted weights) give nothing.
+
+    Returns:
+        The lines printed.
+    """
+    from microact.config import ConfigError, config_from_yaml
+
+    text = recorded_recipe(checkpoint)
+    if text is None:
+        return []
+    lines = []
+    try:
+        trained = config_from_yaml(text, f"{checkpoint} (recorded recipe)")
+    except ConfigError as e:  # e.g. written by another microact version
+        lines.append(f"note: the recipe recorded in the weights cannot be compared with this one: {e}")
+    else:
+        forward, views = recipe_differences(trained, cfg)
+        if forward:
+            lines.append(
+                f"WARNING: {checkpoint}: the weights were trained with "
+                + ", ".join(f"{k}={_show(a)}" for k, a, _ in forward) + "; this recipe has "
+                + ", ".join(f"{k}={_show(b)}" for k, _, b in forward)
+                + ". Its answers are wrong unless these match: use the recipe the weights were trained with (the "
+                "run's config.yaml; it is also recorded in the weights file, which `microact predict VIDEO "
+                "--checkpoint CKPT` with neither --config nor --model uses)")
+        if views:
+            lines.append(f"note: {checkpoint}: test views differ from the training run's: "
+                         + ", ".join(f"{k}={_show(b)} (trained run: {_show(a)})" for k, a, b in views))
+    for line in lines:
+        print(line, file=file or sys.stderr)
+    return lines
+
+
 def build_test_loader(cfg, list_file: str | os.PathLike, num_clips: int, *, distributed: bool = False):
     """The test-mode loader of a recipe for one list (``eval`` views, uniform test sampling, no shuffling)."""
     from microact.data.annotations import load_list
@@ -327,6 +427,8 @@ def cli_main(args) -> int:
     rank, world, device = info.rank, info.world_size, info.device
     precision = cfg.train.precision if device.type == "cuda" else "fp32"
 
+    if rank == 0:  # before loading: a recipe that does not fit the weights' shapes explains the error that follows
+        warn_if_recipe_differs(cfg, args.checkpoint)
     model = create_model_from_config(cfg, pretrained=False)
     check_coarse_rule(model, cfg.predict.coarse_rule)
     load_trained_weights(model, args.checkpoint)

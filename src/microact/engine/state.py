@@ -3,6 +3,10 @@
 A checkpoint is two files in ``RUN/checkpoints/``: ``model_<step>.safetensors`` (the recognizer's weights) and
 ``state_<step>.pt`` (optimizer, GradScaler, EMA, counters, RNG states, best metric, config), readable with
 ``torch.load(weights_only=True)``: RNG states are stored as tensors and lists, never as arbitrary objects.
+Weights files written for a run (these and the run's ``model_final`` / ``model_best`` / ``model_ema_final``) record
+the run's recipe, ``Config.to_yaml()``, in their safetensors metadata under :data:`RECIPE_METADATA_KEY`: the
+weights are only right with the model, frames, input size and input mode they were trained with, and ``microact
+predict`` / ``microact test`` read it back to use it or to warn about a recipe that differs.
 Every file is written to a temporary name in the same folder, fsynced and renamed over the final name, and the
 ``latest`` pointer is updated last, so a crash (even SIGKILL) at any moment leaves the previous checkpoint valid.
 """
@@ -20,6 +24,8 @@ import numpy as np
 import torch
 
 from microact.errors import MicroactError
+
+RECIPE_METADATA_KEY = "microact.recipe"  # safetensors metadata: the full recipe YAML the weights were trained with
 
 
 class CheckpointStorageError(MicroactError, OSError):
@@ -145,16 +151,24 @@ def _plain_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
 
 
-def save_weights(model_or_state, path: Path) -> None:
-    """Atomically write a safetensors file of a model's (or a state dict's) tensors."""
+def save_weights(model_or_state, path: Path, recipe: Optional[str] = None) -> None:
+    """Atomically write a safetensors file of a model's (or a state dict's) tensors.
+
+    Args:
+        recipe: the run's recipe (``cfg.to_yaml()``), stored in the metadata under :data:`RECIPE_METADATA_KEY`.
+    """
     from safetensors.torch import save_file
 
     sd = model_or_state if isinstance(model_or_state, dict) else _plain_state_dict(model_or_state)
     sd = {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}
-    atomic_write(Path(path), lambda tmp: save_file(sd, tmp, metadata={"format": "pt", "producer": "microact"}))
+    metadata = {"format": "pt", "producer": "microact"}
+    if recipe is not None:
+        metadata[RECIPE_METADATA_KEY] = recipe
+    atomic_write(Path(path), lambda tmp: save_file(sd, tmp, metadata=metadata))
 
 
-def save_checkpoint(run_dir: Path, step: int, model, train_state: dict[str, Any], keep: int) -> Path:
+def save_checkpoint(run_dir: Path, step: int, model, train_state: dict[str, Any], keep: int,
+                    recipe: Optional[str] = None) -> Path:
     """Write ``model_<step>.safetensors`` + ``state_<step>.pt``, point ``latest`` at them, keep the last ``keep``.
 
     Args:
@@ -163,6 +177,7 @@ def save_checkpoint(run_dir: Path, step: int, model, train_state: dict[str, Any]
         model: the model (DDP / compiled wrappers are unwrapped).
         train_state: everything else to restore (tensors, numbers, strings, lists, dicts only).
         keep: checkpoints to keep (0 = keep all).
+        recipe: the run's recipe YAML, recorded in the weights file (see :func:`save_weights`).
 
     Returns:
         The ``state_<step>.pt`` path.
@@ -172,7 +187,7 @@ def save_checkpoint(run_dir: Path, step: int, model, train_state: dict[str, Any]
     _remove_leftovers(folder)
     weights = folder / f"model_{step:08d}.safetensors"
     state = folder / f"state_{step:08d}.pt"
-    save_weights(model, weights)
+    save_weights(model, weights, recipe)
     atomic_write(state, lambda tmp: torch.save(train_state, tmp))
     atomic_write(folder / "latest", lambda tmp: Path(tmp).write_text(f"{step:08d}\n"))
     if keep > 0:

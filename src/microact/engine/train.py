@@ -29,7 +29,8 @@ scaling; ``fp32`` = none. On a CPU without hardware bf16 (AVX512-BF16 or AMX) ``
 
 The run directory: ``config.yaml`` (resolved), ``env.json``, ``log.csv``, ``tb/`` (TensorBoard),
 ``checkpoints/``, ``metrics.json`` (validation history), ``model_final.safetensors``, ``model_best.safetensors``
-(with ``data.val_list``), ``plots/``.
+(with ``data.val_list``), ``plots/``. Every weights file records the run's recipe in its safetensors metadata
+(:data:`microact.engine.state.RECIPE_METADATA_KEY`).
 """
 from __future__ import annotations
 
@@ -408,6 +409,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo) -> int:
                  f"{sum(p.numel() for p in raw_model.parameters()):,d} parameters (and their gradients and "
                  "optimizer state)" if fsdp else ""))
 
+    recipe = cfg.to_yaml()  # recorded in every weights file: predict and test use it or warn when theirs differs
+
     def train_state() -> dict[str, Any]:
         rngs = [rng_state()]
         if info.distributed:
@@ -428,7 +431,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo) -> int:
         state = train_state()  # every rank joins the RNG gather (and, under FSDP, the unsharding)
         weights = full_weights()
         if main:
-            save_checkpoint(run_dir, global_step, weights, state, t.keep_checkpoints)
+            save_checkpoint(run_dir, global_step, weights, state, t.keep_checkpoints, recipe)
         D.barrier()
 
     # ---- training -----------------------------------------------------------------------------
@@ -633,7 +636,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo) -> int:
                                 writer.add_scalar(f"val/{k}", v, global_step)
                     if scores["f1_mean"] > best:
                         best = scores["f1_mean"]
-                        save_weights(weights, run_dir / "model_best.safetensors")
+                        save_weights(weights, run_dir / "model_best.safetensors", recipe)
                     (run_dir / "metrics.json").write_text(json.dumps({"val": history, "best_f1_mean": best}, indent=2))
             if done or (epoch_done and (epoch % t.checkpoint_every == 0 or epoch == t.epochs)):
                 checkpoint()
@@ -644,9 +647,9 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo) -> int:
     if ema is not None:
         ema_weights = sharding.gather_full(ema.state_dict()) if fsdp else ema.state_dict()
     if main:
-        save_weights(final_weights, run_dir / "model_final.safetensors")
+        save_weights(final_weights, run_dir / "model_final.safetensors", recipe)
         if ema_weights is not None:
-            save_weights(ema_weights, run_dir / "model_ema_final.safetensors")
+            save_weights(ema_weights, run_dir / "model_ema_final.safetensors", recipe)
         selected = "model_final.safetensors"
         if t.select == "best_val":
             if history:  # this run validated (a model_best.safetensors on disk may be an older run's)

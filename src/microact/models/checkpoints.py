@@ -21,6 +21,7 @@ import json
 import logging
 import pickle
 import re
+import sys
 import warnings
 import zipfile
 from collections import Counter
@@ -80,10 +81,13 @@ def _torch_load(path: Path):
         with warnings.catch_warnings():
             # Our own error below says what went wrong; torch's protocol notice would only add noise.
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            if safe is not None:
-                with safe(_inert_globals()):
-                    return torch.load(path, map_location="cpu", weights_only=True)
-            return torch.load(path, map_location="cpu", weights_only=True)
+            # an open file, not the path: torch.load hands a path ending in .safetensors to safetensors, which
+            # cannot read a renamed .pth
+            with open(path, "rb") as f:
+                if safe is not None:
+                    with safe(_inert_globals()):
+                        return torch.load(f, map_location="cpu", weights_only=True)
+                return torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         msg = str(e)
         if "weights only load failed" not in msg.lower():
@@ -136,7 +140,41 @@ def _read_dir(path: Path) -> dict[str, torch.Tensor]:
         return sd
     if (path / "pytorch_model.bin").is_file():
         return _flatten_tensors(_torch_load(path / "pytorch_model.bin"), path / "pytorch_model.bin")
+    run_hint = _run_folder_hint(path)
+    if run_hint:
+        raise CheckpointError(run_hint)
     raise CheckpointError(f"{path}: a folder without model.safetensors, a shard index or pytorch_model.bin")
+
+
+_RUN_WEIGHTS = ("model_final.safetensors", "model_best.safetensors", "model_ema_final.safetensors")
+
+
+def _run_folder_hint(path: Path) -> str:
+    """For a ``microact train`` run folder: the error that names its weights files ("" for any other folder).
+
+    A run folder is refused rather than read: its answer may be the last or the best-validation weights
+    (``train.select``), and ``microact test`` writes its results beside the weights file it was given, so the user
+    picks the file and sees which one was tested.
+    """
+    found = [name for name in _RUN_WEIGHTS if (path / name).is_file()]
+    if found:
+        what = {"model_final.safetensors": "the last weights", "model_best.safetensors": "the best validation F1",
+                "model_ema_final.safetensors": "the EMA weights"}
+        choices = " or ".join(f"{path / name} ({what[name]})" for name in found)
+        selected = ""
+        try:
+            selected = json.loads((path / "metrics.json").read_text()).get("selected") or ""
+        except (OSError, ValueError, AttributeError):
+            pass  # the note on the run's choice is optional
+        note = f"; the run selected {selected} (metrics.json)" if selected in found else ""
+        return f"{path}: a microact run folder, not a weights file: pass {choices}{note}"
+    from microact.engine.state import latest_checkpoint
+
+    latest = latest_checkpoint(path)
+    if latest is not None:
+        return (f"{path}: a microact run folder without final weights (the run did not finish): pass its latest "
+                f"checkpoint's weights, {latest[0]}")
+    return ""
 
 
 _CONTAINER_KEYS = ("model", "module", "state_dict")  # official loaders try model, then module
@@ -154,10 +192,26 @@ def _flatten_tensors(obj, path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
     sd = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not sd and "optimizer" in obj and "global_step" in obj:
+        raise CheckpointError(_training_state_hint(path, obj))
     if not sd:
         raise CheckpointError(
             f"{path}: no tensors found (top-level keys: {', '.join(map(str, list(obj)[:10]))})")
     return sd
+
+
+def _training_state_hint(path: Path, state: Mapping) -> str:
+    """The error for a microact ``state_<step>.pt``: it holds the optimizer and counters, the weights are beside it."""
+    tag = re.fullmatch(r"state_(\d+)\.pt", path.name)
+    step = tag.group(1) if tag else f"{state.get('global_step', 0):08d}"
+    weights = path.with_name(f"model_{step}.safetensors")
+    where = "" if weights.is_file() else " (not found: it may have been removed with older checkpoints)"
+    return (f"{path}: a microact training-state file (optimizer, RNG states, counters), not weights: pass the "
+            f"weights of this checkpoint, {weights}{where}")
+
+
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default (zip) format
+_PICKLE_MAGIC = b"\x80"  # a bare pickle, then its protocol (2-5): torch's legacy format
 
 
 def read_checkpoint(path: PathLike) -> dict[str, torch.Tensor]:
@@ -170,8 +224,11 @@ def read_checkpoint(path: PathLike) -> dict[str, torch.Tensor]:
     Returns:
         The tensors, with ``model``/``module``/``state_dict`` containers unwrapped (names unchanged).
 
+    A ``torch.save`` file named ``.safetensors`` is read with the safe torch loader (a note says so).
+
     Raises:
-        CheckpointError: missing, unsafe (code-running pickle), truncated or garbage file.
+        CheckpointError: missing, unsafe (code-running pickle), truncated or garbage file; a microact run folder
+            or training-state file (the message names the weights file to pass).
     """
     path = Path(path)
     if path.is_dir():
@@ -180,8 +237,16 @@ def read_checkpoint(path: PathLike) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: checkpoint not found")
     with open(path, "rb") as f:
         magic = f.read(16)
-    # safetensors: 8-byte little-endian header length followed by a JSON object.
-    if path.suffix == ".safetensors" or magic[8:9] == b"{":
+    # safetensors: 8-byte little-endian header length followed by a JSON object (its first byte can be 0x80 too)
+    is_safetensors = magic[8:9] == b"{"
+    is_torch_file = magic.startswith(_ZIP_MAGIC) or (magic[:1] == _PICKLE_MAGIC and magic[1:2] in (b"\x02", b"\x03",
+                                                                                               b"\x04", b"\x05"))
+    if path.suffix == ".safetensors" and is_torch_file and not is_safetensors:
+        # a renamed .pth: the safetensors reader would only say "header too large"; the safe loader reads it
+        print(f"note: {path} is a PyTorch checkpoint (torch.save), not safetensors despite its name; reading it "
+              "with the safe torch loader (weights_only)", file=sys.stderr)
+        return _flatten_tensors(_torch_load(path), path)
+    if path.suffix == ".safetensors" or is_safetensors:
         return _safetensors_load(path)
     return _flatten_tensors(_torch_load(path), path)
 
@@ -560,20 +625,60 @@ def load_pretrained(
 # ----------------------------------------------------------------------------------------------------
 
 
+def _reference_shapes(name: str, num_classes: int = 0) -> dict[str, tuple[int, ...]]:
+    """Every tensor shape of a built-in backbone, in both output modes (``fc_norm`` and ``norm``); shapes only."""
+    kwargs = arch_config(name)
+    with torch.device("meta"):  # nothing allocated, even for ViT-H
+        pooled = VideoMAE(output="pooled", num_classes=num_classes, **kwargs)
+        token_map = VideoMAE(output="map", **kwargs)
+    return {k: tuple(v.shape) for k, v in {**pooled.state_dict(), **token_map.state_dict()}.items()}
+
+
+def _describe_sizes(body: Mapping[str, torch.Tensor]) -> str:
+    """The size-defining shapes of converted backbone tensors, in words (the head count cannot be read: the
+    fused qkv projection is ``[3D, D]`` whatever the number of heads)."""
+    parts = []
+    proj = body.get("patch_embed.proj.weight")
+    if proj is not None:
+        parts.append(f"embed dim {proj.shape[0]}")
+    parts.append(f"depth {len({k.split('.')[1] for k in body if k.startswith('blocks.')})}")
+    fc1 = body.get("blocks.0.mlp.fc1.weight")
+    if fc1 is not None:
+        parts.append(f"MLP width {fc1.shape[0]}")
+    if proj is not None and proj.dim() == 5:
+        parts.append(f"tubelet {proj.shape[2]} x patch {proj.shape[3]}x{proj.shape[4]}")
+    return ", ".join(parts)
+
+
+def _misfits(body: Mapping[str, torch.Tensor], shapes: Mapping[str, tuple[int, ...]]) -> list[str]:
+    """Tensors that have no place in a backbone or another shape there (``[]``: every tensor fits)."""
+    out = []
+    for k, v in body.items():
+        if k not in shapes:
+            out.append(f"{k}: no such tensor")
+        elif shapes[k] != tuple(v.shape):
+            out.append(f"{k}: shape {tuple(v.shape)}, the backbone's {shapes[k]}")
+    return out
+
+
 def _guess_backbone(body: Mapping[str, torch.Tensor]) -> Optional[str]:
-    w = body.get("patch_embed.proj.weight")
-    if w is None:
+    """The built-in backbone every converted tensor fits (embed dim, depth, MLP width, patch and tubelet: every
+    shape is compared, not just the width and depth), or ``None`` when none does."""
+    if "patch_embed.proj.weight" not in body:
         return None
-    depth = len({k.split(".")[1] for k in body if k.startswith("blocks.")})
     for name in list_backbones():
-        cfg = arch_config(name)
-        if cfg["embed_dim"] == w.shape[0] and cfg["depth"] == depth:
+        if not _misfits(body, _reference_shapes(name)):
             return name
     return None
 
 
 def cli_convert(args) -> int:
-    """``microact convert IN OUT.safetensors [--backbone NAME] [--keep-head]``."""
+    """``microact convert IN OUT.safetensors [--backbone NAME] [--keep-head]``.
+
+    Without ``--backbone`` the built-in backbone every converted shape fits (width, depth, MLP width, patch and
+    tubelet) is used for the check and printed; when none fits, the tensors are written unchecked and the output
+    says so. The metadata records the source layout and file and the backbone, never a training recipe.
+    """
     from safetensors.torch import save_file
 
     src, out = Path(args.input), Path(args.output)
@@ -587,21 +692,21 @@ def cli_convert(args) -> int:
     tensors = dict(conv.backbone)
     if args.keep_head:
         tensors.update(conv.head)
-    guess = _guess_backbone(conv.backbone)
+    sizes = _describe_sizes(conv.backbone)
+    choices = ", ".join(list_backbones())
+    guess = None if args.backbone else _guess_backbone(conv.backbone)
     name = args.backbone or guess
     if name is not None:
-        kwargs = arch_config(name)
-        with torch.device("meta"):  # shapes only, nothing allocated
-            ref = VideoMAE(output="pooled", num_classes=conv.head["head.weight"].shape[0]
-                           if args.keep_head and conv.head else 0, **kwargs)
-            ref_map = VideoMAE(output="map", **kwargs)
-        shapes = {k: tuple(v.shape) for k, v in {**ref.state_dict(), **ref_map.state_dict()}.items()}
-        for k, v in tensors.items():
-            if k in shapes and shapes[k] != tuple(v.shape):
-                raise CheckpointError(f"{src}: {k}: shape {tuple(v.shape)} does not fit {name} ({shapes[k]})")
-        extra = [k for k in tensors if k not in shapes]
-        if extra:
-            raise CheckpointError(f"{src}: keys with no place in {name}: {', '.join(extra[:8])}")
+        shapes = _reference_shapes(name, conv.head["head.weight"].shape[0] if args.keep_head and conv.head else 0)
+        misfits = _misfits(tensors, shapes)
+        if misfits:
+            origin = "given by --backbone" if args.backbone else "guessed from the weights"
+            fitting = _guess_backbone(conv.backbone) if args.backbone else None
+            fix = f"--backbone {fitting} fits them" if fitting else (
+                f"pass --backbone with one that fits them (one of: {choices}), or none to write them unchecked")
+            raise CheckpointError(
+                f"{src}: the weights ({sizes}) do not fit {name} ({origin}): {misfits[0]}"
+                f"{f' (and {len(misfits) - 1} more)' if len(misfits) > 1 else ''}; {fix}")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),
@@ -610,6 +715,12 @@ def cli_convert(args) -> int:
     tmp.replace(out)
     print(f"{src} -> {out}: layout {conv.layout}, backbone {name or 'unknown'}"
           f"{' (guessed)' if name and not args.backbone else ''}, {len(tensors)} tensors written")
+    if guess:
+        print(f"  backbone: every shape fits {guess} ({sizes})")
+    elif not args.backbone:
+        print(f"  backbone: none of the built-in backbones fits the weights ({sizes}): the tensors were written "
+              f"unchecked (load_pretrained checks them against the model); --backbone NAME checks against one of: "
+              f"{choices}")
     for rule, n in sorted(conv.rules.items()):
         print(f"  {n:5d}  {rule}")
     if conv.head and not args.keep_head:
