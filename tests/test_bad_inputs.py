@@ -304,6 +304,25 @@ def _config(text: str, overrides: tuple[str, ...] = ()) -> Callable[[Path], Outc
     return run
 
 
+def _creates_nothing(run: Callable[[Path], Outcome]) -> Callable[[Path], Outcome]:
+    """Wrap a ``microact train ... --out <dir>/run`` case that must fail before the run folder exists."""
+
+    def wrapped(d: Path) -> Outcome:
+        outcome = run(d)
+        if (d / "run").exists():
+            return Outcome("CRASH", f"the run folder was created: {outcome.message}")
+        return outcome
+    return wrapped
+
+
+def _train_without_val_list(d: Path) -> Outcome:
+    """``microact train``: data.root holds the train list but not the val list the recipe also trains on."""
+    recipe = _recipe(d)
+    (d / "data").mkdir()
+    (d / "data" / "train_list_videos.txt").write_text("a.mp4 3\n")
+    return cli(["train", recipe, f"data.root={d / 'data'}", "--out", d / "run"])
+
+
 # --------------------------------------------------------------------------------------------
 # Checkpoints
 # --------------------------------------------------------------------------------------------
@@ -322,6 +341,13 @@ def _state_dict(backbone: str = "") -> dict:
     return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
 
 
+def _test_list(d: Path) -> Path:
+    """The recipe's test list in ``d``: ``microact test`` checks that it exists before it builds the model."""
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "test_list_videos.txt").write_text("a.mp4 3\n")
+    return d / "test_list_videos.txt"
+
+
 def _good_checkpoint(d: Path) -> Path:
     from safetensors.torch import save_file
 
@@ -331,10 +357,10 @@ def _good_checkpoint(d: Path) -> Path:
 
 
 def _checkpoint(make: Callable[[Path], Path]) -> Callable[[Path], Outcome]:
-    """``microact test RECIPE CKPT`` (the weights are loaded before the data is touched)."""
+    """``microact test RECIPE CKPT`` (the weights are loaded before any video is read)."""
 
     def run(d: Path) -> Outcome:
-        d.mkdir(parents=True, exist_ok=True)
+        _test_list(d)
         return cli(["test", _recipe(d), make(d), *TINY, f"data.root={d}", "--out", d / "out"])
     return run
 
@@ -670,7 +696,13 @@ def _cases() -> list[Case]:
         ("config-top-list", "a YAML list, not a mapping", "- 1\n- 2\n", (), ("recipe.yaml", "mapping")),
         ("config-override-syntax", "override without '='", "", ("train.epochs",), ("train.epochs", "key=value")),
         ("config-override-unknown", "override of an unknown key", "", ("train.epoch=3",),
-         ("train.epoch", "did you mean 'epochs'")),
+         ("override 'train.epoch=3'", "unknown key", "did you mean 'epochs'")),
+        ("config-override-bad-value", "override with a word where an integer goes", "", ("train.epochs=one",),
+         ("override 'train.epochs=one'", "expected an integer")),
+        ("config-override-rule", "override breaking a rule between keys", "train:\n  global_batch: 10\n",
+         ("train.micro_batch=4",), ("override 'train.micro_batch=4'", "train.global_batch (10)", "multiple")),
+        ("config-override-not-a-key", "override after '--' that is not a dotted key", "", ("--", "-q=1"),
+         ("override '-q=1'", "not a dotted key")),
         ("config-not-utf8", "a recipe saved in Latin-1", b"description: caf\xe9\n", (),
          ("recipe.yaml", "UTF-8")),
         ("config-lr-inf", "learning rate .inf", "optim:\n  lr: .inf\n", (), ("optim.lr", "finite")),
@@ -687,6 +719,21 @@ def _cases() -> list[Case]:
     cases.append(Case("list-test-missing", "list file", "recipe's test list does not exist", "microact test",
                       lambda d: cli(["test", _recipe(d), _good_checkpoint(d), *TINY, f"data.root={d}",
                                      "--out", d / "out"]), "exit 2", ("test_list_videos.txt", "not found")))
+    cases.append(Case("data-root-missing-test", "list file", "data.root that does not exist", "microact test",
+                      lambda d: cli(["test", _recipe(d), _good_checkpoint(d), "--out", d / "out",
+                                     f"data.root={d / 'nope'}"]), "exit 2", ("data.root=<dir>/nope", "no such folder")))
+    cases.append(Case("data-root-missing-train", "list file", "data.root that does not exist",
+                      "microact train (override after --out)",
+                      _creates_nothing(lambda d: cli(["train", _recipe(d), "--out", d / "run",
+                                                      f"data.root={d / 'nope'}"])), "exit 2",
+                      ("data.root=<dir>/nope", "no such folder")))
+    cases.append(Case("list-train-missing", "list file", "data.root without the recipe's val list",
+                      "microact train", _creates_nothing(_train_without_val_list), "exit 2",
+                      ("data.train_lists", "val_list_videos.txt not found", "train_list_videos.txt")))
+    cases.append(Case("cli-stray-argument", "command line", "a word that is neither an option nor key=value",
+                      "microact train RECIPE --out DIR stray", lambda d: cli(["train", _recipe(d), "--out", d / "run",
+                                                                               "stray"]), "exit 2",
+                      ("usage: microact train", "unrecognized arguments: stray", "key=value")))
     cases.append(Case("list-is-folder", "list file", "--lists names a folder", "microact data check --lists",
                       _list_check(b"a.mp4 3\n", extra={"sub/x": b""}, argv=("--lists", "sub")), "exit 1",
                       ("sub", "cannot read list file")))
@@ -694,7 +741,8 @@ def _cases() -> list[Case]:
                       lambda d: cli(["test", d / "nope.yaml", d / "x.safetensors"]), "exit 2",
                       ("nope.yaml", "not found")))
     cases.append(Case("config-unknown-preset", "config", "unknown model preset", "microact test RECIPE ...",
-                      lambda d: cli(["test", _recipe(d), _good_checkpoint(d), *TINY, "model.preset=videomae_xl"]),
+                      lambda d: cli(["test", _recipe(d), _good_checkpoint(d), *TINY, "model.preset=videomae_xl",
+                                     f"data.root={_test_list(d).parent}"]),
                       "exit 2", ("videomae_xl", "valid presets")))
 
     K = [  # noqa: N806 - table

@@ -181,3 +181,41 @@ def test_official_recipe_matches_videomae_md_section_4():
     assert (s.warmup_epochs, s.warmup_start_factor, s.cosine_step) == (5, 0.0, "iter")  # §4.1 schedule, warm-up bug
     assert s.cosine_t_max == t.epochs and s.eta_min == pytest.approx(1e-6 / 1e-3)  # cosine to min_lr 1e-6 (scaled)
     assert t.precision == "fp16" and t.ema_decay is None  # §4.1 precision, model_ema off
+
+
+# ---- errors say whether the file or a command-line override set the bad key ---------------------------
+
+
+@pytest.mark.parametrize("override, starts", [
+    ("train.epoch=1", "override 'train.epoch=1': unknown key; valid keys in 'train'"),
+    ("train.epochs=one", "override 'train.epochs=one': expected an integer, got 'one'"),
+    ("train.micro_batch=5", "override 'train.micro_batch=5': train.global_batch (24) must be a multiple"),
+    ("aug={rrc_area: [1]}", "override 'aug={rrc_area: [1]}': aug.rrc_area: expected 2 values"),
+    ("-q=1", "override '-q=1': '-q' is not a dotted key"),
+])
+def test_override_errors_name_the_override_not_the_file(tmp_path, override, starts):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"train": {"epochs": 5}}))
+    with pytest.raises(ConfigError) as err:
+        load_config(recipe, ["train.seed=1", override])
+    message = str(err.value)
+    assert message.startswith(starts), message
+    assert "recipe.yaml" not in message
+    if override == "train.epoch=1":
+        assert "did you mean 'epochs'" in message
+
+
+def test_file_errors_still_name_the_file_with_overrides(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"train": {"epochz": 1, "global_batch": 10}}))
+    with pytest.raises(ConfigError, match=r"recipe.yaml: train.epochz: unknown key"):
+        load_config(recipe, ["train.epochs=2"])
+    recipe.write_text(yaml.safe_dump({"train": {"global_batch": 10}}))
+    # the rule between two keys is blamed on the override only when it set one of them
+    with pytest.raises(ConfigError, match=r"^override 'train.micro_batch=4': train.global_batch \(10\)"):
+        load_config(recipe, ["train.micro_batch=4"])
+    with pytest.raises(ConfigError, match=r"recipe.yaml: train.global_batch \(10\)"):
+        load_config(recipe, ["train.epochs=2"])
+    # an override that replaces a bad value of the file fixes it
+    recipe.write_text(yaml.safe_dump({"train": {"epochs": "many"}}))
+    assert load_config(recipe, ["train.epochs=2"]).train.epochs == 2

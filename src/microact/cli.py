@@ -276,9 +276,55 @@ def _handler_key(args: argparse.Namespace) -> str:
     return args.command
 
 
-def main(argv: list[str] | None = None) -> int:
+def _chosen_subparser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The parser of the subcommand that ``args`` came from (``microact data check``: the ``check`` parser)."""
+    for word in _handler_key(args).split():
+        sub_action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = sub_action.choices[word]
+    return parser
+
+
+def _take_late_overrides(parser: argparse.ArgumentParser, args: argparse.Namespace, extras: list[str]) -> None:
+    """Append the ``key=value`` overrides argparse left over to ``args.overrides``; anything else is an error.
+
+    argparse fills a positional only once, from the words before the first option, so in
+    ``microact train R --out DIR data.root=X`` the override comes back unparsed. An option's own value
+    (``--out a=b``) never reaches here: argparse has already given it to the option.
+    """
+    takes_overrides = any(action.dest == "overrides" for action in parser._actions)
+    overrides = list(getattr(args, "overrides", None) or [])
+    unrecognized = []
+    after_separator = False
+    for token in extras:
+        if token == "--" and not after_separator:  # "--" ends the options: what follows are overrides, never options
+            after_separator = True
+            continue
+        looks_like_override = "=" in token and (after_separator or not token.startswith("-"))
+        if takes_overrides and looks_like_override:
+            overrides.append(token)
+        else:
+            unrecognized.append(token)
+    if unrecognized:
+        hint = " (overrides are written key=value, e.g. train.epochs=2)" if takes_overrides else ""
+        parser.error(f"unrecognized arguments: {' '.join(unrecognized)}{hint}")  # the subcommand's usage line
+    if takes_overrides:
+        args.overrides = overrides
+
+
+def parse_command_line(argv: list[str] | None = None) -> argparse.Namespace:
+    """The parsed command line, with ``key=value`` overrides taken from anywhere on it (before or after options).
+
+    Exits with status 2 and the subcommand's usage line for anything it does not recognise.
+    """
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        _take_late_overrides(_chosen_subparser(parser, args), args, extras)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_command_line(argv)
     key = _handler_key(args)
     module_name, func_name = _HANDLERS[key].split(":")
     try:

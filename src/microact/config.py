@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -27,8 +28,24 @@ from microact.data.flow import FLOW_MEAN, FLOW_STD
 from microact.errors import MicroactError
 
 
+# The dotted key a message starts with: "train.epochs: ...", "aug.rrc_area[0]: ...", "data.flow_dir=x ...".
+_LEADING_KEY = re.compile(r"^([A-Za-z_]\w*(?:\.\w+)*)")
+
+
 class ConfigError(MicroactError, ValueError):
-    """A configuration value or key is invalid; the message names the key."""
+    """A configuration value or key is invalid; the message names the key.
+
+    ``keys`` are the dotted keys the error is about (several for a rule between keys, such as
+    ``train.global_batch`` and ``train.micro_batch``); by default the key the message starts with.
+    :func:`load_config` uses them to say whether the file or a command-line override set the culprit.
+    """
+
+    def __init__(self, message: str, keys: tuple[str, ...] | None = None):
+        super().__init__(message)
+        if keys is None:
+            leading = _LEADING_KEY.match(message)
+            keys = (leading.group(1),) if leading else ()
+        self.keys = tuple(keys)
 
 
 # --------------------------------------------------------------------------------------------
@@ -76,7 +93,8 @@ class DataConfig:
         if not self.train_lists:
             raise ConfigError("data.train_lists: needs at least one list file")
         if self.cache_format != "npy" and not self.cache_dir:
-            raise ConfigError(f"data.cache_format={self.cache_format} needs data.cache_dir (the folder of the cache)")
+            raise ConfigError(f"data.cache_format={self.cache_format} needs data.cache_dir (the folder of the cache)",
+                              keys=("data.cache_format", "data.cache_dir"))
         if not 1 <= self.cache_jpeg_quality <= 100:
             raise ConfigError(f"data.cache_jpeg_quality: must be in [1, 100], got {self.cache_jpeg_quality}")
 
@@ -309,8 +327,8 @@ class Config:
         t = self.train
         if t.global_batch % t.micro_batch:
             raise ConfigError(
-                f"train.global_batch ({t.global_batch}) must be a multiple of train.micro_batch ({t.micro_batch})"
-            )
+                f"train.global_batch ({t.global_batch}) must be a multiple of train.micro_batch ({t.micro_batch})",
+                keys=("train.global_batch", "train.micro_batch"))
         e = self.eval
         if e.view in ("portrait373", "center224") and self.data.img_size > e.resize_short:
             # the test crop is img_size wide, taken from a frame whose short side (the width of a portrait
@@ -318,13 +336,12 @@ class Config:
             raise ConfigError(
                 f"data.img_size ({self.data.img_size}) is larger than eval.resize_short ({e.resize_short}): the "
                 f"{e.view} test crop would be wider than the resized frame; raise eval.resize_short to at least "
-                f"{self.data.img_size}"
-            )
+                f"{self.data.img_size}", keys=("data.img_size", "eval.resize_short", "eval.view"))
         self._validate_streams()
         if self.model.num_classes != self.data.num_classes:
             raise ConfigError(
-                f"model.num_classes ({self.model.num_classes}) differs from data.num_classes ({self.data.num_classes})"
-            )
+                f"model.num_classes ({self.model.num_classes}) differs from data.num_classes ({self.data.num_classes})",
+                keys=("model.num_classes", "data.num_classes"))
         return self
 
     def _validate_streams(self) -> None:
@@ -340,18 +357,21 @@ class Config:
             raise ConfigError(
                 f"model.preset={self.model.preset} is two-stream (RGB + optical flow) but data.flow_dir is not set: "
                 "write the flow videos with `microact flow VIDEO_DIR FLOW_DIR` and set data.flow_dir to FLOW_DIR "
-                "(relative to data.root)")
+                "(relative to data.root)", keys=("model.preset", "data.flow_dir"))
         if not two_stream and flow_dir is not None:
             raise ConfigError(
                 f"data.flow_dir={flow_dir} is set but model.preset={self.model.preset} takes RGB only: remove "
-                "data.flow_dir (data.flow_dir=null) or choose a two-stream preset (videomae_b_k710_twostream_i3d)")
+                "data.flow_dir (data.flow_dir=null) or choose a two-stream preset (videomae_b_k710_twostream_i3d)",
+                keys=("data.flow_dir", "model.preset"))
         if flow_dir is not None and self.aug.jitter_erasing_on == "device":
             raise ConfigError(
                 "aug.jitter_erasing_on=device is not supported with data.flow_dir (two-stream clips): the device "
-                "augmentation works on 3 RGB channels; use aug.jitter_erasing_on=loader")
+                "augmentation works on 3 RGB channels; use aug.jitter_erasing_on=loader",
+                keys=("aug.jitter_erasing_on", "data.flow_dir"))
         if flow_dir is not None and self.model.input_mode != "rgb":
             raise ConfigError(f"model.input_mode={self.model.input_mode} is not supported with data.flow_dir "
-                              "(two-stream clips): use model.input_mode=rgb")
+                              "(two-stream clips): use model.input_mode=rgb",
+                              keys=("model.input_mode", "data.flow_dir"))
 
     def to_dict(self) -> dict:
         return _to_plain(self)
@@ -415,13 +435,38 @@ def config_from_yaml(text: str, source: str, overrides: list[str] | tuple[str, .
 
 
 def _validated(raw: dict, overrides, where: str) -> Config:
+    typed_as: dict[str, str] = {}  # dotted key -> the override that set it, as typed (the last one wins)
     for item in overrides:
         key, value = parse_override(item)
         _set_dotted(raw, key, value)
+        typed_as.pop(key, None)
+        typed_as[key] = item
     try:
         return config_from_dict(raw).validate()
     except ConfigError as e:
-        raise ConfigError(f"{where}{e}") from None
+        # validation sees only the merged values: blame the override that set a key the error is about, else the file
+        culprits = _overrides_behind(e.keys, typed_as)
+        if culprits:
+            message = str(e)
+            if len(culprits) == 1 and message.startswith(f"{parse_override(culprits[0])[0]}: "):
+                message = message.split(": ", 1)[1]  # the override as typed already names the key
+            label = "override" if len(culprits) == 1 else "overrides"
+            raise ConfigError(f"{label} {' '.join(repr(c) for c in culprits)}: {message}", keys=e.keys) from None
+        raise ConfigError(f"{where}{e}", keys=e.keys) from None
+
+
+def _overrides_behind(keys: tuple[str, ...], typed_as: dict[str, str]) -> list[str]:
+    """The overrides (as typed) that set any of ``keys``: the key itself, a section holding it
+    (``aug={rrc_area: [1]}`` sets ``aug.rrc_area``), or a key below it (``train.epoch.x=1`` creates ``train.epoch``)."""
+    culprits = []
+    for key in keys:
+        key = key.split("[", 1)[0]  # aug.rrc_area[0] was set by an override of aug.rrc_area
+        for set_key, item in reversed(typed_as.items()):  # the last override of a key is the one that stuck
+            if (key == set_key or key.startswith(set_key + ".") or set_key.startswith(key + ".")) \
+                    and item not in culprits:
+                culprits.append(item)
+                break
+    return culprits
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -432,6 +477,9 @@ def parse_override(item: str) -> tuple[str, Any]:
     key = key.strip()
     if not key:
         raise ConfigError(f"override {item!r}: empty key")
+    if any(not part or part.startswith("-") for part in key.split(".")):  # e.g. an option typed after "--"
+        raise ConfigError(f"override {item!r}: {key!r} is not a dotted key; write section.key=value, "
+                          "e.g. train.epochs=2")
     try:
         value = yaml.safe_load(text) if text.strip() else ""
     except yaml.YAMLError:

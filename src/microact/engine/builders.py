@@ -50,6 +50,43 @@ def flow_dir(cfg: Config) -> Path | None:
     return None if cfg.data.flow_dir is None else Path(cfg.data.root) / cfg.data.flow_dir
 
 
+def check_list_files(cfg: Config, list_keys: tuple[str, ...]) -> None:
+    """``data.root`` is a folder and holds the list files named by ``list_keys`` (``data.train_lists``,
+    ``data.val_list``, ``data.test_list``).
+
+    A few ``stat`` calls, made before a run creates anything: a mistyped ``data.root`` would otherwise surface as
+    "list file not found" for a path the user never typed, after the model is built and the run folder is made.
+
+    Raises:
+        ConfigError: naming the key to fix (``data.root=...: no such folder``, ``data.train_lists: ... not found``).
+    """
+    from microact.config import ConfigError
+
+    root = Path(cfg.data.root)
+    names = {key: _list_names(cfg, key) for key in list_keys}
+    # a list given as an absolute path does not depend on data.root
+    if any(not Path(name).is_absolute() for listed in names.values() for name in listed) and not root.is_dir():
+        problem = "not a folder" if root.exists() else "no such folder"
+        raise ConfigError(f"data.root={cfg.data.root}: {problem}; point data.root at the dataset folder holding "
+                          f"the list files ({', '.join(n for listed in names.values() for n in listed)})",
+                          keys=("data.root",))
+    for key, listed in names.items():
+        missing = [name for name in listed if not (root / name).is_file()]
+        if missing:
+            present = sorted(p.name for p in root.glob("*.txt"))[:8]
+            there = f"list files there: {', '.join(present)}" if present else "no .txt files there"
+            raise ConfigError(f"{key}: {', '.join(str(root / m) for m in missing)} not found in "
+                              f"data.root={cfg.data.root} ({there})", keys=(key,))
+
+
+def _list_names(cfg: Config, key: str) -> list[str]:
+    """The list file names a ``data.*`` list key holds (none for an unset ``data.val_list``)."""
+    value = getattr(cfg.data, key.split(".", 1)[1])
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
 def check_flow_files(cfg: Config, records) -> None:
     """With ``data.check_files``: every listed video has its flow video under ``data.flow_dir``.
 

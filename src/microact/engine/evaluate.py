@@ -409,6 +409,7 @@ def cli_main(args) -> int:
     from microact.metrics import format_per_class, format_summary
     from microact.models.presets import create_model_from_config
     from microact.data.transforms import stream_statistics
+    from microact.engine.builders import check_list_files
     from microact.plots.results import write_report
     from microact.results import save_results, write_ma52_top5_csv, write_mac2024_submission
 
@@ -418,8 +419,10 @@ def cli_main(args) -> int:
     elif args.split == "val":
         if not cfg.data.val_list:
             raise MicroactError("--split val: data.val_list is not set in the recipe; set it or pass --list")
+        check_list_files(cfg, ("data.val_list",))  # before the model is built and its weights loaded
         list_file = Path(cfg.data.root) / cfg.data.val_list
     else:
+        check_list_files(cfg, ("data.test_list",))
         list_file = Path(cfg.data.root) / cfg.data.test_list
     num_clips = cfg.eval.val_clips if args.split == "val" else cfg.eval.test_clips
 

@@ -55,7 +55,8 @@ from microact.config import Config, ConfigError, load_config
 from microact.data.dataset import usable_cores
 from microact.engine import distributed as D
 from microact.engine import fsdp as sharding
-from microact.engine.builders import build_criterion, build_eval_loader, build_model, build_train_loader
+from microact.engine.builders import (build_criterion, build_eval_loader, build_model, build_train_loader,
+                                      check_list_files)
 from microact.engine.evaluate import PRECISION_DTYPES, autocast
 from microact.engine.memory import checkpointing_decision
 from microact.engine.optim import EMA, build_optimizer, describe_groups, lr_factor, param_groups, set_lr
@@ -239,6 +240,7 @@ def train(cfg: Config, out: str | os.PathLike, resume: bool = False) -> int:
         CheckpointStorageError: the run directory is not writable or too full (checked before training).
         DataLoaderCrashError: a loader worker died.
     """
+    check_list_files(cfg, ("data.train_lists", "data.val_list"))  # before the run folder or the model exists
     info = D.init(cfg.train.device)
     try:
         return _train(cfg, Path(out), resume, info)
