@@ -287,12 +287,12 @@ def test_recipe_sets_the_flow_stream():
 @pytest.mark.parametrize("overrides, message", [
     (["data.flow_dir=null"], r"two-stream .*data\.flow_dir is not set.*microact flow"),
     (["model.preset=videomae_b_k710_frame_coarse_tsn"], r"data\.flow_dir=flow is set but .* RGB only"),
-    (["data.flow_std=[1, 0, 1]"], r"data\.flow_std: each must be > 0"),
-    (["data.flow_mean=[1, 2]"], r"data\.flow_mean: expected 3 values"),
-    (["aug.flow_rrc_area=[0.9, 0.2]"], r"aug\.flow_rrc_area: expected \[min, max\]"),
+    (["data.flow_std=[1, 0, 1]"], r"override 'data\.flow_std=\[1, 0, 1\]': each must be > 0"),
+    (["data.flow_mean=[1, 2]"], r"override 'data\.flow_mean=\[1, 2\]': expected 3 values"),
+    (["aug.flow_rrc_area=[0.9, 0.2]"], r"override 'aug\.flow_rrc_area=\[0\.9, 0\.2\]': expected \[min, max\]"),
     (["aug.flow_rrc_aspect=[0, 0]"], r"aug\.flow_rrc_aspect"),
     (["aug.jitter_erasing_on=device"], r"aug\.jitter_erasing_on=device is not supported with data\.flow_dir"),
-    (["data.flow_dir=''"], r"data\.flow_dir: empty"),
+    (["data.flow_dir=''"], r"override .data\.flow_dir=''.: empty"),
 ])
 def test_flow_config_errors(overrides, message):
     with pytest.raises(ConfigError, match=message):
