@@ -339,6 +339,8 @@ def test_mediapipe_native_logging_stays_out_of_the_terminal(carphone_path):
     code = ("import sys; from microact.data.crop.detectors import MediaPipeDetector; "
             "from microact.data.decode import read_frames; "
             f"frames = read_frames({str(carphone_path)!r}, [0, 60]); d = MediaPipeDetector(); "
+            # the graphs' threads log on their own time: give them a moment outside any call of ours
+            "import time; time.sleep(1.0); "
             "boxes = [d.detect(f) for f in frames]; d.close(); "
             "print('found', sum(len(b) for b in boxes)); print('our stderr', file=sys.stderr)")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -150,6 +150,11 @@ class MediaPipeDetector:
                                              min_detection_confidence=min_confidence)
             face = solutions.face_detection.FaceDetection
             self._faces = [face(model_selection=m, min_detection_confidence=min_confidence) for m in (1, 0)]
+            # The graphs start their calculators on threads of their own, which log after the constructors have
+            # returned; one inference each waits for them, so that their lines fall inside this window.
+            blank = np.zeros((64, 48, 3), dtype=np.uint8)
+            for graph in (self._pose, *self._faces):
+                graph.process(blank)
         self._pad = pad
 
     def detect(self, frame_rgb: np.ndarray) -> list[Box]:
