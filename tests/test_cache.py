@@ -67,16 +67,22 @@ def test_damaged_jpeg_entries_are_errors_that_name_the_file(video_frames, tmp_pa
         write_jpeg_frames(path, frames.astype(np.float32))
 
 
-@pytest.mark.parametrize("fmt", ["npy", "jpeg"])
-def test_frame_cache_decodes_once_follows_edits_and_repairs(video_frames, tmp_path, fmt):
-    path, frames = video_frames
-    cache = FrameCache(tmp_path / "cache", fmt)
+def _counting_decoder(frames):
+    """A stand-in for decoding a video that returns ``frames`` and records each call in the returned list."""
     calls = []
 
     def decode():
         calls.append(1)
         return frames
 
+    return decode, calls
+
+
+@pytest.mark.parametrize("fmt", ["npy", "jpeg"])
+def test_frame_cache_decodes_once_follows_edits_and_repairs(video_frames, tmp_path, fmt):
+    path, frames = video_frames
+    cache = FrameCache(tmp_path / "cache", fmt)
+    decode, calls = _counting_decoder(frames)
     first = cache.frames(path, "pyav|all", decode, indices=[3, 20])
     np.testing.assert_array_equal(first, frames[[3, 11]])  # a miss returns the decoded frames themselves
     again = cache.frames(path, "pyav|all", decode, indices=[3, 20])
@@ -157,12 +163,7 @@ def test_an_empty_entry_is_decoded_again(video_frames, tmp_path, fmt, indices):
     It is damage like any other: decoded and written again, not an error that drops the video every epoch."""
     path, frames = video_frames
     cache = FrameCache(tmp_path / "cache", fmt)
-    calls = []
-
-    def decode():
-        calls.append(1)
-        return frames
-
+    decode, calls = _counting_decoder(frames)
     cache.frames(path, "pyav|all", decode, indices=indices)
     (entry,) = list((tmp_path / "cache").iterdir())
     entry.write_bytes(b"")

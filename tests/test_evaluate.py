@@ -46,6 +46,18 @@ def _model(cfg, seed=0):
     return create_model_from_config(cfg, pretrained=False).eval()
 
 
+def _saved_model(cfg, path, seed=0, recipe="description: tiny test recipe\n"):
+    """A tiny model's weights at ``path`` and a recipe file beside them: what `microact test` is given."""
+    from safetensors.torch import save_file
+
+    model = _model(cfg, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    config = path.parent.parent / "recipe.yaml"
+    config.write_text(recipe)
+    return model, config
+
+
 def _by_hand(model, cfg, path, num_clips, average="prob", head="fine"):
     """One view at a time: decode, transform, normalise with NumPy, forward, then average (``head``: which lead
     head's logits, "fine" or "coarse")."""
@@ -100,15 +112,9 @@ def _zip_rows(path):
 
 
 def test_cli_test_val_and_test_splits(dataset_dir, tmp_path, capsys):
-    from safetensors.torch import save_file
-
     cfg = _cfg(dataset_dir)
-    model = _model(cfg, seed=1)
     ckpt = tmp_path / "run" / "model_final.safetensors"
-    ckpt.parent.mkdir()
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(ckpt))
-    config = tmp_path / "recipe.yaml"
-    config.write_text("description: tiny test recipe\n")
+    model, config = _saved_model(cfg, ckpt, seed=1)
     overrides = OVERRIDES + [f"data.root={dataset_dir}"]
 
     with pytest.warns(RuntimeWarning):
@@ -206,18 +212,14 @@ def test_evaluate_under_two_processes_gathers_in_list_order(dataset_dir, tmp_pat
 def test_coarse_head_rule_from_test_to_submission(dataset_dir, tmp_path, capsys):
     """predict.coarse_rule=coarse_head: `microact test` keeps the coarse head's clip-averaged probabilities, scores
     the body parts with them, and the dump carries them to `microact submit`."""
-    from safetensors.torch import save_file
     from sklearn.metrics import f1_score
 
     from microact import ma52
     from microact.metrics import coarse_scores
 
     cfg = _cfg(dataset_dir)
-    model = _model(cfg, seed=2)
-    ckpt = tmp_path / "model.safetensors"
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(ckpt))
-    config = tmp_path / "recipe.yaml"
-    config.write_text("predict:\n  coarse_rule: coarse_head\n")
+    ckpt = tmp_path / "run" / "model.safetensors"
+    model, config = _saved_model(cfg, ckpt, seed=2, recipe="predict:\n  coarse_rule: coarse_head\n")
     overrides = OVERRIDES + [f"data.root={dataset_dir}"]
     with pytest.warns(RuntimeWarning):
         assert cli(["test", str(config), str(ckpt), *overrides, "--split", "val", "--out", str(tmp_path / "val")]) == 0
@@ -263,14 +265,9 @@ def test_coarse_head_rule_from_test_to_submission(dataset_dir, tmp_path, capsys)
 
 
 def test_cli_test_writes_beside_the_dump_by_default(dataset_dir, tmp_path):
-    from safetensors.torch import save_file
-
     cfg = _cfg(dataset_dir)
     ckpt = tmp_path / "run" / "model_final.safetensors"
-    ckpt.parent.mkdir()
-    save_file({k: v.contiguous() for k, v in _model(cfg).state_dict().items()}, str(ckpt))
-    config = tmp_path / "recipe.yaml"
-    config.write_text("description: tiny test recipe\n")
+    _, config = _saved_model(cfg, ckpt)
     dump = tmp_path / "dumps" / "val.pkl"
     with pytest.warns(RuntimeWarning):
         assert cli(["test", str(config), str(ckpt), *OVERRIDES, f"data.root={dataset_dir}", "--split", "val",
