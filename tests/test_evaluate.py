@@ -248,6 +248,11 @@ def test_coarse_head_rule_from_test_to_submission(dataset_dir, tmp_path, capsys)
     assert [int(r[1]) for r in _zip_rows(tmp_path / "t" / "submission_mac2024.zip")[1:]] == body.tolist()
     assert cli(["submit", str(dump), "--out", str(tmp_path / "s"), "--coarse-rule", "coarse_head"]) == 0
     assert [int(r[1]) for r in _zip_rows(tmp_path / "s" / "submission_mac2024.zip")[1:]] == body.tolist()
+    # without --coarse-rule, submit uses the rule the dump was scored with (recorded beside the pickle)
+    capsys.readouterr()
+    assert cli(["submit", str(dump), "--out", str(tmp_path / "s1")]) == 0
+    assert "predict.coarse_rule=coarse_head, as the dump was scored" in capsys.readouterr().out
+    assert [int(r[1]) for r in _zip_rows(tmp_path / "s1" / "submission_mac2024.zip")[1:]] == body.tolist()
     # a dump without the coarse head's scores cannot use the rule, and says which rules it can use
     plain = tmp_path / "plain.pkl"
     with pytest.warns(RuntimeWarning):
@@ -268,11 +273,20 @@ def test_cli_test_writes_beside_the_dump_by_default(dataset_dir, tmp_path):
     cfg = _cfg(dataset_dir)
     ckpt = tmp_path / "run" / "model_final.safetensors"
     _, config = _saved_model(cfg, ckpt)
-    dump = tmp_path / "dumps" / "val.pkl"
-    with pytest.warns(RuntimeWarning):
-        assert cli(["test", str(config), str(ckpt), *OVERRIDES, f"data.root={dataset_dir}", "--split", "val",
-                    "--dump", str(dump)]) == 0
-    assert {"val.pkl", "val.npz", "metrics.json", "confusion_fine.png"} <= {p.name for p in dump.parent.iterdir()}
+    reports = {}
+    for name, clips in (("val", "eval.val_clips=2"), ("val_one_clip", "eval.val_clips=1")):
+        dump = tmp_path / "dumps" / f"{name}.pkl"
+        with pytest.warns(RuntimeWarning):
+            assert cli(["test", str(config), str(ckpt), *OVERRIDES, f"data.root={dataset_dir}", clips, "--split", "val",
+                        "--dump", str(dump)]) == 0
+        assert dump.is_file() and dump.with_suffix(".npz").is_file()
+        report = dump.parent / f"{name}_report"
+        assert {"metrics.json", "confusion_fine.png"} <= {p.name for p in report.iterdir()}
+        reports[name] = json.loads((report / "metrics.json").read_text())
+    # two dumps in one folder keep their own reports
+    assert reports["val"]["f1_mean"] == pytest.approx(load_results(tmp_path / "dumps" / "val.npz").metrics()["f1_mean"])
+    assert reports["val_one_clip"]["f1_mean"] == pytest.approx(
+        load_results(tmp_path / "dumps" / "val_one_clip.npz").metrics()["f1_mean"])
     assert not (ckpt.parent / "val_results").exists()
 
 
@@ -340,6 +354,15 @@ def test_checkpoint_paths_that_are_not_weights_name_the_right_file(dataset_dir, 
     assert str(e.value) == (f"{run}: a microact run folder, not a weights file: pass {run}/model_final.safetensors "
                             f"(the last weights) or {run}/model_best.safetensors (the best validation F1); the run "
                             "selected model_best.safetensors (metrics.json)")
+    # the checkpoint folder and its pointer file
+    with pytest.raises(CheckpointError) as e:
+        load_trained_weights(model, run / "checkpoints")
+    assert str(e.value) == (f"{run}/checkpoints: a microact run's checkpoint folder, not a weights file: pass "
+                            f"{run}/model_final.safetensors, {run}/model_best.safetensors, "
+                            f"{run}/checkpoints/model_00000084.safetensors (the newest checkpoint)")
+    with pytest.raises(CheckpointError, match=r"checkpoints/latest: the pointer to a run's newest checkpoint "
+                                              r"\(it reads '00000084'\), not weights: pass .*/model_00000084\.safetensors$"):
+        load_trained_weights(model, run / "checkpoints" / "latest")
     # the training state beside the weights
     with pytest.raises(CheckpointError, match=r"state_00000084\.pt: a microact training-state file .* pass the "
                                               r"weights of this checkpoint, .*/model_00000084\.safetensors$"):

@@ -167,6 +167,9 @@ def test_timeline_windows_equal_each_window_predicted_on_its_own(carphone_path, 
     windows = pred["windows"]
     assert [(w["start_frame"], w["end_frame"]) for w in windows][:2] == [(0, window), (stride, stride + window)]
     assert windows[-1]["end_frame"] == pred["num_frames"] == 120 and len(windows) >= 7
+    # what is reported is what was used: whole frames (0.5 s is not a whole number of frames at this rate)
+    assert (pred["window_frames"], pred["stride_frames"]) == (window, stride)
+    assert pred["window_s"] == pytest.approx(window / fps) and pred["stride_s"] == pytest.approx(stride / fps)
     transform = TestTransform(cfg.eval, cfg.data.img_size, cfg.aug.resize_backend)
     for w in windows:
         assert w["start_s"] == pytest.approx(w["start_frame"] / fps, abs=1e-3)
@@ -190,8 +193,11 @@ def test_predict_timeline_cli_writes_json_plot_and_annotation(carphone_path, rec
     assert code == 0
     text = capsys.readouterr().out
     pred = json.loads(out.read_text())["predictions"][0]
-    assert pred["window_s"] == 1 and pred["stride_s"] == 0.5 and len(pred["windows"]) >= 6
-    assert f"{len(pred['windows'])} windows of 1 s every 0.5 s" in text and "segments" in text
+    fps = pred["fps"]
+    assert pred["window_frames"] == round(fps) and pred["stride_frames"] == round(fps / 2) and len(pred["windows"]) >= 6
+    assert (f"{len(pred['windows'])} windows of {pred['window_frames'] / fps:.3g} s ({pred['window_frames']} frames) "
+            f"every {pred['stride_frames'] / fps:.3g} s ({pred['stride_frames']} frames)") in text
+    assert "segments" in text
     from PIL import Image
 
     with Image.open(plot) as im:

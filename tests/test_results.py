@@ -428,3 +428,10 @@ def test_cli_ensemble_refuses_validation_dumps_of_other_models(tmp_path, capsys)
     # searching on test dumps works but says what it is doing
     assert cli(["ensemble", *test_paths, "--search-on", *test_paths, "--out", out]) == 0
     assert capsys.readouterr().err.count("tuned on the test set") == 2
+
+
+def test_cli_ensemble_says_when_the_search_pairing_cannot_be_checked(tmp_path, capsys):
+    models = _noisy_models(n=40, seed=4)[:2]
+    paths = [str(save_results(m, tmp_path / f"m{i}.npz")[1]) for i, m in enumerate(models)]  # no checkpoint recorded
+    assert cli(["ensemble", *paths, "--search-on", *paths, "--out", str(tmp_path / "ens")]) == 0
+    assert "do not record their checkpoint" in capsys.readouterr().err

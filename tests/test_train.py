@@ -167,6 +167,7 @@ def test_validation_and_run_directory(data_root, tmp_path, capsys):
     with open(run_dir / "log.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 8 and all(0.0 <= float(r["data_wait"]) <= 1.0 for r in rows)
+    assert {r["epoch"] for r in rows} == {"1"}  # counted from 1, like the progress bar and metrics.json
     out = capsys.readouterr().out
     shares = [int(x) for x in re.findall(r"waited for data (\d+)% of the time", out)]
     assert len(shares) == 1  # one epoch

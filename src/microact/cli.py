@@ -165,8 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--list", default=None, help="test list file giving the video names (when the dump has none)")
     p.add_argument("--format", default="all", choices=["mac2024", "ma52", "all"], help="which submission files to write")
-    p.add_argument("--coarse-rule", default="map_top1", choices=["map_top1", "sum_probs", "coarse_head"],
-                   help="how body parts are predicted (coarse_head: dumps from microact test with predict.coarse_rule=coarse_head)")
+    p.add_argument("--coarse-rule", default=None, choices=["map_top1", "sum_probs", "coarse_head"],
+                   help="how body parts are predicted (default: the rule microact test recorded in the dump, else "
+                        "map_top1; coarse_head needs a dump made with predict.coarse_rule=coarse_head)")
 
     # predict --------------------------------------------------------------------------------
     p = _sub(sub, "predict", "recognise micro-actions in any video: crop, test pipeline, top-k classes")

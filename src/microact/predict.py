@@ -315,7 +315,8 @@ def predict_timeline(model, cfg, path: str | os.PathLike, device: torch.device, 
 
     Returns:
         :func:`predict_video`'s fields for the whole video (``top_k`` / ``probs``: the mean over windows) plus
-        ``"fps"``, ``"window_s"``, ``"stride_s"``, ``"windows": [{"start_s", "end_s", "start_frame", "end_frame",
+        ``"fps"``, ``"window_s"``, ``"stride_s"`` (as used: whole frames), ``"window_frames"``, ``"stride_frames"``,
+        ``"windows": [{"start_s", "end_s", "start_frame", "end_frame",
         "top_k", "body_part", "probs"}]`` and ``"segments"`` (:func:`segments_of`).
     """
     from microact.data.crop.run import crop_frame
@@ -336,7 +337,9 @@ def predict_timeline(model, cfg, path: str | os.PathLike, device: torch.device, 
     info = probe_video(path, timeout=cfg.data.decode_timeout)
     fps = float(info.fps) if info.fps and info.fps > 0 else 30.0
     stride_s = window_s / 2 if stride_s is None else stride_s
-    ranges = window_ranges(info.num_frames, max(1, round(window_s * fps)), max(1, round(stride_s * fps)))
+    # windows are whole frames: what is reported is what was used (1 s every 0.5 s at 15 fps: 15 frames every 8)
+    window_frames, stride_frames = max(1, round(window_s * fps)), max(1, round(stride_s * fps))
+    ranges = window_ranges(info.num_frames, window_frames, stride_frames)
     box, used, found = person_box(path, cfg, detector, info.num_frames)
     clips = cfg.eval.test_clips
     indices = [start + uniform_sample(end - start, cfg.data.clip_len, clips, test_mode=True) for start, end in ranges]
@@ -391,7 +394,8 @@ def predict_timeline(model, cfg, path: str | os.PathLike, device: torch.device, 
     return {
         "video": str(path), "box": list(box), "detector": used, "frames_with_person": found,
         "num_frames": int(info.num_frames), "num_views": num_views,
-        "fps": fps, "window_s": float(window_s), "stride_s": float(stride_s),
+        "fps": fps, "window_s": window_frames / fps, "stride_s": stride_frames / fps,
+        "window_frames": window_frames, "stride_frames": stride_frames,
         **_scores(probs.mean(axis=0), top_k),
         "windows": windows,
         "segments": segments_of(windows),
@@ -409,8 +413,8 @@ def format_prediction(pred: dict) -> str:
     lines.append(f"  body part: {pred['body_part']['map_top1']['name']} (g(top-1)); "
                  f"by summed probability: {best['name']} {100 * best['prob']:.2f}%")
     if "windows" in pred:
-        lines[1:1] = [f"  {len(pred['windows'])} windows of {pred['window_s']:g} s every {pred['stride_s']:g} s; "
-                      "over the whole video:"]
+        lines[1:1] = [f"  {len(pred['windows'])} windows of {pred['window_s']:.3g} s ({pred['window_frames']} frames) "
+                      f"every {pred['stride_s']:.3g} s ({pred['stride_frames']} frames); over the whole video:"]
         lines.append("  segments (consecutive windows with the same top-1):")
         name_width = max(len(seg["name"]) for seg in pred["segments"])
         for seg in pred["segments"]:

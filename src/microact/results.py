@@ -759,20 +759,25 @@ def cli_submit(args) -> int:
     """``microact submit DUMP --out DIR [--list] [--format] [--coarse-rule]``."""
     results = load_results(args.dump, list_file=args.list)
     _warn_index_names(results, args.dump)
+    coarse_rule = args.coarse_rule
+    if coarse_rule is None:  # the rule `microact test` scored the dump with, so the submission matches its report
+        coarse_rule = _provenance(args.dump, results).get("coarse_rule", "map_top1")
+        if coarse_rule != "map_top1":
+            print(f"body parts by predict.coarse_rule={coarse_rule}, as the dump was scored (--coarse-rule to change)")
     out = Path(args.out)
     try:
-        written = _write_submissions(results, out, args.format, args.coarse_rule)
+        written = _write_submissions(results, out, args.format, coarse_rule)
     except ResultsError as e:  # the checks of the submission writers do not know which file they look at
         raise ResultsError(f"{args.dump}: {e}") from None
     for path in written:
         print(f"wrote {path} ({len(results)} videos)")
     if results.labels is not None:
-        print(format_summary(results.metrics(coarse_rule=args.coarse_rule)))
+        print(format_summary(results.metrics(coarse_rule=coarse_rule)))
     return 0
 
 
 def _provenance(path: str | os.PathLike, results: Results) -> dict:
-    """What `microact test` recorded about a dump (checkpoint, split): in its meta, or for a ``.pkl`` in the
+    """What `microact test` recorded about a dump (checkpoint, split, coarse rule): in its meta, or for a ``.pkl`` in the
     ``.npz`` written beside it (the pickle keeps mmaction2's schema, which has no room for it)."""
     meta = dict(results.meta)
     sibling = Path(path).with_suffix(".npz")
@@ -783,14 +788,17 @@ def _provenance(path: str | os.PathLike, results: Results) -> dict:
                     meta.update(json.loads(str(z["meta_json"])))
         except (OSError, ValueError, KeyError):
             pass  # provenance is a courtesy check; an unreadable sibling just skips it
-    return {k: meta[k] for k in ("checkpoint", "split") if k in meta}
+    return {k: meta[k] for k in ("checkpoint", "split", "coarse_rule") if k in meta}
 
 
 def _check_search_pairs(dump_paths, dumps, val_paths, val) -> None:
     """The i-th validation dump must come from the i-th model: weights searched on one model and applied to
     another are silently wrong. Checked where `microact test` recorded the checkpoints."""
+    unverified = []
     for i, (tp, t, vp, v) in enumerate(zip(dump_paths, dumps, val_paths, val)):
         test_info, val_info = _provenance(tp, t), _provenance(vp, v)
+        if not (test_info.get("checkpoint") and val_info.get("checkpoint")):
+            unverified.append(str(i + 1))
         if val_info.get("split") == "test":
             print(f"warning: --search-on {vp} is a dump of the test split: weights searched on it are tuned on the "
                   "test set", file=sys.stderr)
@@ -798,6 +806,10 @@ def _check_search_pairs(dump_paths, dumps, val_paths, val) -> None:
         if a and b and a != b:
             raise ResultsError(f"--search-on: dump {i + 1} ({tp}) comes from {a} but its validation dump ({vp}) from "
                                f"{b}; give the validation dumps in the same order as the dumps")
+    if unverified:
+        print(f"note: dump(s) {', '.join(unverified)} do not record their checkpoint (mmaction2 dumps, or .pkl files "
+              "without their .npz): check that --search-on lists the validation dumps in the order of the dumps",
+              file=sys.stderr)
 
 
 def cli_ensemble(args) -> int:

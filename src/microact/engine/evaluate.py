@@ -447,15 +447,15 @@ def cli_main(args) -> int:
     results = evaluate(model, loader, device, average=cfg.eval.average, precision=precision,
                        coarse_head=coarse_rule == "coarse_head", flow_stats=stream_statistics(cfg.data))
     results.meta.update(config=str(args.config), checkpoint=str(args.checkpoint), list=str(list_file),
-                        split=args.split, num_clips=num_clips, view=cfg.eval.view)
+                        split=args.split, num_clips=num_clips, view=cfg.eval.view, coarse_rule=coarse_rule)
     if rank != 0:
         dist_utils.cleanup()
         return 0
 
     if args.out:
         out = Path(args.out)
-    elif args.dump:  # one place for everything this run writes
-        out = Path(args.dump).parent
+    elif args.dump:  # beside the dump, in a folder of its own: two dumps in one folder keep their own reports
+        out = Path(args.dump).parent / f"{Path(args.dump).stem}_report"
     else:
         out = Path(args.checkpoint).parent / f"{args.split}_results"
     out.mkdir(parents=True, exist_ok=True)

@@ -575,7 +575,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo) -> int:
                         bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", clips_s=f"{rate:.1f}",
                                         data_wait=f"{wait_fraction:.0%}")
                         if main:
-                            csv_log.write({"step": global_step, "epoch": epoch, "loss": f"{mean_loss:.6f}",
+                            csv_log.write({"step": global_step, "epoch": epoch + 1, "loss": f"{mean_loss:.6f}",
                                            "lr": f"{lr:.6e}", "clips_per_s": f"{rate:.2f}",
                                            "data_wait": f"{wait_fraction:.3f}",
                                            "skipped": skipped_all, "nan_skipped": nan_skipped})

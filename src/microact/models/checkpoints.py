@@ -156,6 +156,13 @@ def _run_folder_hint(path: Path) -> str:
     (``train.select``), and ``microact test`` writes its results beside the weights file it was given, so the user
     picks the file and sees which one was tested.
     """
+    if path.name == "checkpoints" and any(path.glob("model_*.safetensors")):  # a run's checkpoint folder
+        from microact.engine.state import latest_checkpoint
+
+        latest = latest_checkpoint(path.parent)
+        finals = [str(path.parent / name) for name in _RUN_WEIGHTS if (path.parent / name).is_file()]
+        choices = ", ".join(finals + ([f"{latest[0]} (the newest checkpoint)"] if latest else []))
+        return f"{path}: a microact run's checkpoint folder, not a weights file: pass {choices}"
     found = [name for name in _RUN_WEIGHTS if (path / name).is_file()]
     if found:
         what = {"model_final.safetensors": "the last weights", "model_best.safetensors": "the best validation F1",
@@ -235,6 +242,10 @@ def read_checkpoint(path: PathLike) -> dict[str, torch.Tensor]:
         return _read_dir(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
+    if path.name == "latest" and path.parent.name == "checkpoints":  # a run's pointer to its newest checkpoint
+        tag = path.read_text(errors="replace").strip()[:32]
+        raise CheckpointError(f"{path}: the pointer to a run's newest checkpoint (it reads {tag!r}), not weights: "
+                              f"pass {path.parent / f'model_{tag}.safetensors'}")
     with open(path, "rb") as f:
         magic = f.read(16)
     # safetensors: 8-byte little-endian header length followed by a JSON object (its first byte can be 0x80 too)

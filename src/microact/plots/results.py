@@ -186,8 +186,8 @@ def plot_timeline(pred: dict, path: str | os.PathLike, max_classes: int = 8) -> 
     ax.set_ylim(0, 1)
     ax.set_ylabel("probability")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    ax.set_title(f"{Path(pred['video']).name}: {len(windows)} windows of {pred['window_s']:g} s "
-                 f"every {pred['stride_s']:g} s", fontsize=9)
+    ax.set_title(f"{Path(pred['video']).name}: {len(windows)} windows of {pred['window_s']:.3g} s "
+                 f"every {pred['stride_s']:.3g} s", fontsize=9)
     # the segments (consecutive windows with the same top-1), coloured by body part, labelled by class id
     span = windows[-1]["end_s"] - windows[0]["start_s"]
     for seg in pred.get("segments") or []:
