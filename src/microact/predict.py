@@ -74,9 +74,10 @@ def build_predictor_config(model: Optional[str] = None, config: Optional[str] = 
             print(f"warning: cannot use the recipe recorded in the weights ({e}); using the preset's defaults",
                   file=sys.stderr)
         else:
-            print(f"using the recipe recorded in {checkpoint}: {cfg.model.preset}{instead}, {cfg.data.clip_len} "
-                  f"frames at {cfg.data.img_size} px, input {cfg.model.input_mode} (pass --config to use another)",
-                  file=sys.stderr)
+            changed = "".join(f", {k}={v}" for k, v in cfg.model.overrides.items())  # e.g. a smaller backbone
+            print(f"using the recipe recorded in {checkpoint}: {cfg.model.preset}{instead}{changed}, "
+                  f"{cfg.data.clip_len} frames at {cfg.data.img_size} px, input {cfg.model.input_mode} (pass --config "
+                  "to use another)", file=sys.stderr)
             return cfg
         extra = list(overrides)
     if config is None:
