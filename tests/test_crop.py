@@ -347,3 +347,25 @@ def test_mediapipe_native_logging_stays_out_of_the_terminal(carphone_path):
     assert p.returncode == 0, p.stderr
     assert "found 2" in p.stdout  # the person is still detected in both frames
     assert p.stderr.strip() == "our stderr", p.stderr
+
+
+def test_silenced_native_output_comes_back_when_the_call_fails():
+    """What native code writes inside the silenced window is dropped, unless an exception escapes: then its
+    explanation is written out after all."""
+    import subprocess
+    import sys
+
+    code = ("import os, sys\n"
+            "from microact.data.crop.detectors import _native_stderr_silenced\n"
+            "with _native_stderr_silenced():\n"
+            "    os.write(2, b'routine native log\\n')\n"
+            "try:\n"
+            "    with _native_stderr_silenced():\n"
+            "        os.write(2, b'native check failed: bad model\\n')\n"
+            "        raise RuntimeError('graph failed')\n"
+            "except RuntimeError:\n"
+            "    pass\n"
+            "print('after', file=sys.stderr)\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stderr == "native check failed: bad model\nafter\n"

@@ -389,3 +389,19 @@ def test_bench_e2e_refuses_two_stream_presets():
 
     with pytest.raises(MicroactError, match="two-stream"):
         run("videomae_b_k710_twostream_i3d", workers=0, batch=2, steps=1, device_name="cpu")
+
+
+def test_the_stand_in_for_an_unreadable_micro_batch_fits_the_two_stream_model(two_stream_root, tmp_path):
+    """Under DDP a rank whose micro-batch could not be read replays a stand-in clip with weight 0; before any good
+    batch that is a zero clip, which must have the loader's 6 channels for a two-stream model."""
+    from microact.data.transforms import normalize_batch, stream_statistics
+    from microact.engine.train import stand_in_batch
+    from microact.models.presets import create_model_from_config
+
+    cfg = load_config(_tiny_recipe(two_stream_root, tmp_path))
+    batch = stand_in_batch(cfg)
+    assert batch["video"].shape == (1, 6, 4, 32, 32) and batch["video"].dtype == torch.uint8
+    model = create_model_from_config(cfg, pretrained=False)
+    out = model(normalize_batch(batch["video"], **stream_statistics(cfg.data)), batch["label"])
+    assert out.fine.shape == (1, 52)
+    assert stand_in_batch(load_config(None))["video"].shape[1] == 3  # one stream: RGB

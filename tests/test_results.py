@@ -435,3 +435,27 @@ def test_cli_ensemble_says_when_the_search_pairing_cannot_be_checked(tmp_path, c
     paths = [str(save_results(m, tmp_path / f"m{i}.npz")[1]) for i, m in enumerate(models)]  # no checkpoint recorded
     assert cli(["ensemble", *paths, "--search-on", *paths, "--out", str(tmp_path / "ens")]) == 0
     assert "do not record their checkpoint" in capsys.readouterr().err
+
+
+def test_cli_ensemble_follows_the_coarse_rule_its_dumps_were_scored_with(tmp_path, capsys):
+    from microact.metrics import coarse_scores
+
+    rng = np.random.default_rng(12)
+    paths, parts = [], []
+    for i in range(2):
+        r = _random_results(n=10, seed=40 + i, labels=False)
+        r.coarse_head_scores = rng.dirichlet(np.ones(7), size=10).astype(np.float32)
+        r.meta.update(coarse_rule="coarse_head", checkpoint=f"m{i}.safetensors")
+        paths.append(str(save_results(r, tmp_path / f"d{i}.pkl")[0]))
+        parts.append(r)
+    out = tmp_path / "ens"
+    assert cli(["ensemble", *paths, "--weights", "0.3", "0.7", "--out", str(out)]) == 0
+    assert "predict.coarse_rule=coarse_head, as the dumps were scored" in capsys.readouterr().out
+    fine = 0.3 * parts[0].scores.astype(np.float64) + 0.7 * parts[1].scores
+    head = 0.3 * parts[0].coarse_head_scores.astype(np.float64) + 0.7 * parts[1].coarse_head_scores
+    body = np.argmax(head * coarse_scores(fine), axis=1)
+    assert body.tolist() != ma52.fine_to_coarse(fine.argmax(1)).tolist()  # the rules disagree on these videos
+    assert [int(r[1]) for r in _read_zip_csv(out / "submission_mac2024.zip")[1:]] == body.tolist()
+    # ... and so does a later `microact submit` of the saved ensemble
+    assert cli(["submit", str(out / "ensemble.pkl"), "--out", str(tmp_path / "sub")]) == 0
+    assert [int(r[1]) for r in _read_zip_csv(tmp_path / "sub" / "submission_mac2024.zip")[1:]] == body.tolist()

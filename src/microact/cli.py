@@ -145,8 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list", default=None, help="evaluate this list file instead of the split's")
     p.add_argument("--dump", default=None, help="write the mmaction2-style result pickle here (a .npz copy is written beside it)")
     p.add_argument("--out", default=None,
-                   help="folder for metrics.json, plots and submissions (default: the --dump's folder, else "
-                        "SPLIT_results beside the checkpoint)")
+                   help="folder for metrics.json, plots and submissions (default: NAME_report beside the --dump "
+                        "NAME.pkl, else SPLIT_results beside the checkpoint)")
 
     # ensemble -------------------------------------------------------------------------------
     p = _sub(sub, "ensemble", "weighted ensemble of several models' result dumps")

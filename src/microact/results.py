@@ -803,7 +803,7 @@ def _check_search_pairs(dump_paths, dumps, val_paths, val) -> None:
             print(f"warning: --search-on {vp} is a dump of the test split: weights searched on it are tuned on the "
                   "test set", file=sys.stderr)
         a, b = test_info.get("checkpoint"), val_info.get("checkpoint")
-        if a and b and a != b:
+        if a and b and Path(a).resolve() != Path(b).resolve():  # one file typed two ways is one model
             raise ResultsError(f"--search-on: dump {i + 1} ({tp}) comes from {a} but its validation dump ({vp}) from "
                                f"{b}; give the validation dumps in the same order as the dumps")
     if unverified:
@@ -846,14 +846,23 @@ def cli_ensemble(args) -> int:
     info["weights"] = weights
     print("weights: " + ", ".join(f"{p}={w:g}" for p, w in zip(args.dumps, weights)))
     combined = ensemble(dumps, weights)
+    # body parts by the rule the dumps were scored with, when they agree (and the coarse heads' scores came along)
+    rules = {_provenance(p, r).get("coarse_rule", "map_top1") for p, r in zip(args.dumps, dumps)}
+    coarse_rule = rules.pop() if len(rules) == 1 else "map_top1"
+    if coarse_rule == "coarse_head" and combined.coarse_head_scores is None:
+        coarse_rule = "map_top1"
+    if rules or coarse_rule != "map_top1":
+        print(f"body parts by predict.coarse_rule={coarse_rule}"
+              + (" (the dumps were scored with different rules)" if rules else ", as the dumps were scored"))
+    combined.meta["coarse_rule"] = info["coarse_rule"] = coarse_rule
     pkl, npz = save_results(combined, out / "ensemble.pkl")
     print(f"wrote {pkl} and {npz}")
     if combined.labels is not None:
-        metrics = write_report(combined, out)
+        metrics = write_report(combined, out, coarse_rule=coarse_rule)
         info["f1_mean"] = metrics["f1_mean"]
         print(format_summary(metrics))
     _warn_index_names(combined, "the ensemble")
-    for path in _write_submissions(combined, out, "all", "map_top1"):
+    for path in _write_submissions(combined, out, "all", coarse_rule):
         print(f"wrote {path}")
     (out / "ensemble.json").write_text(json.dumps(info, indent=2))
     return 0

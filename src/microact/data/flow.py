@@ -208,12 +208,18 @@ def run_flow(in_dir: str | os.PathLike, out_dir: str | os.PathLike, workers: int
             return
         summary["failed"] += 1
         summary["errors"].append(error)
-        bar.write(f"skipped (cannot decode): {error}", file=sys.stderr)
+        bar.write(f"skipped: {error}", file=sys.stderr)
 
     if tasks and workers == 1:
+        import cv2
+
+        threads = cv2.getNumThreads()
         _init_worker()
-        for task in tasks:
-            record(*_work(task))
+        try:
+            for task in tasks:
+                record(*_work(task))
+        finally:
+            cv2.setNumThreads(threads)  # the caller's OpenCV keeps its threads
     elif tasks:
         import multiprocessing as mp
 

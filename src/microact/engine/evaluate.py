@@ -446,7 +446,7 @@ def cli_main(args) -> int:
     coarse_rule = cfg.predict.coarse_rule
     results = evaluate(model, loader, device, average=cfg.eval.average, precision=precision,
                        coarse_head=coarse_rule == "coarse_head", flow_stats=stream_statistics(cfg.data))
-    results.meta.update(config=str(args.config), checkpoint=str(args.checkpoint), list=str(list_file),
+    results.meta.update(config=str(args.config), checkpoint=str(Path(args.checkpoint).resolve()), list=str(list_file),
                         split=args.split, num_clips=num_clips, view=cfg.eval.view, coarse_rule=coarse_rule)
     if rank != 0:
         dist_utils.cleanup()

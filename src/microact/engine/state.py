@@ -65,7 +65,15 @@ def atomic_write(path: Path, write) -> None:
 
 
 def _umask() -> int:
-    mask = os.umask(0o22)
+    """The process's umask, read without changing it where Linux allows (threads may be creating files now)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o22)  # elsewhere the only way to read it is to set it, briefly
     os.umask(mask)
     return mask
 

@@ -193,6 +193,16 @@ class _CsvLog:
             csv.DictWriter(f, self.FIELDS).writerow(row)
 
 
+def stand_in_batch(cfg: Config) -> dict[str, torch.Tensor]:
+    """A one-clip batch for a micro-batch whose clips were all unreadable before any good one was seen (under DDP
+    every rank must still run forward and backward; its loss gets weight 0). Shaped like the loader's clips: 6
+    channels (RGB then flow) for two-stream recipes."""
+    channels = 6 if cfg.data.flow_dir else 3
+    size = cfg.data.img_size
+    return {"video": torch.zeros(1, channels, cfg.data.clip_len, size, size, dtype=torch.uint8),
+            "label": torch.zeros(1, dtype=torch.long)}
+
+
 def _changed_keys(saved_yaml: Optional[str], cfg: Config) -> list[str]:
     """Dotted keys whose values differ between a checkpoint's config (YAML text) and ``cfg``."""
     import yaml
@@ -327,10 +337,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo) -> int:
     # ---- state: fresh or resumed --------------------------------------------------------------
     epoch, step_in_epoch, global_step = 0, 0, 0
     best, history, nan_skipped = -1.0, [], 0
-    # A stand-in for a micro-batch whose clips were all unreadable, under DDP (see the training loop).
-    size = cfg.data.img_size
-    last_good = {"video": torch.zeros(1, 3, cfg.data.clip_len, size, size, dtype=torch.uint8),
-                 "label": torch.zeros(1, dtype=torch.long)}
+    last_good = stand_in_batch(cfg)
     resumed_rng = None
     if not resume and latest_checkpoint(run_dir) is not None:
         raise MicroactError(f"{run_dir}: already holds checkpoints of a run; continue it with --resume, or choose "
@@ -365,8 +372,9 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo) -> int:
                 raise MicroactError(
                     f"{found[1]}: saved after optimiser step {step_in_epoch}{of} of epoch {epoch + 1}, but with this "
                     f"config an epoch has {steps_per_epoch} steps ({len(dataset)} training clips in data.train_lists="
-                    f"{cfg.data.train_lists}): the position in the epoch is lost. Resume with the run's training "
-                    "lists, or start a new run from its weights.")
+                    f"{cfg.data.train_lists}, train.micro_batch={t.micro_batch}, train.global_batch={t.global_batch}):"
+                    " the position in the epoch is lost. Resume with the run's training lists and batch sizes, or "
+                    "start a new run from its weights.")
             changed = _changed_keys(state.get("config"), cfg)
             if changed:
                 D.log(f"note: --resume with a config that differs from the checkpoint's in {', '.join(changed)}; "

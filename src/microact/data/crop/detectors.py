@@ -19,6 +19,8 @@ import contextlib
 import importlib.util
 import os
 import sys
+import tempfile
+import threading
 from pathlib import Path
 from typing import NamedTuple, Optional, Protocol
 
@@ -115,21 +117,34 @@ class HaarFaceDetector:
         pass
 
 
+_STDERR_REDIRECT_LOCK = threading.Lock()  # fd 2 is per process: two threads must not swap it at the same time
+
+
 @contextlib.contextmanager
 def _native_stderr_silenced():
-    """Send file descriptor 2 to /dev/null for the duration: mediapipe's C++ (absl, TFLite) logs a dozen lines per
-    process when a graph starts and on its first inference, before any of its log-level settings are read, and
-    they land in the middle of our progress bars. Python exceptions are raised, not printed, so nothing of ours is
-    lost; only this process's descriptor changes (the crop workers are separate processes)."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "wb") as null:
-            os.dup2(null.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+    """Keep what native code writes to file descriptor 2 off the terminal for the duration.
+
+    mediapipe's C++ (absl, TFLite) logs a dozen lines per process when its graphs start and more on later
+    inferences, before any of its log-level settings are read, and they land in the middle of our progress bars.
+    The lines go to a temporary file; if an exception escapes (a broken model file, a failed check), they are
+    written out after all, so a failure keeps its explanation. Only this process's descriptor changes (the crop
+    workers are separate processes).
+    """
+    with _STDERR_REDIRECT_LOCK:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        with tempfile.TemporaryFile() as captured:
+            try:
+                os.dup2(captured.fileno(), 2)
+                yield
+            except BaseException:
+                os.dup2(saved, 2)
+                captured.seek(0)
+                sys.stderr.write(captured.read().decode(errors="replace"))
+                raise
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
 
 
 class MediaPipeDetector:
