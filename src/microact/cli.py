@@ -182,7 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detector", default="auto", choices=["auto", "mediapipe", "haar", "none"], help="person detector for the crop")
     p.add_argument("--top-k", type=int, default=5, help="classes shown per video")
     p.add_argument("--json", default=None, help="write the predictions to this JSON file")
-    p.add_argument("--annotate", default=None, help="write an annotated video (.mp4) or GIF (.gif, at most 480 px on its longer side) here (one video only, or a folder)")
+    p.add_argument("--annotate", default=None,
+                   help="write an annotated video (.mp4) or GIF (.gif, at most 480 px on its longer side) here (one "
+                        "video only, or a folder)")
     p.add_argument("--window", type=float, default=None, metavar="SECONDS",
                    help="untrimmed videos: predict sliding windows this long instead of the whole video as one clip")
     p.add_argument("--stride", type=float, default=None, metavar="SECONDS",

@@ -380,6 +380,18 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
+def flatten_config(d: dict, prefix: str = "") -> dict:
+    """A recipe as ``{dotted key: value}`` (``{"train": {"epochs": 3}}`` -> ``{"train.epochs": 3}``), to compare
+    two recipes key by key. ``model.overrides`` stays one value: its keys are the preset's, not the recipe's."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "overrides":
+            out.update(flatten_config(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------

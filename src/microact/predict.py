@@ -57,41 +57,36 @@ def build_predictor_config(model: Optional[str] = None, config: Optional[str] = 
     from microact.engine.evaluate import recorded_recipe
     from microact.models.presets import get_preset
 
-    extra = list(overrides)
+    def preset_keys(name: str) -> list[str]:
+        # a two-stream preset needs data.flow_dir set (prediction computes the flow itself), a one-stream one unset
+        return [f"model.preset={name}", f"data.flow_dir={'flow' if get_preset(name).two_stream else 'null'}"]
+
     recorded = recorded_recipe(checkpoint) if checkpoint and config is None else None
     if recorded is not None:
-        instead = ""
-        if model is not None:  # the recorded frames, size and input mode stay; the comparison warns about the preset
-            get_preset(model)  # an unknown name fails here, naming the valid presets
-            extra = [f"model.preset={model}", "data.flow_dir=" + ("flow" if get_preset(model).two_stream
-                                                                    else "null")] + extra
+        # the recorded frames, size and input mode stay with --model; the recipe comparison warns about the preset
+        extra = (preset_keys(model) if model is not None else []) + list(overrides)
+        source = f"{checkpoint} (recorded recipe)"
         try:
-            if model is not None:
-                trained_preset = config_from_yaml(recorded, f"{checkpoint} (recorded recipe)").model.preset
-                instead = f" (--model instead of the recorded {trained_preset})" if trained_preset != model else ""
-            cfg = config_from_yaml(recorded, f"{checkpoint} (recorded recipe)", extra)
+            trained = config_from_yaml(recorded, source)
+            cfg = config_from_yaml(recorded, source, extra) if extra else trained
         except ConfigError as e:  # e.g. recorded by another microact version: fall back to the preset's defaults
             print(f"warning: cannot use the recipe recorded in the weights ({e}); using the preset's defaults",
                   file=sys.stderr)
         else:
+            instead = (f" (--model instead of the recorded {trained.model.preset})"
+                       if cfg.model.preset != trained.model.preset else "")
             changed = "".join(f", {k}={v}" for k, v in cfg.model.overrides.items())  # e.g. a smaller backbone
             print(f"using the recipe recorded in {checkpoint}: {cfg.model.preset}{instead}{changed}, "
                   f"{cfg.data.clip_len} frames at {cfg.data.img_size} px, input {cfg.model.input_mode} (pass --config "
                   "to use another)", file=sys.stderr)
             return cfg
-        extra = list(overrides)
+    extra = list(overrides)
     if config is None:
         preset = get_preset(model or DEFAULT_PRESET)
-        extra = [f"model.preset={preset.name}", f"data.clip_len={preset.num_frames}",
-                 f"data.img_size={preset.img_size}"] + extra
-        if preset.two_stream:  # prediction computes the flow itself; the recipe check only wants the key set
-            extra = ["data.flow_dir=flow"] + extra
+        extra = preset_keys(preset.name) + [f"data.clip_len={preset.num_frames}",
+                                            f"data.img_size={preset.img_size}"] + extra
     elif model is not None:
-        extra = [f"model.preset={model}"] + extra
-        if get_preset(model).two_stream:
-            extra = ["data.flow_dir=flow"] + extra
-        else:
-            extra = ["data.flow_dir=null"] + extra
+        extra = preset_keys(model) + extra
     return load_config(config, extra)
 
 

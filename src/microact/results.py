@@ -777,8 +777,8 @@ def cli_submit(args) -> int:
 
 
 def _provenance(path: str | os.PathLike, results: Results) -> dict:
-    """What `microact test` recorded about a dump (checkpoint, split, coarse rule): in its meta, or for a ``.pkl`` in the
-    ``.npz`` written beside it (the pickle keeps mmaction2's schema, which has no room for it)."""
+    """What `microact test` recorded about a dump (checkpoint, split, coarse rule): in its meta, or for a ``.pkl``
+    in the ``.npz`` written beside it (the pickle keeps mmaction2's schema, which has no room for it)."""
     meta = dict(results.meta)
     sibling = Path(path).with_suffix(".npz")
     if "checkpoint" not in meta and Path(path).suffix != ".npz" and sibling.is_file():

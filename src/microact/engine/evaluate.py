@@ -53,17 +53,19 @@ def _lead_logits(model, x: torch.Tensor, coarse_head: bool = False):
         return fine
     coarse = getattr(out, "coarse", None)
     if coarse is None:
-        raise MicroactError("predict.coarse_rule=coarse_head needs a model with coarse heads (a *_frame_coarse_* "
-                            "preset); this one has none: use map_top1 or sum_probs")
+        raise MicroactError(_no_coarse_head("this one"))
     return fine, coarse
+
+
+def _no_coarse_head(which: str) -> str:
+    return (f"predict.coarse_rule=coarse_head needs a model with coarse heads (a *_frame_coarse_* preset); {which} "
+            "has none: use map_top1 or sum_probs")
 
 
 def check_coarse_rule(model, rule: str) -> None:
     """Refuse ``predict.coarse_rule=coarse_head`` for a model without a coarse lead head, before any video is read."""
     if rule == "coarse_head" and not getattr(model, "has_coarse", False):
-        preset = getattr(getattr(model, "preset", None), "name", None)
-        raise MicroactError(f"predict.coarse_rule=coarse_head needs a model with coarse heads (a *_frame_coarse_* "
-                            f"preset){f'; {preset} has none' if preset else ''}: use map_top1 or sum_probs")
+        raise MicroactError(_no_coarse_head(getattr(getattr(model, "preset", None), "name", None) or "this model"))
 
 
 def _average_views(logits: torch.Tensor, b: int, v: int, average: str) -> torch.Tensor:
@@ -309,16 +311,6 @@ def recorded_recipe(path: str | os.PathLike) -> Optional[str]:
         return None
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and k != "overrides":  # model.overrides is compared as one value
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def _show(value) -> str:
     """A value as the user would type it in an override (null, true, [1, 2])."""
     import yaml
@@ -329,7 +321,9 @@ def _show(value) -> str:
 def recipe_differences(trained, current) -> tuple[list[tuple[str, Any, Any]], list[tuple[str, Any, Any]]]:
     """``(forward, views)``: the :data:`FORWARD_KEYS` and :data:`VIEW_KEYS` whose values differ between the
     recipe the weights were trained with and the current one, as ``(key, trained value, current value)``."""
-    was, now = _flat(trained.to_dict()), _flat(current.to_dict())
+    from microact.config import flatten_config
+
+    was, now = flatten_config(trained.to_dict()), flatten_config(current.to_dict())
     was["data.flow_dir"] = "set" if was["data.flow_dir"] is not None else None
     now["data.flow_dir"] = "set" if now["data.flow_dir"] is not None else None
     if was["data.flow_dir"] is None and now["data.flow_dir"] is None:  # flow statistics unused by RGB models

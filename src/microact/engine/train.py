@@ -207,19 +207,11 @@ def _changed_keys(saved_yaml: Optional[str], cfg: Config) -> list[str]:
     """Dotted keys whose values differ between a checkpoint's config (YAML text) and ``cfg``."""
     import yaml
 
+    from microact.config import flatten_config
+
     if not saved_yaml:
         return []
-
-    def flat(d, prefix=""):
-        out = {}
-        for k, v in d.items():
-            if isinstance(v, dict) and v:
-                out.update(flat(v, f"{prefix}{k}."))
-            else:
-                out[f"{prefix}{k}"] = v
-        return out
-
-    old, new = flat(yaml.safe_load(saved_yaml) or {}), flat(yaml.safe_load(cfg.to_yaml()))
+    old, new = flatten_config(yaml.safe_load(saved_yaml) or {}), flatten_config(cfg.to_dict())
     return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
 
 
@@ -228,9 +220,10 @@ def _loader_crash(error: Exception, loader, epoch: int, batch_no: int) -> DataLo
     ids = loader.batch_sampler.batch_indices(epoch, batch_no)
     paths = ", ".join(str(loader.dataset.records[i].path) for i in ids) or "none left"
     return DataLoaderCrashError(
-        f"a DataLoader worker died in epoch {epoch + 1} while batch {batch_no + 1} of this epoch was due (its videos: {paths}; "
-        f"the worker may also have been prefetching a later batch): {error}. Run with data.num_workers=0 to see the "
-        "error of the video directly; a worker killed by a signal is often out of memory.")
+        f"a DataLoader worker died in epoch {epoch + 1} while batch {batch_no + 1} of this epoch was due (its "
+        f"videos: {paths}; the worker may also have been prefetching a later batch): {error}. Run with "
+        "data.num_workers=0 to see the error of the video directly; a worker killed by a signal is often out of "
+        "memory.")
 
 
 # --------------------------------------------------------------------------------------------
@@ -537,12 +530,12 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo) -> int:
                     if data_flag == 0:
                         # Every clip of this step, on every rank, was unreadable: nothing to learn from. No update
                         # (GradScaler.step would fail on gradients it never saw), no EMA step, no loss logged.
-                        D.warn(f"epoch {epoch + 1}/{t.epochs}, step {step_in_epoch + 1}: every clip of this optimiser step was "
-                               "unreadable; skipping the step")
+                        D.warn(f"epoch {epoch + 1}/{t.epochs}, step {step_in_epoch + 1}: every clip of this optimiser "
+                               "step was unreadable; skipping the step")
                         optimizer.zero_grad(set_to_none=True)
                     elif bad:
-                        where = (f"non-finite loss at epoch {epoch + 1}/{t.epochs}, step {step_in_epoch + 1} (global step "
-                                 f"{global_step + 1}); "
+                        where = (f"non-finite loss at epoch {epoch + 1}/{t.epochs}, step {step_in_epoch + 1} "
+                                 f"(global step {global_step + 1}); "
                                  f"videos of this step (rank {info.rank}): "
                                  + ", ".join(f"{i}:{dataset.records[i].path}" for i in step_indices[:16]))
                         if t.nan_policy == "stop":
@@ -616,8 +609,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo) -> int:
 
             epoch_done = step_in_epoch == steps_per_epoch
             if skipped_clips:
-                D.warn(f"epoch {epoch + 1}/{t.epochs}: {len(skipped_clips)} clip(s) could not be read and were skipped, e.g. "
-                       f"{skipped_clips[0]}")
+                D.warn(f"epoch {epoch + 1}/{t.epochs}: {len(skipped_clips)} clip(s) could not be read and were "
+                       f"skipped, e.g. {skipped_clips[0]}")
             skipped_all = int(D.all_reduce_sum(torch.tensor(float(len(skipped_clips)), device=device)).item())
             epoch_wait = min((epoch_waited + waited) / max(time.perf_counter() - epoch_start, 1e-9), 1.0)
             wait_percent = round(100 * epoch_wait)  # what the log says is what the hint below decides on
@@ -702,7 +695,7 @@ def validate(model, loader, device, precision: str, cfg: Config) -> dict[str, An
     if results.labels is None:
         raise MicroactError(f"data.val_list={cfg.data.val_list}: every label is 0; a validation list needs labels")
     pred = results.scores.argmax(1)
-    coarse_pred = predict_coarse(results.scores, rule, results.coarse_head_scores) if rule != "map_top1" else None
-    scores = f1_mean(results.labels, pred, cfg.metric.macro_labels, coarse_pred=coarse_pred,
+    scores = f1_mean(results.labels, pred, cfg.metric.macro_labels,
+                     coarse_pred=predict_coarse(results.scores, rule, results.coarse_head_scores),
                      num_classes=cfg.data.num_classes)
     return {k: float(v) for k, v in scores.items()}

@@ -156,9 +156,9 @@ def _run_folder_hint(path: Path) -> str:
     (``train.select``), and ``microact test`` writes its results beside the weights file it was given, so the user
     picks the file and sees which one was tested.
     """
-    if path.name == "checkpoints" and any(path.glob("model_*.safetensors")):  # a run's checkpoint folder
-        from microact.engine.state import latest_checkpoint
+    from microact.engine.state import latest_checkpoint
 
+    if path.name == "checkpoints" and any(path.glob("model_*.safetensors")):  # a run's checkpoint folder
         latest = latest_checkpoint(path.parent)
         finals = [str(path.parent / name) for name in _RUN_WEIGHTS if (path.parent / name).is_file()]
         choices = ", ".join(finals + ([f"{latest[0]} (the newest checkpoint)"] if latest else []))
@@ -175,8 +175,6 @@ def _run_folder_hint(path: Path) -> str:
             pass  # the note on the run's choice is optional
         note = f"; the run selected {selected} (metrics.json)" if selected in found else ""
         return f"{path}: a microact run folder, not a weights file: pass {choices}{note}"
-    from microact.engine.state import latest_checkpoint
-
     latest = latest_checkpoint(path)
     if latest is not None:
         return (f"{path}: a microact run folder without final weights (the run did not finish): pass its latest "
