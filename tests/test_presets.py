@@ -325,6 +325,37 @@ def test_config_default_final_norm_follows_the_seed_per_head(tmp_path):
     assert torch.equal(tsn_loaded.backbone.norm.weight, source.fc_norm.weight)
 
 
+def test_two_stream_streams_load_the_pretrained_final_norm(tmp_path):
+    """The seed's two-stream row lives in its optical-flow tree, whose token-map backbone calls the final LayerNorm
+    fc_norm, so both streams load the converted checkpoint's final norm (SEED.md §2.2), unlike the one-stream
+    token-map rows; model.overrides={load_final_norm: false} keeps them fresh."""
+    from safetensors.torch import save_file
+
+    from microact.models import create_backbone
+
+    torch.manual_seed(11)
+    source = create_backbone("videomae_test", output="pooled", **TINY)
+    with torch.no_grad():
+        for p in source.parameters():
+            p.normal_()
+    path = tmp_path / "ft.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    base = [f"model.pretrained={path}", "data.clip_len=4", "data.img_size=32", "data.flow_dir=flow",
+            "model.preset=videomae_b_k710_twostream_i3d", "model.overrides={backbone: videomae_test}"]
+
+    two = create_model_from_config(load_config(None, base))
+    for stream in (two.backbone.rgb, two.backbone.flow):
+        assert torch.equal(stream.norm.weight, source.fc_norm.weight)
+        assert torch.equal(stream.norm.bias, source.fc_norm.bias)
+        assert torch.equal(stream.blocks[0].attn.qkv.weight, source.blocks[0].attn.qkv.weight)
+    fresh = create_model_from_config(load_config(None, base[:-1] + [
+        "model.overrides={backbone: videomae_test, load_final_norm: false}"]))
+    assert torch.equal(fresh.backbone.flow.norm.weight, torch.ones_like(source.fc_norm.weight))
+    one_stream = create_model_from_config(load_config(None, base[:3] + [
+        "model.preset=videomae_b_k710_frame_i3d", "model.overrides={backbone: videomae_test}"]))
+    assert torch.equal(one_stream.backbone.norm.weight, torch.ones_like(source.fc_norm.weight))
+
+
 # ---- bench train smoke test -----------------------------------------------------------------------
 
 

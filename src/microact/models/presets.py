@@ -217,6 +217,11 @@ def create_model(preset, pretrained: Optional[str] = None, **overrides: Any):
     if pretrained:
         from microact.models.checkpoints import load_pretrained
 
+        if effective.two_stream and load_final_norm is None:
+            # The seed's two-stream rows come from its optical-flow tree, whose backbone names the final LayerNorm
+            # fc_norm, the name the checkpoint conversion gives the pre-trained one: both streams load it there,
+            # unlike the one-stream token-map rows (SEED.md §2.2).
+            load_final_norm = True
         targets = [model] if not effective.two_stream else [s for s in (backbone.rgb, backbone.flow) if s is not None]
         for target in targets:
             report = load_pretrained(target, pretrained, load_final_norm=load_final_norm)
@@ -238,8 +243,8 @@ def create_model_from_config(cfg, pretrained: bool = True):
     m = cfg.model
     # backbone.load_final_norm=false is the seed's behaviour, which depends on the head: the token-map backbone
     # (TSN/I3D rows) loses the pre-trained final norm to the rename, while the stock backbone of the TimeSformer rows
-    # loads it into fc_norm (SEED.md §2.2, VIDEOMAE.md §3.6). None lets load_pretrained pick by output mode; true
-    # loads it in both modes.
+    # loads it into fc_norm (SEED.md §2.2, VIDEOMAE.md §3.6), and so do both streams of the two-stream row (its tree
+    # names the final LN fc_norm). None lets create_model pick per preset; true loads it in every mode.
     load_final_norm = True if cfg.backbone.load_final_norm else None
     kwargs = dict(
         num_classes=m.num_classes, num_frames=cfg.data.clip_len, img_size=cfg.data.img_size,
