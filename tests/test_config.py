@@ -134,6 +134,13 @@ SEED_RECIPES = {
     # §6.4 "Further rows" (batch 12, 42 (43), test 2) and §5.8 "two-stream RGB branch": RRC (0.3, 1), default aspect
     "videomae_b_k710_twostream_i3d_trainval": ("videomae_b_k710_twostream_i3d", "vit_b_hybrid_pt_800e_k710_ft.pth",
                                                TRAINVAL, 42, 43, 12, 2, (0.3, 1.0), _MMA2, 0.2),
+    # §7 "two-stream RGB+OF (weight sharing)" (ModelGroup5): the same recipe with one backbone, both splits
+    "videomae_b_k710_twostream_shared_i3d_train": ("videomae_b_k710_twostream_shared_i3d",
+                                                   "vit_b_hybrid_pt_800e_k710_ft.pth", TRAIN, 42, 43, 12, 2,
+                                                   (0.3, 1.0), _MMA2, 0.2),
+    "videomae_b_k710_twostream_shared_i3d_trainval": ("videomae_b_k710_twostream_shared_i3d",
+                                                      "vit_b_hybrid_pt_800e_k710_ft.pth", TRAINVAL, 42, 43, 12, 2,
+                                                      (0.3, 1.0), _MMA2, 0.2),
 }
 
 

@@ -18,7 +18,8 @@ TINY = dict(num_frames=4, img_size=32)  # token grid (2, 2, 2)
 SEED_ROWS = [
     "videomae_b_ssv2_timesformer", "videomae_b_k710_timesformer", "videomae_b_k710_frame_i3d",
     "videomae_b_k710_frame_coarse_i3d", "videomae_b_k710_frame_coarse_tsn", "videomae_l_k700_timesformer",
-    "videomae_h_timesformer", "videomae_b_k710_twostream_i3d", "videomae_tiny_frame_coarse_tsn",
+    "videomae_h_timesformer", "videomae_b_k710_twostream_i3d", "videomae_b_k710_twostream_shared_i3d",
+    "videomae_tiny_frame_coarse_tsn",
     "videomae_tiny_timesformer", "videomae_test_frame_coarse_tsn",
 ]
 
@@ -266,6 +267,24 @@ def test_two_stream_concatenates_rgb_and_flow_maps():
     assert all(n.startswith("backbone.") for n, _ in model.named_parameters() if "rgb" in n or "flow" in n)
     with pytest.raises(ValueError, match="6"):
         model(torch.randn(1, 3, 4, 32, 32))
+
+
+def test_weight_sharing_two_stream_runs_one_backbone_on_both_streams():
+    """"RGB+OF (weight sharing)" (SEED.md §7, ModelGroup5): one ViT applied to the RGB clip and to the flow clip,
+    maps concatenated as in the two-stream row; half the backbone parameters."""
+    torch.manual_seed(6)
+    shared = create_model("videomae_b_k710_twostream_shared_i3d", backbone="videomae_test", **TINY).eval()
+    separate = create_model("videomae_b_k710_twostream_i3d", backbone="videomae_test", **TINY)
+    assert shared.backbone.shared and shared.backbone.flow is None and not separate.backbone.shared
+    bb = sum(p.numel() for p in shared.backbone.rgb.parameters())
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(separate) - count(shared) == bb
+    x = torch.randn(2, 6, 4, 32, 32)
+    with torch.no_grad():
+        feat = shared.backbone(x)
+        want = torch.cat([shared.backbone.rgb(x[:, :3]), shared.backbone.rgb(x[:, 3:])], dim=1)
+    torch.testing.assert_close(feat, want)
+    assert shared(x).fine.shape == (2, 52)
 
 
 def test_pretrained_backbone_is_loaded(tmp_path):

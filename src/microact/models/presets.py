@@ -92,6 +92,12 @@ _PRESETS: dict[str, Preset] = {p.name: p for p in (
            "two-stream VideoMAE-B (RGB + optical flow), I3D head on 2C channels + ArcFace + frame head",
            notes="context row (SEED.md §2.9); input [B, 6, T, H, W]; the seed loaded a combined RGB+flow checkpoint",
            two_stream=True, f1_test_trainval=72.17),
+    Preset("videomae_b_k710_twostream_shared_i3d", "videomae_base", "i3d", True, True, False, "cef1_double", _K710,
+           "two-stream VideoMAE-B (RGB + optical flow) with one shared backbone, I3D head on 2C channels + ArcFace + "
+           "frame head (ModelGroup5)",
+           notes="context row (SEED.md §2.9, §7 'RGB+OF (weight sharing)'); input [B, 6, T, H, W]; one ViT runs on "
+                 "both streams", two_stream=True, share_weights=True,
+           f1_test_trainval=71.55, f1_test_train=70.04, f1_val=72.18),
     # Tiny presets: CPU tests and the synthetic demo (no pretrained weights).
     Preset("videomae_tiny_frame_coarse_tsn", "videomae_tiny", "tsn", True, True, True, "cef1_fine_coarse_double", "",
            "tiny ViT (dim 128, depth 4) with the best model's heads, for the demo and tests"),
