@@ -274,25 +274,23 @@ def segments_of(windows: list[dict]) -> list[dict]:
 
 
 def frame_times(path: str | os.PathLike, num_frames: int, fps: float) -> np.ndarray:
-    """Seconds at which each frame (display order) starts, plus the end of the last: ``[num_frames + 1]``.
+    """Seconds at which each frame (display order) starts, from the first frame, plus the end of the last:
+    ``[num_frames + 1]``.
 
-    From the stream's timestamps when they are unevenly spaced (a variable frame rate: phones, screen recordings),
-    where ``i / fps`` with the average rate would misplace frames by seconds; else ``i / fps``.
+    From the stream's timestamps (:func:`microact.data.decode.frame_times`) when they are unevenly spaced (a
+    variable frame rate: phones, screen recordings), where ``i / fps`` with the average rate would misplace frames by
+    seconds; else ``i / fps``.
     """
-    import av
+    from microact.data import decode
 
-    from microact.data.decode import _frame_index
-
-    path = Path(path)
     even = np.arange(num_frames + 1) / fps
-    timestamps = _frame_index(path, lambda: None).timestamps
-    if timestamps is None or isinstance(timestamps, range) or len(timestamps) != num_frames or num_frames < 2:
+    t = decode.frame_times(path)
+    if len(t) != num_frames or num_frames < 2:
         return even
-    with av.open(str(path)) as container:
-        time_base = container.streams.video[0].time_base
-    if not time_base:
+    steps = np.diff(t)
+    if np.allclose(steps, steps[0], rtol=1e-9, atol=0):  # evenly spaced: the average rate says the same
         return even
-    t = (np.asarray(timestamps, dtype=np.float64) - float(timestamps[0])) * float(time_base)
+    t = t - t[0]
     return np.append(t, t[-1] + (t[-1] - t[-2]))
 
 
