@@ -545,6 +545,21 @@ def _load_pretrained_wider(d: Path) -> Outcome:
     return library(lambda: load_pretrained(small, d / "tiny_vit.safetensors"))
 
 
+def _load_pretrained_hf(d: Path, **config) -> Outcome:
+    """Library: a Hugging Face save_pretrained folder whose config.json asks for another MLP ratio, head count or
+    activation than the (built-in size) model has."""
+    from transformers import VideoMAEConfig, VideoMAEModel
+
+    from microact.models.checkpoints import load_pretrained
+    from microact.models.videomae import create_backbone
+
+    d.mkdir(parents=True, exist_ok=True)
+    sizes = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256, image_size=32,
+                 num_frames=4)
+    VideoMAEModel(VideoMAEConfig(**{**sizes, **config})).save_pretrained(d / "hf")
+    return library(lambda: load_pretrained(create_backbone("videomae_test", num_frames=4, img_size=32), d / "hf"))
+
+
 # --------------------------------------------------------------------------------------------
 # Result dumps
 # --------------------------------------------------------------------------------------------
@@ -781,6 +796,17 @@ def _cases() -> list[Case]:
     cases.append(Case("pretrained-wider-vit", "checkpoint", "wider ViT backbone into a smaller one",
                       "load_pretrained()", _load_pretrained_wider, "raises CheckpointError",
                       ("tiny_vit.safetensors", "shape")))
+    cases.append(Case("pretrained-hf-mlp-ratio", "checkpoint", "HF folder, config.json intermediate_size 3 x hidden, "
+                      "into a ratio-4 backbone", "load_pretrained()",
+                      functools.partial(_load_pretrained_hf, intermediate_size=192), "raises CheckpointError",
+                      ("config.json", "intermediate_size is 192", "mlp_ratio=3")))
+    cases.append(Case("pretrained-hf-heads", "checkpoint", "HF folder, config.json num_attention_heads 4, into a "
+                      "2-head backbone", "load_pretrained()",
+                      functools.partial(_load_pretrained_hf, num_attention_heads=4), "raises CheckpointError",
+                      ("config.json", "num_attention_heads is 4", "num_heads=4")))
+    cases.append(Case("pretrained-hf-activation", "checkpoint", "HF folder, config.json hidden_act gelu_new",
+                      "load_pretrained()", functools.partial(_load_pretrained_hf, hidden_act="gelu_new"),
+                      "raises CheckpointError", ("config.json", "hidden_act", "gelu_new")))
 
     D = [  # noqa: N806 - table
         ("dump-order", "dumps with different video orders",
