@@ -232,6 +232,48 @@ def test_missing_or_corrupt_flow_video_skips_the_item(two_stream_root, tmp_path)
     assert "microact flow" in batch["skipped"][1]
 
 
+def test_two_stream_items_leave_both_streams_augmentation_to_the_device(two_stream_root):
+    """Real RGB and flow videos through the dataset and collate: the device path's batch (one parameter block per
+    stream) augmented by apply_deferred equals the loader path's batch value for value."""
+    from microact.data.dataset import VideoDataset, collate
+    from microact.data.device_augment import ERASE, NUM_PARAMS, apply_deferred
+    from microact.data.transforms import TrainTransform, flow_train_transform
+
+    root = two_stream_root
+    batches = {}
+    for where in ("loader", "device"):
+        aug = AugConfig(color_jitter=True, erase_prob=0.7, jitter_erasing_on=where)
+        ds = VideoDataset(_records(root), root, clip_len=4, seed=3, transform=TrainTransform(aug, 24, rng=3),
+                          flow_root=root / "flow", flow_transform=flow_train_transform(aug, 24))
+        batches[where] = collate([ds[(1, i)] for i in range(8)])
+    assert "augment" not in batches["loader"] and batches["device"]["augment"].shape == (8, 2 * NUM_PARAMS)
+    augment = batches["device"]["augment"]
+    assert augment[:, NUM_PARAMS + ERASE].any()  # some flow clip was erased on the device
+    got = apply_deferred(batches["device"]["video"], augment)
+    assert got.shape == (8, 6, 4, 24, 24)
+    assert torch.equal(got, batches["loader"]["video"])
+    assert not torch.equal(batches["device"]["video"], batches["loader"]["video"])  # it did change the pixels
+    deferring = TrainTransform(AugConfig(jitter_erasing_on="device"), 24)
+    with pytest.raises(ValueError, match="both .* or neither"):  # one stream deferring alone is a caller's bug
+        VideoDataset(_records(root), root, clip_len=4, transform=deferring, flow_root=root / "flow",
+                     flow_transform=flow_train_transform(AugConfig(), 24))
+
+
+def test_two_stream_training_on_the_device_path_gives_the_same_weights(two_stream_root, tmp_path):
+    """The tiny two-stream recipe trained a few steps with ColorJitter / RandomErasing in the loader and on the
+    device: the same pixels reach the model, so the same weights, bit for bit."""
+    from microact.engine.train import train
+    from test_train import assert_same_weights
+
+    recipe = _tiny_recipe(two_stream_root, tmp_path)
+    for where in ("loader", "device"):
+        cfg = load_config(recipe, ["aug.color_jitter=true", "aug.erase_prob=0.5", f"aug.jitter_erasing_on={where}"])
+        torch.manual_seed(0)
+        assert train(cfg, tmp_path / where) == 0
+    assert_same_weights(tmp_path / "loader" / "model_final.safetensors",
+                        tmp_path / "device" / "model_final.safetensors")
+
+
 # --------------------------------------------------------------------------------------------
 # Normalisation
 # --------------------------------------------------------------------------------------------
@@ -291,12 +333,15 @@ def test_recipe_sets_the_flow_stream():
     (["data.flow_mean=[1, 2]"], r"override 'data\.flow_mean=\[1, 2\]': expected 3 values"),
     (["aug.flow_rrc_area=[0.9, 0.2]"], r"override 'aug\.flow_rrc_area=\[0\.9, 0\.2\]': expected \[min, max\]"),
     (["aug.flow_rrc_aspect=[0, 0]"], r"aug\.flow_rrc_aspect"),
-    (["aug.jitter_erasing_on=device"], r"aug\.jitter_erasing_on=device is not supported with data\.flow_dir"),
     (["data.flow_dir=''"], r"override .data\.flow_dir=''.: empty"),
 ])
 def test_flow_config_errors(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(RECIPE, overrides)
+
+
+def test_two_stream_recipes_accept_the_device_augmentation():
+    assert load_config(RECIPE, ["aug.jitter_erasing_on=device"]).aug.jitter_erasing_on == "device"
 
 
 def test_one_stream_recipes_are_unchanged_by_the_flow_keys():
