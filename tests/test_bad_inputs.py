@@ -243,6 +243,18 @@ def _predict(make: Callable[[Path], Path], extra: tuple[str, ...] = ()) -> Calla
     return run
 
 
+def _predict_two_stream(make: Callable[[Path], Path], extra: tuple[str, ...] = ()) -> Callable[[Path], Outcome]:
+    """``microact predict VIDEO --config two_stream.yaml --detector none`` (an untrained tiny two-stream model)."""
+
+    def run(d: Path) -> Outcome:
+        video = make(d)
+        recipe = _recipe(d, "model: {preset: videomae_b_k710_twostream_i3d, overrides: {backbone: videomae_test}}\n"
+                            "data: {clip_len: 4, img_size: 32, flow_dir: flow}\n"
+                            "eval: {resize_short: 40, crop_height: 48, test_clips: 1}\n")
+        return cli(["predict", video, "--config", recipe, "--detector", "none", "--device", "cpu", *extra])
+    return run
+
+
 # --------------------------------------------------------------------------------------------
 # List files
 # --------------------------------------------------------------------------------------------
@@ -638,6 +650,10 @@ def _cases() -> list[Case]:
                       ("bad.mp4", "no video stream")))
     cases.append(Case("predict-top-k", "video", "--top-k 0", "microact predict --top-k 0",
                       _predict(lambda d: _write(d / "ok.mp4"), ("--top-k", "0")), "exit 2", ("--top-k", ">= 1")))
+    cases.append(Case("predict-two-stream-window", "video", "a one-frame --window for a two-stream model",
+                      "microact predict --window 0.01 (two-stream)",
+                      _predict_two_stream(lambda d: _write(d / "ok.mp4"), ("--window", "0.01")), "exit 2",
+                      ("ok.mp4", "--window 0.01 s is 1 frame(s)", "at least 2 frames")))
 
     lf = "train_list_videos.txt"
     L = [  # noqa: N806 - table
