@@ -243,6 +243,18 @@ def _predict(make: Callable[[Path], Path], extra: tuple[str, ...] = ()) -> Calla
     return run
 
 
+def _predict_two_stream(make: Callable[[Path], Path], extra: tuple[str, ...] = ()) -> Callable[[Path], Outcome]:
+    """``microact predict VIDEO --config two_stream.yaml --detector none`` (an untrained tiny two-stream model)."""
+
+    def run(d: Path) -> Outcome:
+        video = make(d)
+        recipe = _recipe(d, "model: {preset: videomae_b_k710_twostream_i3d, overrides: {backbone: videomae_test}}\n"
+                            "data: {clip_len: 4, img_size: 32, flow_dir: flow}\n"
+                            "eval: {resize_short: 40, crop_height: 48, test_clips: 1}\n")
+        return cli(["predict", video, "--config", recipe, "--detector", "none", "--device", "cpu", *extra])
+    return run
+
+
 # --------------------------------------------------------------------------------------------
 # List files
 # --------------------------------------------------------------------------------------------
@@ -545,6 +557,21 @@ def _load_pretrained_wider(d: Path) -> Outcome:
     return library(lambda: load_pretrained(small, d / "tiny_vit.safetensors"))
 
 
+def _load_pretrained_hf(d: Path, **config) -> Outcome:
+    """Library: a Hugging Face save_pretrained folder whose config.json asks for another MLP ratio, head count or
+    activation than the (built-in size) model has."""
+    from transformers import VideoMAEConfig, VideoMAEModel
+
+    from microact.models.checkpoints import load_pretrained
+    from microact.models.videomae import create_backbone
+
+    d.mkdir(parents=True, exist_ok=True)
+    sizes = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256, image_size=32,
+                 num_frames=4)
+    VideoMAEModel(VideoMAEConfig(**{**sizes, **config})).save_pretrained(d / "hf")
+    return library(lambda: load_pretrained(create_backbone("videomae_test", num_frames=4, img_size=32), d / "hf"))
+
+
 # --------------------------------------------------------------------------------------------
 # Result dumps
 # --------------------------------------------------------------------------------------------
@@ -623,6 +650,10 @@ def _cases() -> list[Case]:
                       ("bad.mp4", "no video stream")))
     cases.append(Case("predict-top-k", "video", "--top-k 0", "microact predict --top-k 0",
                       _predict(lambda d: _write(d / "ok.mp4"), ("--top-k", "0")), "exit 2", ("--top-k", ">= 1")))
+    cases.append(Case("predict-two-stream-window", "video", "a one-frame --window for a two-stream model",
+                      "microact predict --window 0.01 (two-stream)",
+                      _predict_two_stream(lambda d: _write(d / "ok.mp4"), ("--window", "0.01")), "exit 2",
+                      ("ok.mp4", "--window 0.01 s is 1 frame(s)", "at least 2 frames")))
 
     lf = "train_list_videos.txt"
     L = [  # noqa: N806 - table
@@ -781,6 +812,17 @@ def _cases() -> list[Case]:
     cases.append(Case("pretrained-wider-vit", "checkpoint", "wider ViT backbone into a smaller one",
                       "load_pretrained()", _load_pretrained_wider, "raises CheckpointError",
                       ("tiny_vit.safetensors", "shape")))
+    cases.append(Case("pretrained-hf-mlp-ratio", "checkpoint", "HF folder, config.json intermediate_size 3 x hidden, "
+                      "into a ratio-4 backbone", "load_pretrained()",
+                      functools.partial(_load_pretrained_hf, intermediate_size=192), "raises CheckpointError",
+                      ("config.json", "intermediate_size is 192", "mlp_ratio=3")))
+    cases.append(Case("pretrained-hf-heads", "checkpoint", "HF folder, config.json num_attention_heads 4, into a "
+                      "2-head backbone", "load_pretrained()",
+                      functools.partial(_load_pretrained_hf, num_attention_heads=4), "raises CheckpointError",
+                      ("config.json", "num_attention_heads is 4", "num_heads=4")))
+    cases.append(Case("pretrained-hf-activation", "checkpoint", "HF folder, config.json hidden_act gelu_new",
+                      "load_pretrained()", functools.partial(_load_pretrained_hf, hidden_act="gelu_new"),
+                      "raises CheckpointError", ("config.json", "hidden_act", "gelu_new")))
 
     D = [  # noqa: N806 - table
         ("dump-order", "dumps with different video orders",

@@ -427,18 +427,22 @@ def _hf_folder(path, intermediate_size, hidden_size=64):
 def test_convert_guesses_the_backbone_from_every_shape(tmp_path, capsys):
     from microact.cli import main
 
-    # width 64 and depth 2 like videomae_test, but an MLP of 128 (videomae_test's is 256): no built-in fits, so the
-    # tensors are written unchecked and the output says so (it used to guess videomae_test and fail on fc1)
+    # width 64 and depth 2 like videomae_test, but an MLP of 128 (videomae_test's is 256): the built-in size taken
+    # with the weights' own MLP ratio fits, and the output says which ratio to build it with
     odd = _hf_folder(tmp_path / "hf_mlp128", intermediate_size=128)
     assert main(["convert", str(odd), str(tmp_path / "odd.safetensors")]) == 0
     printed = capsys.readouterr().out
-    assert "backbone unknown" in printed and "none of the built-in backbones fits" in printed
-    assert "MLP width 128" in printed and "unchecked" in printed and "videomae_test" in printed
+    assert "backbone videomae_test with mlp_ratio 2 (guessed)" in printed and "MLP width 128" in printed
+    assert "build the backbone with mlp_ratio=2" in printed
     assert load_file(str(tmp_path / "odd.safetensors"))["blocks.0.mlp.fc1.weight"].shape == (128, 64)
-    # a width no built-in has (96): the same
+    with safe_open(str(tmp_path / "odd.safetensors"), "pt") as f:
+        assert f.metadata()["mlp_ratio"] == "2" and f.metadata()["backbone"] == "videomae_test"
+    # a width no built-in has (96): written unchecked, and the output says so
     assert main(["convert", str(_hf_folder(tmp_path / "hf96", 384, hidden_size=96)),
                  str(tmp_path / "w96.safetensors")]) == 0
-    assert "none of the built-in backbones fits the weights (embed dim 96" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "backbone unknown" in printed and "unchecked" in printed
+    assert "none of the built-in backbones fits the weights (embed dim 96" in printed
     # every shape of videomae_test: guessed, and said so
     fits = _hf_folder(tmp_path / "hf_test", intermediate_size=256)
     assert main(["convert", str(fits), str(tmp_path / "fits.safetensors")]) == 0
@@ -453,3 +457,70 @@ def test_convert_guesses_the_backbone_from_every_shape(tmp_path, capsys):
     with safe_open(str(tmp_path / "fits.safetensors"), "pt") as f:
         meta = f.metadata()
     assert meta["layout"] == "hf" and meta["backbone"] == "videomae_test" and "microact.recipe" not in meta
+    assert "mlp_ratio" not in meta  # the built-in 4
+
+
+def _hf_classifier_folder(path, hidden_size, intermediate_size, num_attention_heads=2):
+    """A tiny random HF VideoMAEForVideoClassification saved with save_pretrained; returns (folder, model)."""
+    from transformers import VideoMAEConfig, VideoMAEForVideoClassification
+
+    torch.manual_seed(0)
+    hf = VideoMAEForVideoClassification(VideoMAEConfig(
+        image_size=S, num_frames=T, hidden_size=hidden_size, num_hidden_layers=2,
+        num_attention_heads=num_attention_heads, intermediate_size=intermediate_size, num_labels=5,
+        layer_norm_eps=1e-6, use_mean_pooling=True)).eval()
+    hf.fc_norm.eps = 1e-6  # as in hf_classifier: HF's fc_norm has PyTorch's default eps
+    randomize(hf, seed=7)
+    hf.save_pretrained(path)
+    return path, hf
+
+
+# (hidden_size, intermediate_size): 3x, 2.5x, and 230 / 112, whose ratio times 112 is 229.99999999999997 in floating
+# point (truncated, the MLP would be built one unit narrow)
+@pytest.mark.parametrize("hidden, intermediate", [(64, 192), (64, 160), (112, 230)])
+def test_hf_checkpoint_with_another_mlp_ratio(tmp_path, clip, hidden, intermediate):
+    """An HF checkpoint whose intermediate_size is not 4 x hidden_size: a backbone built with 4 refuses it, naming
+    config.json's key and the mlp_ratio to build with; built with that ratio it gives HF's logits."""
+    import re
+
+    folder, hf = _hf_classifier_folder(tmp_path / "hf", hidden, intermediate)
+    with pytest.raises(CheckpointError, match=rf"config\.json: intermediate_size is {intermediate} .*mlp_ratio=") as e:
+        load_pretrained(fresh(num_classes=5, embed_dim=hidden), folder, keep_head=True)
+    ratio = float(re.search(r"mlp_ratio=([0-9.]+)", str(e.value)).group(1))  # the ratio the message proposes
+    assert ratio == pytest.approx(intermediate / hidden, rel=1e-5)
+    ours = fresh(num_classes=5, embed_dim=hidden, mlp_ratio=ratio, pos_embed_mode="analytic")
+    assert ours.blocks[0].mlp.fc1.out_features == intermediate
+    report = load_pretrained(ours, folder, keep_head=True)
+    assert not report.missing and not report.unexpected and report.head_loaded
+    with torch.no_grad():
+        diff = (ours.eval()(clip) - hf_logits(hf, clip)).abs().max().item()
+    assert diff <= 1e-5
+    # the same weights without their config.json (an in-memory state dict): the shape check names the ratio too
+    with pytest.raises(CheckpointError, match=rf"mlp\.fc1\.weight.*MLP is {intermediate} wide.*mlp_ratio="):
+        load_pretrained(fresh(embed_dim=hidden), hf.state_dict())
+
+
+def test_recipe_overrides_build_the_backbone_an_hf_checkpoint_needs(tmp_path, clip):
+    """model.overrides mlp_ratio / num_heads reach the backbone (both streams' of a two-stream preset), so
+    create_model(pretrained=HF folder) loads a 3x-MLP, 4-head checkpoint; the token map equals HF's."""
+    from microact.models.presets import create_model
+    from microact.models.videomae import position_table
+
+    folder, hf = _hf_classifier_folder(tmp_path / "hf", 64, 192, num_attention_heads=4)
+    with pytest.raises(CheckpointError, match="num_attention_heads is 4 .*num_heads=4"):
+        create_model("videomae_test_frame_coarse_tsn", pretrained=str(folder), num_frames=T, img_size=S,
+                     mlp_ratio=3)
+    model = create_model("videomae_test_frame_coarse_tsn", pretrained=str(folder), num_frames=T, img_size=S,
+                         mlp_ratio=3, num_heads=4, load_final_norm=True)
+    bb = model.backbone
+    assert bb.num_heads == 4 and bb.blocks[0].mlp.fc1.out_features == 192
+    bb.pos_embed.copy_(position_table(bb.grid, 64, "analytic"))  # HF's sinusoid for its own (tiny) grid
+    with torch.no_grad():
+        # map mode with load_final_norm=True puts the classifier's fc_norm (HF: use_mean_pooling) on every token
+        ref = hf.fc_norm(hf.videomae(pixel_values=clip.permute(0, 2, 1, 3, 4)).last_hidden_state)  # [B, N, D]
+        got = bb.eval()(clip).flatten(2).transpose(1, 2)  # [B, D, T', H', W'] -> [B, N, D]
+    assert (got - ref).abs().max().item() <= 1e-5
+    two = create_model("videomae_b_k710_twostream_i3d", backbone="videomae_test", num_frames=T, img_size=S,
+                       mlp_ratio=3, num_heads=4)
+    streams = (two.backbone.rgb, two.backbone.flow)
+    assert all(s.num_heads == 4 and s.blocks[0].mlp.fc1.out_features == 192 for s in streams)

@@ -314,6 +314,57 @@ def test_variable_frame_rate_frames_are_indexed_by_display_order(tmp_path):
     np.testing.assert_array_equal(read_frames(path, idx), ref[idx])
 
 
+def _vfr_mp4(path, num_frames=30, seed=0):
+    """An H.264 mp4 with B-frames whose frames are 1-3 ticks of 1/30 s apart (a variable frame rate)."""
+    import fractions
+
+    gaps = np.random.default_rng(seed).integers(1, 4, size=num_frames)
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=30)
+        s.height, s.width, s.pix_fmt = 64, 80, "yuv420p"
+        s.codec_context.time_base = fractions.Fraction(1, 30)
+        for f, pts in zip(moving_square_frames(num_frames, 64, 80), np.cumsum(gaps)):
+            vf = av.VideoFrame.from_ndarray(f, format="rgb24")
+            vf.pts, vf.time_base = int(pts), fractions.Fraction(1, 30)
+            for p in s.encode(vf):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return path
+
+
+@pytest.mark.parametrize("name", ["vfr.mp4", "pyramid.mp4", "pyramid.mkv", "elementary_stream.h264"])
+def test_frame_times_are_the_sequential_decodes_frame_times(tmp_path, monkeypatch, name):
+    """frame_times(path)[i] is PyAV's frame.time of the i-th frame a plain decode outputs; a stream without
+    timestamps (raw H.264) falls back to i / average fps. The file is demuxed once for count and times."""
+    import microact.data.decode as decode
+
+    path = tmp_path / name
+    if name == "vfr.mp4":
+        _vfr_mp4(path)
+    else:
+        _encode(path, moving_square_frames(25, 64, 80), container_format="h264" if name.endswith(".h264") else None)
+    with av.open(str(path)) as c:
+        stream = c.streams.video[0]
+        rate = float(stream.average_rate or stream.guessed_rate)
+        times = [f.time for f in c.decode(stream)]
+    opened = []
+    real_open = decode._open
+    monkeypatch.setattr(decode, "_open", lambda p: opened.append(p) or real_open(p))  # counts, still opens
+    n = count_frames(path)
+    out = decode.frame_times(path)
+    assert len(opened) == 1  # the count's demux also gave the times
+    assert out.dtype == np.float64 and out.shape == (n,) and n == len(times)
+    if name.endswith(".h264"):
+        np.testing.assert_allclose(out, np.arange(n) / rate, rtol=0, atol=1e-12)
+    else:
+        np.testing.assert_array_equal(out, np.asarray(times, dtype=np.float64))
+    if name == "vfr.mp4":
+        assert len(set(np.round(np.diff(out), 6))) > 1  # really uneven
+    decode.frame_times(path)
+    assert len(opened) == 1  # cached per process
+
+
 def test_frames_an_edit_list_cuts_off_are_not_counted(tmp_path):
     """A clip cut by stream copy starts at a keyframe before the cut: the mp4 edit list hides the frames before it
     (the demuxer flags their packets as discarded and the decoder does not output them). They are not frames of the

@@ -96,6 +96,45 @@ def test_device_batch_equals_the_loaders_pixels(aug, img_size):
         assert params[:, ERASE].all()
 
 
+@pytest.mark.parametrize("aug", [
+    {},  # the seed's settings: RGB jittered, both streams erased with probability 0.25, flipped with 0.5
+    {"cj_fixed_order": False, "erase_prob": 1.0, "flip_prob": 0.5},  # every clip erased, in both streams
+])
+def test_two_stream_device_batch_equals_the_loaders_pixels(aug):
+    """6-channel clips: the RGB stream with ColorJitter + RandomErasing, the flow stream (flow_train_transform, its
+    own generator) with RandomErasing only; the device batch equals the loader's batch value for value."""
+    from microact.data.transforms import flow_train_transform
+
+    img_size, expected, videos, params = 56, [], [], []
+    transforms = {}
+    for where in ("loader", "device"):
+        cfg = AugConfig(**aug, jitter_erasing_on=where)
+        transforms[where] = TrainTransform(cfg, img_size, rng=0), flow_train_transform(cfg, img_size)
+    for seed in range(12):
+        clip, flow = _clip(seed), _clip(100 + seed, h=88, w=118)  # flow frames: a frame smaller, other content
+        draws = {where: (np.random.default_rng([seed, 7]), np.random.default_rng([seed, 7, 1]))
+                 for where in ("loader", "device")}
+        rgb_t, flow_t = transforms["loader"]
+        rgb_rng, flow_rng = draws["loader"]
+        expected.append(np.concatenate([rgb_t(clip, rgb_rng), flow_t(flow, flow_rng)]))  # [6, T, S, S]
+        rgb_t, flow_t = transforms["device"]
+        (rgb, rgb_p), (fl, flow_p) = rgb_t(clip, draws["device"][0]), flow_t(flow, draws["device"][1])
+        videos.append(np.concatenate([rgb, fl]))
+        params.append(np.concatenate([rgb_p, flow_p]))
+        for a, b in zip(draws["loader"], draws["device"]):
+            assert a.random() == b.random(), "the two ways must draw the same random numbers in each stream"
+    params = torch.from_numpy(np.stack(params))
+    assert params.shape == (12, 2 * NUM_PARAMS)
+    flow_block = params[:, NUM_PARAMS:]
+    assert not flow_block[:, [RUN1, HUE, RUN2]].any()  # no ColorJitter on flow
+    if aug.get("erase_prob") == 1.0:
+        assert flow_block[:, ERASE].all()
+        assert not torch.equal(flow_block[:, ERASE + 1:ERASE + 5], params[:, ERASE + 1:ERASE + 5])  # own draws
+    got = apply_deferred(torch.from_numpy(np.stack(videos)), params)
+    assert got.shape == (12, 6, 8, img_size, img_size)
+    np.testing.assert_array_equal(got.numpy(), np.stack(expected))
+
+
 def test_per_clip_orders_cover_every_stage_layout():
     layouts = {tuple(_both_ways({"cj_fixed_order": False}, 32, seed)[2][[RUN1, HUE, RUN2]]) for seed in range(40)}
     assert layouts == {(1, 1, 0), (1, 1, 1), (0, 1, 1)}  # hue last, in the middle, first
@@ -111,6 +150,10 @@ def test_apply_deferred_leaves_its_input_alone_and_rejects_bad_shapes():
         apply_deferred(batch.float(), p)
     with pytest.raises(ValueError, match=rf"parameters \[1, {NUM_PARAMS}\]"):
         apply_deferred(batch, p[:, :10])
+    with pytest.raises(ValueError, match=rf"parameters \[1, {2 * NUM_PARAMS}\] for 6 channels"):
+        apply_deferred(torch.cat([batch, batch], dim=1), p)  # two streams need two blocks
+    with pytest.raises(ValueError, match=r"\[B, 6, T, H, W\]"):
+        apply_deferred(batch[:, :2], p)
 
 
 def test_dataset_items_and_batches_carry_the_parameters(tmp_path):

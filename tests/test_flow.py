@@ -232,6 +232,48 @@ def test_missing_or_corrupt_flow_video_skips_the_item(two_stream_root, tmp_path)
     assert "microact flow" in batch["skipped"][1]
 
 
+def test_two_stream_items_leave_both_streams_augmentation_to_the_device(two_stream_root):
+    """Real RGB and flow videos through the dataset and collate: the device path's batch (one parameter block per
+    stream) augmented by apply_deferred equals the loader path's batch value for value."""
+    from microact.data.dataset import VideoDataset, collate
+    from microact.data.device_augment import ERASE, NUM_PARAMS, apply_deferred
+    from microact.data.transforms import TrainTransform, flow_train_transform
+
+    root = two_stream_root
+    batches = {}
+    for where in ("loader", "device"):
+        aug = AugConfig(color_jitter=True, erase_prob=0.7, jitter_erasing_on=where)
+        ds = VideoDataset(_records(root), root, clip_len=4, seed=3, transform=TrainTransform(aug, 24, rng=3),
+                          flow_root=root / "flow", flow_transform=flow_train_transform(aug, 24))
+        batches[where] = collate([ds[(1, i)] for i in range(8)])
+    assert "augment" not in batches["loader"] and batches["device"]["augment"].shape == (8, 2 * NUM_PARAMS)
+    augment = batches["device"]["augment"]
+    assert augment[:, NUM_PARAMS + ERASE].any()  # some flow clip was erased on the device
+    got = apply_deferred(batches["device"]["video"], augment)
+    assert got.shape == (8, 6, 4, 24, 24)
+    assert torch.equal(got, batches["loader"]["video"])
+    assert not torch.equal(batches["device"]["video"], batches["loader"]["video"])  # it did change the pixels
+    deferring = TrainTransform(AugConfig(jitter_erasing_on="device"), 24)
+    with pytest.raises(ValueError, match="both .* or neither"):  # one stream deferring alone is a caller's bug
+        VideoDataset(_records(root), root, clip_len=4, transform=deferring, flow_root=root / "flow",
+                     flow_transform=flow_train_transform(AugConfig(), 24))
+
+
+def test_two_stream_training_on_the_device_path_gives_the_same_weights(two_stream_root, tmp_path):
+    """The tiny two-stream recipe trained a few steps with ColorJitter / RandomErasing in the loader and on the
+    device: the same pixels reach the model, so the same weights, bit for bit."""
+    from microact.engine.train import train
+    from test_train import assert_same_weights
+
+    recipe = _tiny_recipe(two_stream_root, tmp_path)
+    for where in ("loader", "device"):
+        cfg = load_config(recipe, ["aug.color_jitter=true", "aug.erase_prob=0.5", f"aug.jitter_erasing_on={where}"])
+        torch.manual_seed(0)
+        assert train(cfg, tmp_path / where) == 0
+    assert_same_weights(tmp_path / "loader" / "model_final.safetensors",
+                        tmp_path / "device" / "model_final.safetensors")
+
+
 # --------------------------------------------------------------------------------------------
 # Normalisation
 # --------------------------------------------------------------------------------------------
@@ -291,12 +333,15 @@ def test_recipe_sets_the_flow_stream():
     (["data.flow_mean=[1, 2]"], r"override 'data\.flow_mean=\[1, 2\]': expected 3 values"),
     (["aug.flow_rrc_area=[0.9, 0.2]"], r"override 'aug\.flow_rrc_area=\[0\.9, 0\.2\]': expected \[min, max\]"),
     (["aug.flow_rrc_aspect=[0, 0]"], r"aug\.flow_rrc_aspect"),
-    (["aug.jitter_erasing_on=device"], r"aug\.jitter_erasing_on=device is not supported with data\.flow_dir"),
     (["data.flow_dir=''"], r"override .data\.flow_dir=''.: empty"),
 ])
 def test_flow_config_errors(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(RECIPE, overrides)
+
+
+def test_two_stream_recipes_accept_the_device_augmentation():
+    assert load_config(RECIPE, ["aug.jitter_erasing_on=device"]).aug.jitter_erasing_on == "device"
 
 
 def test_one_stream_recipes_are_unchanged_by_the_flow_keys():
@@ -362,13 +407,93 @@ def test_predict_two_stream_flow_views_match_the_flow_video(two_stream_root):
     assert np.abs(views.astype(float) - transform.views(decoded, cfg.eval.test_clips)).mean() < 4
 
 
-def test_predict_timeline_refuses_two_stream(two_stream_root):
-    from microact.predict import PredictError, build_predictor_config, predict_timeline
+def _timeline_setup(num_frames, height=64, width=48, seed=0):
+    """A tiny random two-stream model, its recipe, and a real H.264 mp4 of a moving square at 15 fps."""
+    from microact.predict import build_predictor_config, load_model
 
-    cfg = build_predictor_config(model="videomae_b_k710_twostream_i3d")
-    assert cfg.data.flow_dir is not None
-    with pytest.raises(PredictError, match="two-stream"):
-        predict_timeline(None, cfg, two_stream_root / "v00.mp4", torch.device("cpu"), window_s=1.0)
+    cfg = build_predictor_config(config=str(RECIPE), overrides=[
+        "data.clip_len=4", "data.img_size=32", "eval.resize_short=36", "eval.crop_height=40", "eval.test_clips=2",
+        "eval.batch_size=3", "crop.short_side=null", "model.pretrained=null",
+        "model.overrides={backbone: videomae_test}"])
+    torch.manual_seed(seed)
+    model = load_model(cfg, None, torch.device("cpu"))
+    return cfg, model
+
+
+def _lossless_video(path: Path, frames: np.ndarray, fps: int = 15) -> Path:
+    """RGB frames written losslessly (libx264rgb, qp 0): decoding gives these pixels back exactly."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264rgb", rate=fps, options={"qp": "0"})
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "rgb24"
+        for f in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    assert np.array_equal(read_frames(path, np.arange(len(frames))), frames)
+    return path
+
+
+def test_two_stream_timeline_equals_predict_on_each_window_cut_out(make_video, tmp_path, monkeypatch):
+    """Every window of a two-stream timeline scores what `microact predict` gives the window's frames cut out as
+    their own (lossless) video: the same RGB frames and the same flow frames, sampled over the window's own count.
+    Each flow frame some window samples is computed once, however many windows sample it."""
+    import microact.data.flow as flow
+    from microact.data.sampling import uniform_sample
+    from microact.predict import predict_timeline, predict_video
+
+    cfg, model = _timeline_setup(40)
+    video = make_video("long.mp4", num_frames=40)
+    frames = read_frames(video, np.arange(40))  # the decoded pixels the timeline sees
+    calls = []
+    real_flow_image = flow.flow_image
+    monkeypatch.setattr(flow, "flow_image", lambda a, b: calls.append(1) or real_flow_image(a, b))  # counts only
+    pred = predict_timeline(model, cfg, video, torch.device("cpu"), window_s=1.0, stride_s=0.5, detector="none")
+    monkeypatch.undo()
+    ranges = [(w["start_frame"], w["end_frame"]) for w in pred["windows"]]
+    assert ranges == [(0, 15), (8, 23), (16, 31), (24, 39), (25, 40)]
+    sampled = [start + uniform_sample(end - start - 1, 4, 2, test_mode=True) for start, end in ranges]
+    assert len(calls) == len(set(np.concatenate(sampled).tolist())) < sum(map(len, sampled))  # shared by windows
+    assert pred["num_views"] == 2
+    probs = np.array([w["probs"] for w in pred["windows"]])
+    assert np.abs(probs - probs[0]).max() > 1e-4  # the windows see different content
+    for w, p in zip(pred["windows"], probs):
+        cut = _lossless_video(tmp_path / f"cut_{w['start_frame']}.mp4", frames[w["start_frame"]:w["end_frame"]])
+        alone = predict_video(model, cfg, cut, torch.device("cpu"), detector="none")
+        np.testing.assert_allclose(p, alone["probs"], rtol=0, atol=1e-6)
+
+
+def test_two_stream_timeline_memory_is_bounded(make_video):
+    """A longer video: the frames, grey frames and flow frames held at once (traced numpy and Python memory) stay
+    well below one whole-video array of its frames, which holding every flow frame alone would take."""
+    import tracemalloc
+
+    from microact.predict import predict_timeline
+
+    n, h, w = 160, 96, 128
+    cfg, model = _timeline_setup(n)
+    cpu = torch.device("cpu")
+    predict_timeline(model, cfg, make_video("warm.mp4", num_frames=20), cpu, window_s=1.0, detector="none")  # imports
+    video = make_video("longer.mp4", num_frames=n, height=h, width=w)
+    whole = n * h * w * 3  # bytes of one whole-video array of cropped frames (the crop is the full frame here)
+    tracemalloc.start()
+    try:
+        pred = predict_timeline(model, cfg, video, cpu, window_s=1.0, detector="none")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(pred["windows"]) == 20 and pred["num_frames"] == n
+    assert peak < whole / 2, f"peak {peak / 1e6:.1f} MB of numpy/Python memory for a {whole / 1e6:.1f} MB video"
+
+
+def test_two_stream_timeline_needs_two_frames_per_window(make_video):
+    from microact.predict import PredictError, predict_timeline
+
+    cfg, model = _timeline_setup(10)
+    with pytest.raises(PredictError, match=r"--window 0\.05 s is 1 frame\(s\) at 15 fps.*at least 2 frames"):
+        predict_timeline(model, cfg, make_video("short.mp4", num_frames=10), torch.device("cpu"), window_s=0.05)
 
 
 def test_missing_flow_videos_are_reported_before_training(two_stream_root, tmp_path):

@@ -363,11 +363,6 @@ class Config:
                 f"data.flow_dir={flow_dir} is set but model.preset={self.model.preset} takes RGB only: remove "
                 "data.flow_dir (data.flow_dir=null) or choose a two-stream preset (videomae_b_k710_twostream_i3d)",
                 keys=("data.flow_dir", "model.preset"))
-        if flow_dir is not None and self.aug.jitter_erasing_on == "device":
-            raise ConfigError(
-                "aug.jitter_erasing_on=device is not supported with data.flow_dir (two-stream clips): the device "
-                "augmentation works on 3 RGB channels; use aug.jitter_erasing_on=loader",
-                keys=("aug.jitter_erasing_on", "data.flow_dir"))
         if flow_dir is not None and self.model.input_mode != "rgb":
             raise ConfigError(f"model.input_mode={self.model.input_mode} is not supported with data.flow_dir "
                               "(two-stream clips): use model.input_mode=rgb",

@@ -274,25 +274,23 @@ def segments_of(windows: list[dict]) -> list[dict]:
 
 
 def frame_times(path: str | os.PathLike, num_frames: int, fps: float) -> np.ndarray:
-    """Seconds at which each frame (display order) starts, plus the end of the last: ``[num_frames + 1]``.
+    """Seconds at which each frame (display order) starts, from the first frame, plus the end of the last:
+    ``[num_frames + 1]``.
 
-    From the stream's timestamps when they are unevenly spaced (a variable frame rate: phones, screen recordings),
-    where ``i / fps`` with the average rate would misplace frames by seconds; else ``i / fps``.
+    From the stream's timestamps (:func:`microact.data.decode.frame_times`) when they are unevenly spaced (a
+    variable frame rate: phones, screen recordings), where ``i / fps`` with the average rate would misplace frames by
+    seconds; else ``i / fps``.
     """
-    import av
+    from microact.data import decode
 
-    from microact.data.decode import _frame_index
-
-    path = Path(path)
     even = np.arange(num_frames + 1) / fps
-    timestamps = _frame_index(path, lambda: None).timestamps
-    if timestamps is None or isinstance(timestamps, range) or len(timestamps) != num_frames or num_frames < 2:
+    t = decode.frame_times(path)
+    if len(t) != num_frames or num_frames < 2:
         return even
-    with av.open(str(path)) as container:
-        time_base = container.streams.video[0].time_base
-    if not time_base:
+    steps = np.diff(t)
+    if np.allclose(steps, steps[0], rtol=1e-9, atol=0):  # evenly spaced: the average rate says the same
         return even
-    t = (np.asarray(timestamps, dtype=np.float64) - float(timestamps[0])) * float(time_base)
+    t = t - t[0]
     return np.append(t, t[-1] + (t[-1] - t[-2]))
 
 
@@ -304,6 +302,11 @@ def predict_timeline(model, cfg, path: str | os.PathLike, device: torch.device, 
     clips inside the window, the test views, clip-averaged probabilities), within one static person box for the
     whole video. The video is decoded once, front to back, keeping only the sampled frames still needed, so its
     length is not limited by memory.
+
+    Two-stream models get each window's optical flow as :func:`flow_views` computes it for the window cut out as
+    its own video: the window's ``n`` frames have ``n - 1`` flow frames (flow ``i``: frame ``i`` -> ``i + 1``), sampled
+    over that count. Each flow frame any window samples is computed once, when its second frame is decoded, and
+    kept only while an unscored window still needs it.
 
     Args:
         window_s: window length in seconds (MA-52's clips last about 1-4 s).
@@ -317,65 +320,97 @@ def predict_timeline(model, cfg, path: str | os.PathLike, device: torch.device, 
     """
     from microact.data.crop.run import crop_frame
     from microact.data.decode import iter_frames, probe_video
+    from microact.data.flow import flow_image, grey
     from microact.data.sampling import uniform_sample
-    from microact.data.transforms import TestTransform
+    from microact.data.transforms import TestTransform, stream_statistics
     from microact.engine.evaluate import score_views
 
     path = Path(path)
     if not path.is_file():
         raise PredictError(f"{path}: video not found")
-    if is_two_stream(cfg):
-        raise PredictError(f"--window is not available for the two-stream model {cfg.model.preset} yet (its flow "
-                           "frames would need the frame after each sampled one); predict trimmed clips without "
-                           "--window, or use a one-stream model for timelines")
     if not window_s > 0 or (stride_s is not None and not stride_s > 0):
         raise PredictError(f"--window and --stride must be positive seconds, got {window_s} and {stride_s}")
+    two_stream = is_two_stream(cfg)
     info = probe_video(path, timeout=cfg.data.decode_timeout)
     fps = float(info.fps) if info.fps and info.fps > 0 else 30.0
     stride_s = window_s / 2 if stride_s is None else stride_s
     # windows are whole frames: what is reported is what was used (1 s every 0.5 s at 15 fps: 15 frames every 8)
     window_frames, stride_frames = max(1, round(window_s * fps)), max(1, round(stride_s * fps))
     ranges = window_ranges(info.num_frames, window_frames, stride_frames)
+    if two_stream and min(end - start for start, end in ranges) < 2:
+        raise PredictError(f"{path}: --window {window_s:g} s is {min(window_frames, info.num_frames)} frame(s) at "
+                           f"{fps:g} fps; the two-stream model's optical flow needs at least 2 frames per window: use "
+                           "a longer --window")
     box, used, found = person_box(path, cfg, detector, info.num_frames)
     clips = cfg.eval.test_clips
     indices = [start + uniform_sample(end - start, cfg.data.clip_len, clips, test_mode=True) for start, end in ranges]
+    # flow frame j of the video (frame j -> j + 1), sampled over each window's own flow count, as flow_views does
+    flow_indices = ([start + uniform_sample(end - start - 1, cfg.data.clip_len, clips, test_mode=True)
+                     for start, end in ranges] if two_stream else [])
+    flow_wanted = set().union(*(map(int, ix) for ix in flow_indices))
+    pair_frames = flow_wanted | {j + 1 for j in flow_wanted}  # both frames of every sampled flow frame
+
+    def span(k: int) -> tuple[int, int]:  # the first and last frame window k needs
+        first, last = int(indices[k].min()), int(indices[k].max())
+        if two_stream:
+            first, last = min(first, int(flow_indices[k].min())), max(last, int(flow_indices[k].max()) + 1)
+        return first, last
+
+    first_needed, last_needed = zip(*(span(k) for k in range(len(ranges))))
     transform = TestTransform(cfg.eval, cfg.data.img_size, cfg.aug.resize_backend)
     probs = np.zeros((len(ranges), cfg.data.num_classes))
     # Windows not scored yet. Every window samples the same offsets from its start, so ordering by start orders
-    # both their first and their last sampled frames.
+    # both their first and their last needed frames.
     pending = collections.deque(range(len(ranges)))
     batch: list[int] = []  # windows whose views wait in `views` for one forward pass
     views: list[np.ndarray] = []
     num_views = 0
+    kept: dict[int, np.ndarray] = {}  # decoded frames some unscored window still needs, cropped
+    greys: dict[int, np.ndarray] = {}  # two-stream: those of the flow's frames in grey, its input
+    flows: dict[int, np.ndarray] = {}  # two-stream: flow frame j (j -> j + 1) some unscored window samples
 
     def score_batch():
         if batch:
-            video = torch.from_numpy(np.stack(views))  # [B, V, 3, T, S, S]
-            probs[batch] = score_views(model, video, device, average=cfg.eval.average).numpy()
+            video = torch.from_numpy(np.stack(views))  # [B, V, C, T, S, S]
+            probs[batch] = score_views(model, video, device, average=cfg.eval.average,
+                                       flow_stats=stream_statistics(cfg.data)).numpy()
             batch.clear()
             views.clear()
 
-    def take_window(k: int, kept: dict[int, np.ndarray]):
+    def flow_at(j: int, last: int) -> np.ndarray:
+        if j not in flows:  # the file ended before frame j + 1: its last decoded frame stands in, as in read_frames
+            flows[j] = flow_image(grey(kept[min(j, last)]), grey(kept[min(j + 1, last)]))
+        return flows[j]
+
+    def take_window(k: int):
         nonlocal num_views
         last = max(kept)  # a video that ends early repeats its last decoded frame, as read_frames does
-        views.append(transform.views(np.stack([kept[min(int(i), last)] for i in indices[k]]), clips))
-        num_views = views[-1].shape[0]
+        window = transform.views(np.stack([kept[min(int(i), last)] for i in indices[k]]), clips)  # [V, 3, T, S, S]
+        if two_stream:  # RGB then flow channels, as predict_video: [V, 6, T, S, S]
+            flow = np.stack([flow_at(int(j), last) for j in flow_indices[k]])
+            window = np.concatenate([window, transform.views(flow, clips)], axis=1)
+        views.append(window)
+        num_views = window.shape[0]
         batch.append(k)
         if len(batch) == cfg.eval.batch_size:
             score_batch()
 
-    kept: dict[int, np.ndarray] = {}  # sampled frames some unscored window still needs, cropped
-    for i, frame in iter_frames(path, set().union(*(map(int, ix) for ix in indices))):
+    for i, frame in iter_frames(path, set().union(*(map(int, ix) for ix in indices), pair_frames)):
         kept[i] = crop_frame(frame, box, cfg.crop.short_side)
-        while pending and int(indices[pending[0]].max()) <= i:
-            take_window(pending.popleft(), kept)
-            needed = int(indices[pending[0]].min()) if pending else i
-            for j in [j for j in kept if j < needed and j != i]:
-                del kept[j]
+        if i in pair_frames:
+            greys[i] = grey(kept[i])
+            if i - 1 in flow_wanted and i - 1 in greys:  # computed once, however many windows sample it
+                flows[i - 1] = flow_image(greys[i - 1], greys[i])
+        while pending and last_needed[pending[0]] <= i:
+            take_window(pending.popleft())
+            needed = first_needed[pending[0]] if pending else i
+            for store in (kept, greys, flows):  # bounded memory: drop what no unscored window needs
+                for j in [j for j in store if j < needed and j != i]:
+                    del store[j]
     if not kept:
         raise PredictError(f"{path}: no frame could be decoded")
     for k in pending:  # the file ended before these windows' last frames (damaged or over-reported length)
-        take_window(k, kept)
+        take_window(k)
     score_batch()
 
     windows = []

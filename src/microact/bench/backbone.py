@@ -40,7 +40,7 @@ def build_models(name: str, device: torch.device) -> dict[str, torch.nn.Module]:
     cfg = VideoMAEConfig(
         image_size=ours.img_size, patch_size=ours.patch_size, num_channels=3, num_frames=ours.num_frames,
         tubelet_size=ours.tubelet_size, hidden_size=ours.embed_dim, num_hidden_layers=ours.depth,
-        num_attention_heads=ours.num_heads, intermediate_size=int(ours.embed_dim * ours.mlp_ratio),
+        num_attention_heads=ours.num_heads, intermediate_size=ours.blocks[0].mlp.fc1.out_features,
         layer_norm_eps=1e-6, use_mean_pooling=False, qkv_bias=True)
     torch.manual_seed(0)
     # Each model gets its own config: HF reads `config._attn_implementation` at call time, and `_from_config`

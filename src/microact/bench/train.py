@@ -300,7 +300,7 @@ def _hf_model(backbone, num_classes: int, grad_checkpointing: bool):
     cfg = VideoMAEConfig(
         image_size=h, patch_size=backbone.patch_size, num_channels=3, num_frames=backbone.num_frames,
         tubelet_size=backbone.tubelet_size, hidden_size=backbone.embed_dim, num_hidden_layers=backbone.depth,
-        num_attention_heads=backbone.num_heads, intermediate_size=int(backbone.embed_dim * backbone.mlp_ratio),
+        num_attention_heads=backbone.num_heads, intermediate_size=backbone.blocks[0].mlp.fc1.out_features,
         qkv_bias=True, use_mean_pooling=True, layer_norm_eps=1e-6, num_labels=num_classes,
         attn_implementation="sdpa",
     )

@@ -64,7 +64,8 @@ class VideoDataset(Dataset):
 
     Items: ``{"video": uint8 tensor [C,T,S,S] (train) or [V,C,T,S,S] (test), "label": int, "index": int}`` with
     C = 3, or 6 (RGB then flow) with ``flow_root``
-    (plus ``"augment"``: the deferred parameters, float64 ``[NUM_PARAMS]``, when the transform returned them),
+    (plus ``"augment"``: the deferred parameters, float64 ``[NUM_PARAMS]``, or ``[2 * NUM_PARAMS]`` for RGB then
+    flow, when the transforms returned them),
     or ``{"video": None, ..., "error": "path: reason"}`` for a bad video.
     """
 
@@ -76,9 +77,11 @@ class VideoDataset(Dataset):
                  flow_transform: Optional[Callable] = None):
         if flow_root is not None and flow_transform is None:
             raise ValueError("flow_root needs a flow_transform (the flow branch's pipeline)")
-        if flow_root is not None and getattr(transform, "defers_to_device", False):
-            raise ValueError("two-stream clips cannot leave ColorJitter / RandomErasing to the device "
-                             "(aug.jitter_erasing_on=device knows 3-channel clips only)")
+        if flow_root is not None and (getattr(transform, "defers_to_device", False)
+                                      != getattr(flow_transform, "defers_to_device", False)):
+            # one parameter block per stream or none: the training step applies both or neither
+            raise ValueError("transform and flow_transform must both leave ColorJitter / RandomErasing to the device "
+                             "(aug.jitter_erasing_on=device) or neither")
         self.records = list(records)
         self.video_root = Path(video_root)
         self.clip_len = clip_len
@@ -127,6 +130,9 @@ class VideoDataset(Dataset):
                 if not flow_path.is_file():
                     raise VideoDecodeError(flow_path, "no such file (write the flow videos with `microact flow`)")
                 flow = self._clip(flow_path, self.flow_rng_for(index, epoch), self.flow_transform)
+                if isinstance(flow, tuple):  # the flow stream's own block after the RGB one: [2 * NUM_PARAMS]
+                    flow, flow_params = flow
+                    item["augment"] = torch.cat([item["augment"], torch.from_numpy(flow_params)])
                 video = np.concatenate([video, flow], axis=-4)  # [(V,) 3, T, S, S] x 2 -> [(V,) 6, T, S, S]
             item["video"] = torch.from_numpy(np.ascontiguousarray(video))
             return item

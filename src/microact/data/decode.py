@@ -29,6 +29,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Iterable, Iterator, Literal, Optional, Sequence
 
@@ -121,6 +122,8 @@ class _FrameIndex:
     # Frame timestamps in display order (frame i has timestamps[i]): a range when evenly spaced (almost every
     # video; no memory per frame), else a sorted array. None when frames cannot be addressed by timestamp.
     timestamps: Optional[Sequence[int]]
+    time_base: Optional[Fraction] = None  # seconds per timestamp tick
+    rate: Optional[Fraction] = None  # the stream's average frame rate (frames per second), when it states one
 
 
 _index_cache: "OrderedDict[tuple, _FrameIndex]" = OrderedDict()
@@ -209,6 +212,10 @@ def _frame_index(path: Path, check) -> _FrameIndex:
     addressable = True  # every packet has its own timestamp and is displayed
     try:
         stream = container.streams.video[0]
+        # kept with the index so that frame_times needs no second opening of the file
+        time_base = Fraction(stream.time_base) if stream.time_base else None
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        rate = Fraction(rate) if rate else None
         try:
             for packet in container.demux(stream):
                 if packet.size:  # the final flush packet is empty
@@ -231,7 +238,7 @@ def _frame_index(path: Path, check) -> _FrameIndex:
         container.close()
     if count == 0:
         raise VideoDecodeError(path, "no video frames")
-    index = _FrameIndex(count, _display_order(timestamps) if addressable else None)
+    index = _FrameIndex(count, _display_order(timestamps) if addressable else None, time_base, rate)
     _index_cache[key] = index
     if len(_index_cache) > _INDEX_CACHE_SIZE:
         _index_cache.popitem(last=False)
@@ -247,6 +254,33 @@ def count_frames(path: str | os.PathLike, timeout: Optional[float] = None) -> in
     path = Path(path)
     with _deadline(path, timeout) as check:
         return _frame_index(path, check).count
+
+
+def frame_times(path: str | os.PathLike, timeout: Optional[float] = None) -> np.ndarray:
+    """Seconds at which each frame is shown, in display order: ``float64 [count_frames(path)]``.
+
+    Frame ``i`` is the frame :func:`read_frames` returns for index ``i``; its time is the stream's presentation
+    time (PyAV's ``frame.time``: timestamp x time base), so a variable frame rate (phones, screen recordings) is
+    followed frame by frame. Where the demuxer gives no usable timestamps (packets without one, frames an edit list
+    hides, a damaged file) the times are ``i / fps`` with the stream's average rate (30 when it states none).
+    Comes from the cached frame index: the file is demuxed at most once per process (shared with
+    :func:`count_frames` and :func:`read_frames`).
+
+    Raises:
+        VideoDecodeError: missing, empty, unreadable or frameless files.
+    """
+    path = Path(path)
+    with _deadline(path, timeout) as check:
+        index = _frame_index(path, check)
+    if index.timestamps is not None and index.time_base:
+        ticks = index.timestamps
+        if isinstance(ticks, range):  # evenly spaced: computed without an array of timestamps in the index
+            ticks = np.arange(ticks.start, ticks.stop, ticks.step, dtype=np.int64)
+        # ticks x numerator is exact, one division then rounds once: the value of float(pts * time_base), PyAV's
+        tb = index.time_base
+        return (np.asarray(ticks, dtype=np.int64) * tb.numerator).astype(np.float64) / tb.denominator
+    fps = float(index.rate) if index.rate and index.rate > 0 else 30.0
+    return np.arange(index.count, dtype=np.float64) / fps
 
 
 def probe_video(path: str | os.PathLike, decoder: Decoder = "pyav", timeout: Optional[float] = None) -> VideoInfo:

@@ -23,6 +23,11 @@ value, and one epoch of training each way ends with the same weights, bit for bi
   the rectangle mirrored and says that it flipped (OpenCV's scalar columns are then on the left); every
   other ColorJitter step treats each pixel alike and contrast's frame mean does not change under a flip.
 
+Two-stream clips (6 channels, RGB then optical flow) carry one parameter block per stream, ``[2 * NUM_PARAMS]``:
+the RGB block as above, then the flow block, which holds the flow stream's own RandomErasing and flip (its own
+draws; no ColorJitter on flow, SEED.md §5.8, so its affine runs are the identity and its hue flag is off). Each
+block is applied to its stream's three channels exactly as to a one-stream clip.
+
 Everything is batched over the clips, with masks instead of per-clip branches: no host-device synchronisation.
 """
 from __future__ import annotations
@@ -95,17 +100,30 @@ def apply_deferred(video: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
     """Apply the deferred ColorJitter and RandomErasing to a uint8 batch, on the batch's device.
 
     Args:
-        video: ``[B, 3, T, H, W]`` uint8 (RGB), as the loader delivers it.
-        params: ``[B, NUM_PARAMS]`` from :func:`deferred_params` (``batch["augment"]``); on the CPU it decides,
-            without a device sync, which stages any clip of the batch needs.
+        video: ``[B, 3, T, H, W]`` uint8 (RGB), or ``[B, 6, T, H, W]`` (two-stream: RGB then flow), as the loader
+            delivers it.
+        params: ``[B, NUM_PARAMS]`` from :func:`deferred_params` (``batch["augment"]``), ``[B, 2 * NUM_PARAMS]``
+            for 6 channels (the RGB block, then the flow block); on the CPU it decides, without a device sync,
+            which stages any clip of the batch needs.
 
     Returns:
-        A new ``[B, 3, T, H, W]`` uint8 tensor.
+        A new uint8 tensor of ``video``'s shape.
     """
-    if video.ndim != 5 or video.shape[1] != 3 or video.dtype != torch.uint8:
-        raise ValueError(f"expected a uint8 batch [B, 3, T, H, W], got {tuple(video.shape)} {video.dtype}")
-    if params.shape != (video.shape[0], NUM_PARAMS):
-        raise ValueError(f"expected parameters [{video.shape[0]}, {NUM_PARAMS}], got {tuple(params.shape)}")
+    if video.ndim != 5 or video.shape[1] not in (3, 6) or video.dtype != torch.uint8:
+        raise ValueError(f"expected a uint8 batch [B, 3, T, H, W] or [B, 6, T, H, W], got {tuple(video.shape)} "
+                         f"{video.dtype}")
+    streams = video.shape[1] // 3
+    if params.shape != (video.shape[0], streams * NUM_PARAMS):
+        raise ValueError(f"expected parameters [{video.shape[0]}, {streams * NUM_PARAMS}] for {video.shape[1]} "
+                         f"channels, got {tuple(params.shape)}")
+    if streams == 2:  # each stream's block on its own three channels: [B, 6, ...] -> 2 x [B, 3, ...] -> [B, 6, ...]
+        return torch.cat([_apply_stream(video[:, :3], params[:, :NUM_PARAMS]),
+                          _apply_stream(video[:, 3:], params[:, NUM_PARAMS:])], dim=1)
+    return _apply_stream(video, params)
+
+
+def _apply_stream(video: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    """:func:`apply_deferred` on one stream: ``[B, 3, T, H, W]`` uint8 with ``[B, NUM_PARAMS]``."""
     host = params.detach().cpu() if params.device.type != "cpu" else params
     on_device = params.to(device=video.device, dtype=torch.float64, non_blocking=True)
     out = video

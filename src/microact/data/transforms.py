@@ -433,13 +433,13 @@ def flow_train_transform(aug: AugConfig, img_size: int) -> TrainTransform:
 
     No ColorJitter: the colours are the flow's direction and speed. The seed resized the short side to 256 before
     the crop; that only rescales the frame, whose crop is then squashed to ``img_size``², so the crop is taken on
-    the decoded frame (as for the RGB branch, up to a pixel of rounding). Always on the loader: the device
-    augmentation knows 3-channel clips only.
+    the decoded frame (as for the RGB branch, up to a pixel of rounding). With ``aug.jitter_erasing_on=device`` it
+    returns ``(clip, params)`` like the RGB branch: the same draws, RandomErasing left to the training device.
     """
     import dataclasses
 
     flow_aug = dataclasses.replace(aug, rrc_area=aug.flow_rrc_area, rrc_aspect=aug.flow_rrc_aspect,
-                                   color_jitter=False, jitter_erasing_on="loader")
+                                   color_jitter=False)
     return TrainTransform(flow_aug, img_size)
 
 

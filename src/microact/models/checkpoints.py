@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from microact.errors import MicroactError
-from microact.models.videomae import VideoMAE, arch_config, list_backbones, sinusoid_table
+from microact.models.videomae import VideoMAE, arch_config, list_backbones, mlp_width, sinusoid_table
 
 __all__ = [
     "CheckpointError",
@@ -467,6 +467,78 @@ def convert_state_dict(sd: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.
 # ----------------------------------------------------------------------------------------------------
 
 
+_HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
+
+
+def _hf_config_file(path: Path) -> Optional[Path]:
+    """The ``config.json`` of a Hugging Face checkpoint: in its ``save_pretrained`` folder, or beside a bare
+    ``model.safetensors`` / ``pytorch_model.bin`` (a hub snapshot); ``None`` when there is none."""
+    found = path / "config.json" if path.is_dir() else (path.parent / "config.json"
+                                                         if path.name in _HF_WEIGHT_FILES else None)
+    return found if found is not None and found.is_file() else None
+
+
+def _read_hf_config(path: Path, notes: list[str]) -> dict:
+    """The sizes a Hugging Face ``config.json`` states ({} when it cannot be read: the weights still load, the
+    shape checks still apply, a note says the file was not used)."""
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        notes.append(f"{path}: not readable JSON ({e}); the weights were checked by their shapes only")
+        return {}
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def _ratio(width: int, dim: int) -> str:
+    """``width / dim`` as an ``mlp_ratio`` to type: 6 significant digits round back to ``width`` for any ViT size."""
+    return f"{width / dim:.6g}"
+
+
+def _check_hf_config(cfg_path: Path, cfg: Mapping, bb: VideoMAE) -> None:
+    """Refuse an HF checkpoint whose ``config.json`` asks for what the model was not built with (naming the key and
+    how to build a backbone that fits), or for what microact's VideoMAE cannot compute.
+
+    The MLP width and the head count matter most: the head count cannot be read from any tensor shape (the fused
+    query/key/value projection is ``[3D, D]`` whatever the number of heads), so a wrong one loads and computes
+    something else.
+    """
+    act = cfg.get("hidden_act", "gelu")
+    if act != "gelu":
+        raise CheckpointError(f"{cfg_path}: hidden_act is {act!r}; microact's VideoMAE computes the MLP with the "
+                              "exact (erf) GELU, hidden_act 'gelu', and cannot run this checkpoint")
+    hidden = cfg.get("hidden_size")
+    if hidden != bb.embed_dim:
+        return  # another backbone size altogether: the shape check names the tensors and the size
+    width = bb.blocks[0].mlp.fc1.out_features if len(bb.blocks) else None
+    wanted = cfg.get("intermediate_size")
+    if isinstance(wanted, int) and width is not None and wanted != width:
+        raise CheckpointError(
+            f"{cfg_path}: intermediate_size is {wanted} (MLP ratio {_ratio(wanted, hidden)} of hidden_size {hidden}) "
+            f"but the model's MLP is {width} wide (mlp_ratio {bb.mlp_ratio:g}): build the backbone with "
+            f"mlp_ratio={_ratio(wanted, hidden)} (a recipe's model.overrides: {{mlp_ratio: {_ratio(wanted, hidden)}}}; "
+            f"create_backbone(..., mlp_ratio={_ratio(wanted, hidden)}))")
+    heads = cfg.get("num_attention_heads")
+    if isinstance(heads, int) and heads != bb.num_heads:
+        raise CheckpointError(
+            f"{cfg_path}: num_attention_heads is {heads} but the model has {bb.num_heads} heads (the weights' shapes "
+            f"cannot tell): build the backbone with num_heads={heads} (a recipe's model.overrides: "
+            f"{{num_heads: {heads}}}; create_backbone(..., num_heads={heads}))")
+
+
+def _mlp_hint(key: str, found: tuple, dim: int) -> str:
+    """For an MLP weight of another width but the model's dim: the ``mlp_ratio`` that fits it ("" otherwise)."""
+    if key.endswith("mlp.fc1.weight") and len(found) == 2 and found[1] == dim:
+        width = found[0]
+    elif key.endswith("mlp.fc2.weight") and len(found) == 2 and found[0] == dim:
+        width = found[1]
+    elif key.endswith("mlp.fc1.bias") and len(found) == 1:
+        width = found[0]
+    else:
+        return ""
+    return (f"; the checkpoint's MLP is {width} wide, mlp_ratio {_ratio(width, dim)}: build the backbone with "
+            f"mlp_ratio={_ratio(width, dim)} (a recipe's model.overrides: {{mlp_ratio: {_ratio(width, dim)}}})")
+
+
 @dataclass
 class LoadReport:
     """What :func:`load_pretrained` did.
@@ -581,6 +653,9 @@ def load_pretrained(
     except CheckpointError as e:
         raise CheckpointError(f"{source}: {e}") from None
     report = LoadReport(source=source, layout=conv.layout, notes=list(conv.notes))
+    cfg_path = None if isinstance(path, Mapping) or not conv.layout.startswith("hf") else _hf_config_file(Path(path))
+    if cfg_path is not None:
+        _check_hf_config(cfg_path, _read_hf_config(cfg_path, report.notes), bb)
     report.dropped += [f"{k} ({why})" for k, why in conv.dropped.items()]
     body = _select_final_norm(bb, dict(conv.backbone), load_final_norm, report)
 
@@ -601,8 +676,10 @@ def load_pretrained(
     own = bb.state_dict()
     for k, v in body.items():
         if k in own and tuple(own[k].shape) != tuple(v.shape):
+            hint = (_mlp_hint(k, tuple(v.shape), bb.embed_dim)
+                    or " (wrong backbone size, patch/tubelet, or class count?)")
             raise CheckpointError(f"{source}: {k}: checkpoint shape {tuple(v.shape)} does not match the model's "
-                                  f"{tuple(own[k].shape)} (wrong backbone size, patch/tubelet, or class count?)")
+                                  f"{tuple(own[k].shape)}{hint}")
     report.unexpected = [k for k in body if k not in own]
     ignorable = set(report.skipped_final_norm)
     if not (keep_head and bb is module):
@@ -634,9 +711,12 @@ def load_pretrained(
 # ----------------------------------------------------------------------------------------------------
 
 
-def _reference_shapes(name: str, num_classes: int = 0) -> dict[str, tuple[int, ...]]:
-    """Every tensor shape of a built-in backbone, in both output modes (``fc_norm`` and ``norm``); shapes only."""
+def _reference_shapes(name: str, num_classes: int = 0, mlp_ratio: Optional[float] = None) -> dict[str, tuple[int, ...]]:
+    """Every tensor shape of a built-in backbone (with another ``mlp_ratio`` when given), in both output modes
+    (``fc_norm`` and ``norm``); shapes only."""
     kwargs = arch_config(name)
+    if mlp_ratio is not None:
+        kwargs["mlp_ratio"] = mlp_ratio
     with torch.device("meta"):  # nothing allocated, even for ViT-H
         pooled = VideoMAE(output="pooled", num_classes=num_classes, **kwargs)
         token_map = VideoMAE(output="map", **kwargs)
@@ -670,13 +750,22 @@ def _misfits(body: Mapping[str, torch.Tensor], shapes: Mapping[str, tuple[int, .
     return out
 
 
-def _guess_backbone(body: Mapping[str, torch.Tensor]) -> Optional[str]:
+def _weights_mlp_ratio(body: Mapping[str, torch.Tensor]) -> Optional[float]:
+    """The converted weights' MLP width over their embed dim (``None`` without a patch embedding or a block)."""
+    proj, fc1 = body.get("patch_embed.proj.weight"), body.get("blocks.0.mlp.fc1.weight")
+    if proj is None or fc1 is None or fc1.dim() != 2:
+        return None
+    return fc1.shape[0] / proj.shape[0]
+
+
+def _guess_backbone(body: Mapping[str, torch.Tensor], mlp_ratio: Optional[float] = None) -> Optional[str]:
     """The built-in backbone every converted tensor fits (embed dim, depth, MLP width, patch and tubelet: every
-    shape is compared, not just the width and depth), or ``None`` when none does."""
+    shape is compared, not just the width and depth), or ``None`` when none does. With ``mlp_ratio`` the built-in
+    sizes are taken with that MLP ratio (a checkpoint whose MLP is not 4x its width fits the size built with it)."""
     if "patch_embed.proj.weight" not in body:
         return None
     for name in list_backbones():
-        if not _misfits(body, _reference_shapes(name)):
+        if not _misfits(body, _reference_shapes(name, mlp_ratio=mlp_ratio)):
             return name
     return None
 
@@ -703,14 +792,23 @@ def cli_convert(args) -> int:
         tensors.update(conv.head)
     sizes = _describe_sizes(conv.backbone)
     choices = ", ".join(list_backbones())
-    guess = None if args.backbone else _guess_backbone(conv.backbone)
+    # The built-in sizes are 4x MLPs; a checkpoint with another ratio (e.g. a Hugging Face config.json whose
+    # intermediate_size is not 4 x hidden_size) fits the size built with its own ratio, which the output names.
+    ratio = _weights_mlp_ratio(conv.backbone)
+    ratio_text = ""  # the ratio to build with, when it is not the built-in 4
+    if ratio is not None:
+        dim = conv.backbone["patch_embed.proj.weight"].shape[0]
+        width = conv.backbone["blocks.0.mlp.fc1.weight"].shape[0]
+        ratio_text = _ratio(width, dim) if width != mlp_width(dim, 4.0) else ""
+    guess = None if args.backbone else _guess_backbone(conv.backbone, ratio)
     name = args.backbone or guess
     if name is not None:
-        shapes = _reference_shapes(name, conv.head["head.weight"].shape[0] if args.keep_head and conv.head else 0)
+        shapes = _reference_shapes(name, conv.head["head.weight"].shape[0] if args.keep_head and conv.head else 0,
+                                   ratio)
         misfits = _misfits(tensors, shapes)
         if misfits:
             origin = "given by --backbone" if args.backbone else "guessed from the weights"
-            fitting = _guess_backbone(conv.backbone) if args.backbone else None
+            fitting = _guess_backbone(conv.backbone, ratio) if args.backbone else None
             fix = f"--backbone {fitting} fits them" if fitting else (
                 f"pass --backbone with one that fits them (one of: {choices}), or none to write them unchecked")
             raise CheckpointError(
@@ -718,14 +816,24 @@ def cli_convert(args) -> int:
                 f"{f' (and {len(misfits) - 1} more)' if len(misfits) > 1 else ''}; {fix}")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),
-              metadata={"format": "microact-videomae", "layout": conv.layout, "source": src.name,
-                        "backbone": name or "unknown"})
+    metadata = {"format": "microact-videomae", "layout": conv.layout, "source": src.name, "backbone": name or "unknown"}
+    if ratio_text:
+        metadata["mlp_ratio"] = ratio_text
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
     tmp.replace(out)
-    print(f"{src} -> {out}: layout {conv.layout}, backbone {name or 'unknown'}"
+    with_ratio = f" with mlp_ratio {ratio_text}" if ratio_text and name else ""
+    print(f"{src} -> {out}: layout {conv.layout}, backbone {name or 'unknown'}{with_ratio}"
           f"{' (guessed)' if name and not args.backbone else ''}, {len(tensors)} tensors written")
     if guess:
-        print(f"  backbone: every shape fits {guess} ({sizes})")
+        print(f"  backbone: every shape fits {guess}{with_ratio} ({sizes})")
+    if ratio_text:
+        print(f"  MLP ratio {ratio_text}, not the built-in sizes' 4: build the backbone with mlp_ratio={ratio_text} "
+              f"(a recipe's model.overrides: {{mlp_ratio: {ratio_text}}}) to load these weights")
+    cfg_path = _hf_config_file(src) if conv.layout.startswith("hf") else None
+    heads = _read_hf_config(cfg_path, conv.notes).get("num_attention_heads") if cfg_path else None
+    if name and isinstance(heads, int) and heads != arch_config(name)["num_heads"]:
+        print(f"  {cfg_path.name}: num_attention_heads {heads}, {name} has {arch_config(name)['num_heads']}: build "
+              f"the backbone with num_heads={heads} (a recipe's model.overrides: {{num_heads: {heads}}})")
     elif not args.backbone:
         print(f"  backbone: none of the built-in backbones fits the weights ({sizes}): the tensors were written "
               f"unchecked (load_pretrained checks them against the model); --backbone NAME checks against one of: "

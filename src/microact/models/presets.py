@@ -108,9 +108,9 @@ _PRESETS: dict[str, Preset] = {p.name: p for p in (
 )}
 
 OVERRIDES = (
-    "num_classes", "num_frames", "img_size", "backbone", "drop_path_rate", "head_dropout", "grad_checkpointing",
-    "attn_impl", "sdpa_kernel", "frame_layout", "se_mode", "margin_mode", "arcface_scale", "arcface_margin",
-    "load_final_norm", "use_frame", "use_coarse", "use_arcface", "input_mode",
+    "num_classes", "num_frames", "img_size", "backbone", "mlp_ratio", "num_heads", "drop_path_rate", "head_dropout",
+    "grad_checkpointing", "attn_impl", "sdpa_kernel", "frame_layout", "se_mode", "margin_mode", "arcface_scale",
+    "arcface_margin", "load_final_norm", "use_frame", "use_coarse", "use_arcface", "input_mode",
 )
 
 
@@ -171,7 +171,9 @@ def create_model(preset, pretrained: Optional[str] = None, **overrides: Any):
     Args:
         preset: a name from :func:`list_models` or a :class:`Preset`.
         pretrained: checkpoint to initialise the backbone from (any layout ``load_pretrained`` reads).
-        **overrides: any of ``OVERRIDES``: num_classes, num_frames, img_size, backbone, drop_path_rate,
+        **overrides: any of ``OVERRIDES``: num_classes, num_frames, img_size, backbone, mlp_ratio and num_heads
+            (a backbone whose MLP ratio or head count differs from the built-in size's, e.g. a Hugging Face
+            checkpoint's ``intermediate_size / hidden_size``), drop_path_rate,
             head_dropout, grad_checkpointing, attn_impl, sdpa_kernel, frame_layout, se_mode, margin_mode,
             arcface_scale, arcface_margin, load_final_norm, use_frame, use_coarse, use_arcface, input_mode.
 
@@ -199,8 +201,8 @@ def create_model(preset, pretrained: Optional[str] = None, **overrides: Any):
     load_final_norm = o.pop("load_final_norm", None)
     input_mode = o.pop("input_mode", "rgb")
 
-    backbone_kwargs = {k: o.pop(k) for k in ("drop_path_rate", "grad_checkpointing", "attn_impl", "sdpa_kernel")
-                       if k in o}
+    backbone_kwargs = {k: o.pop(k) for k in ("mlp_ratio", "num_heads", "drop_path_rate", "grad_checkpointing",
+                                             "attn_impl", "sdpa_kernel") if k in o}
     output = "pooled" if effective.head == "timesformer" else "map"
 
     def make_backbone():

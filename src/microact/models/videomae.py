@@ -324,6 +324,16 @@ class Attention(nn.Module):
         return self.proj(y)
 
 
+def mlp_width(dim: int, mlp_ratio: float) -> int:
+    """Hidden size of a block's MLP: ``dim * mlp_ratio`` rounded to the nearest integer.
+
+    Rounded, not truncated: a checkpoint's width over its dim (e.g. Hugging Face's ``intermediate_size /
+    hidden_size``, 230 / 112) times the dim is not always the integer back in floating point (229.99999999999997),
+    and truncating would build an MLP one unit too narrow. For whole-number products (ratio 4) both agree.
+    """
+    return int(round(dim * mlp_ratio))
+
+
 class Mlp(nn.Module):
     """Linear -> exact (erf) GELU -> Linear."""
 
@@ -350,7 +360,7 @@ class Block(nn.Module):
         self.attn = Attention(dim, num_heads, attn_impl, sdpa_kernel)
         self.drop_path = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.mlp = Mlp(dim, mlp_width(dim, mlp_ratio))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.drop_path(self.attn(self.norm1(x)))
@@ -381,7 +391,7 @@ class VideoMAE(nn.Module):
         embed_dim: token channels D.
         depth: number of blocks.
         num_heads: attention heads.
-        mlp_ratio: MLP hidden size / D.
+        mlp_ratio: MLP hidden size / D (the width is rounded to an integer: :func:`mlp_width`).
         patch_size: spatial patch size.
         tubelet_size: frames per tubelet.
         num_frames: input frames T (must be divisible by ``tubelet_size``).
@@ -699,7 +709,7 @@ def count_parameters(embed_dim: int, depth: int, mlp_ratio: float = 4.0, patch_s
     Patch embed ``k*D + D`` (k = in_chans*tubelet*patch^2); per block two LNs ``4*D``, qkv ``3*D*D``,
     q/v biases ``2*D``, proj ``D*D + D``, MLP ``2*D*hid + hid + D``; final norm ``2*D``; head ``K*D + K``.
     """
-    d, hid = embed_dim, int(embed_dim * mlp_ratio)
+    d, hid = embed_dim, mlp_width(embed_dim, mlp_ratio)
     k = in_chans * tubelet_size * patch_size * patch_size
     block = (2 * 2 * d) + (3 * d * d + 2 * d) + (d * d + d) + (d * hid + hid) + (hid * d + d)
     head = num_classes * d + num_classes if num_classes else 0
@@ -713,7 +723,7 @@ def forward_macs(model: VideoMAE, batch: int = 1) -> int:
     (q k^T and attn v), plus the head. Elementwise ops, norms and softmax are ignored.
     """
     n, d = model.num_tokens, model.embed_dim
-    hid = int(d * model.mlp_ratio)
+    hid = mlp_width(d, model.mlp_ratio)
     k = model.in_chans * model.tubelet_size * model.patch_size ** 2
     per_block = n * (3 * d * d + d * d + 2 * d * hid) + 2 * n * n * d
     head = model.num_classes * d
