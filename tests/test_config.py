@@ -141,6 +141,9 @@ SEED_RECIPES = {
     "videomae_b_k710_twostream_shared_i3d_trainval": ("videomae_b_k710_twostream_shared_i3d",
                                                       "vit_b_hybrid_pt_800e_k710_ft.pth", TRAINVAL, 42, 43, 12, 2,
                                                       (0.3, 1.0), _MMA2, 0.2),
+    # §7 "optical flow alone" (val 67.61; the seed's OF-Modal README): the two-stream rows' recipe, train split
+    "videomae_b_k710_flow_i3d_train": ("videomae_b_k710_flow_i3d", "vit_b_hybrid_pt_800e_k710_ft.pth", TRAIN, 42, 43,
+                                       12, 2, (0.3, 1.0), _MMA2, 0.2),
 }
 
 

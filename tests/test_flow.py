@@ -512,8 +512,10 @@ def test_bench_e2e_refuses_two_stream_presets():
     from microact.bench.e2e import run
     from microact.errors import MicroactError
 
-    with pytest.raises(MicroactError, match="two-stream"):
+    with pytest.raises(MicroactError, match=r"sees optical flow \(rgb \+ flow\).*no flow videos"):
         run("videomae_b_k710_twostream_i3d", workers=0, batch=2, steps=1, device_name="cpu")
+    with pytest.raises(MicroactError, match=r"sees optical flow \(flow\)"):
+        run("videomae_b_k710_flow_i3d", workers=0, batch=2, steps=1, device_name="cpu")
 
 
 def test_the_stand_in_for_an_unreadable_micro_batch_fits_the_two_stream_model(two_stream_root, tmp_path):
@@ -530,3 +532,111 @@ def test_the_stand_in_for_an_unreadable_micro_batch_fits_the_two_stream_model(tw
     out = model(normalize_batch(batch["video"], **stream_statistics(cfg.data)), batch["label"])
     assert out.fine.shape == (1, 52)
     assert stand_in_batch(load_config(None))["video"].shape[1] == 3  # one stream: RGB
+
+
+# --------------------------------------------------------------------------------------------
+# Optical flow alone (SEED.md §7 "optical flow alone", val 67.61): one backbone on the flow videos only
+# --------------------------------------------------------------------------------------------
+
+FLOW_ALONE = REPO / "configs" / "videomae_b_k710_flow_i3d_train.yaml"
+
+
+def _flow_alone_recipe(root: Path, tmp_path: Path) -> Path:
+    cfg = load_config(_tiny_recipe(root, tmp_path), ["model.preset=videomae_b_k710_flow_i3d"])
+    path = tmp_path / "tiny_flow_alone.yaml"
+    save_config(cfg, path)
+    return path
+
+
+def test_flow_alone_recipe_needs_flow_videos_and_loads_the_final_norm():
+    from microact.models.presets import get_preset
+
+    cfg = load_config(FLOW_ALONE)
+    assert get_preset(cfg.model.preset).streams == ("flow",) and cfg.data.flow_dir == "flow"
+    with pytest.raises(ConfigError, match=r"is an optical-flow model but data\.flow_dir is not set.*microact flow"):
+        load_config(FLOW_ALONE, ["data.flow_dir=null"])
+    with pytest.raises(ConfigError, match=r"input_mode=rgb_diff is not supported"):
+        load_config(FLOW_ALONE, ["model.input_mode=rgb_diff"])
+
+
+def test_flow_alone_items_are_the_flow_videos_through_the_flow_pipeline(two_stream_root, tmp_path):
+    """Training items are 3-channel clips of the flow video (the RGB videos are not read: they may be absent),
+    sampled over the flow's frame count and put through the flow branch's pipeline (no ColorJitter)."""
+    import shutil
+
+    from microact.data.sampling import uniform_sample
+    from microact.data.transforms import flow_train_transform
+    from microact.engine.builders import build_train_dataset
+    from microact.engine.evaluate import build_test_loader
+    from microact.data.transforms import TestTransform
+
+    flow_only_root = tmp_path / "only_flow"
+    shutil.copytree(two_stream_root / "flow", flow_only_root / "flow")
+    for name in ("train.txt", "test.txt"):
+        shutil.copy(two_stream_root / name, flow_only_root / name)
+    cfg = load_config(_flow_alone_recipe(flow_only_root, tmp_path))
+    dataset = build_train_dataset(cfg)
+    item = dataset[(0, 3)]
+    assert "error" not in item and item["video"].shape == (3, 4, 32, 32)
+    rng = dataset.rng_for(3, 0)
+    flow_path = flow_only_root / "flow" / dataset.records[3].path
+    frames = read_frames(flow_path, uniform_sample(count_frames(flow_path), 4, 1, False, rng))
+    want = flow_train_transform(cfg.aug, 32)(frames, rng)
+    assert np.array_equal(item["video"].numpy(), want)
+
+    batch = next(iter(build_test_loader(cfg, flow_only_root / "test.txt", num_clips=2)))
+    transform = TestTransform(cfg.eval, 32, cfg.aug.resize_backend)
+    first = flow_only_root / "flow" / "v00.mp4"
+    views = transform.views(read_frames(first, uniform_sample(count_frames(first), 4, 2, True)), 2)
+    assert batch["video"].shape[2] == 3 and np.array_equal(batch["video"][0].numpy(), views)
+
+
+def test_flow_alone_train_test_and_predict_end_to_end(two_stream_root, tmp_path):
+    """microact train / test / predict on the flow-alone recipe; predict computes the video's flow itself and
+    scores it normalised with the flow statistics, as an independent forward pass of those views does."""
+    from microact.data.transforms import TestTransform
+    from microact.predict import build_predictor_config, flow_views, load_model
+
+    recipe = _flow_alone_recipe(two_stream_root, tmp_path)
+    run = tmp_path / "run"
+    assert main(["train", str(recipe), "--out", str(run)]) == 0
+    weights = run / "model_final.safetensors"
+    assert main(["test", str(recipe), str(weights), "--out", str(tmp_path / "test")]) == 0
+    from microact.results import load_results
+
+    assert load_results(tmp_path / "test" / "results.pkl").scores.shape == (4, 52)
+
+    out = tmp_path / "pred.json"
+    video = two_stream_root / "v02.mp4"
+    assert main(["predict", str(video), "--checkpoint", str(weights), "--detector", "none", "--json", str(out),
+                 "--device", "cpu"]) == 0  # the recipe recorded in the weights: flow alone
+    pred = json.loads(out.read_text())["predictions"][0]
+
+    cfg = build_predictor_config(config=str(recipe))
+    model = load_model(cfg, str(weights), torch.device("cpu"))
+    transform = TestTransform(cfg.eval, 32, cfg.aug.resize_backend)
+    views = torch.from_numpy(flow_views(video, cfg, count_frames(video), tuple(pred["box"]), transform)).float()
+    mean = torch.tensor(cfg.data.flow_mean).view(3, 1, 1, 1)
+    std = torch.tensor(cfg.data.flow_std).view(3, 1, 1, 1)
+    with torch.no_grad():
+        want = torch.softmax(model((views - mean) / std).fine, dim=-1).mean(0)
+    np.testing.assert_allclose(pred["probs"], want.numpy(), rtol=0, atol=1e-5)
+
+
+def test_flow_alone_timeline_equals_predict_on_each_window_cut_out(make_video, tmp_path):
+    from microact.predict import build_predictor_config, load_model, predict_timeline, predict_video
+
+    cfg = build_predictor_config(config=str(FLOW_ALONE), overrides=[
+        "data.clip_len=4", "data.img_size=32", "eval.resize_short=36", "eval.crop_height=40", "eval.test_clips=2",
+        "eval.batch_size=3", "crop.short_side=null", "model.pretrained=null",
+        "model.overrides={backbone: videomae_test}"])
+    torch.manual_seed(3)
+    model = load_model(cfg, None, torch.device("cpu"))
+    video = make_video("long_flow.mp4", num_frames=30)
+    frames = read_frames(video, np.arange(30))
+    pred = predict_timeline(model, cfg, video, torch.device("cpu"), window_s=1.0, stride_s=0.5, detector="none")
+    assert pred["num_views"] == 2 and len(pred["windows"]) >= 3
+    for w in pred["windows"]:
+        cut = _lossless_video(tmp_path / f"cut_{w['start_frame']}.mp4", frames[w["start_frame"]:w["end_frame"]])
+        alone = predict_video(model, cfg, cut, torch.device("cpu"), detector="none")
+        np.testing.assert_allclose(w["probs"], alone["probs"], rtol=0, atol=1e-6)

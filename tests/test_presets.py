@@ -19,6 +19,7 @@ SEED_ROWS = [
     "videomae_b_ssv2_timesformer", "videomae_b_k710_timesformer", "videomae_b_k710_frame_i3d",
     "videomae_b_k710_frame_coarse_i3d", "videomae_b_k710_frame_coarse_tsn", "videomae_l_k700_timesformer",
     "videomae_h_timesformer", "videomae_b_k710_twostream_i3d", "videomae_b_k710_twostream_shared_i3d",
+    "videomae_b_k710_flow_i3d",
     "videomae_tiny_frame_coarse_tsn",
     "videomae_tiny_timesformer", "videomae_test_frame_coarse_tsn",
 ]

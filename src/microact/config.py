@@ -345,27 +345,30 @@ class Config:
         return self
 
     def _validate_streams(self) -> None:
-        """A two-stream preset needs flow videos (``data.flow_dir``); a one-stream preset must not get any."""
+        """A preset that sees optical flow (two-stream, flow alone) needs flow videos (``data.flow_dir``); an RGB
+        preset must not get any."""
         from microact.models.presets import get_preset
 
         try:
-            two_stream = get_preset(self.model.preset).two_stream
+            streams = get_preset(self.model.preset).streams
         except MicroactError:
             return  # an unknown preset is reported, with the valid names, when the model is built
         flow_dir = self.data.flow_dir
-        if two_stream and flow_dir is None:
+        if "flow" in streams and flow_dir is None:
+            what = "two-stream (RGB + optical flow)" if "rgb" in streams else "an optical-flow model"
             raise ConfigError(
-                f"model.preset={self.model.preset} is two-stream (RGB + optical flow) but data.flow_dir is not set: "
+                f"model.preset={self.model.preset} is {what} but data.flow_dir is not set: "
                 "write the flow videos with `microact flow VIDEO_DIR FLOW_DIR` and set data.flow_dir to FLOW_DIR "
                 "(relative to data.root)", keys=("model.preset", "data.flow_dir"))
-        if not two_stream and flow_dir is not None:
+        if "flow" not in streams and flow_dir is not None:
             raise ConfigError(
                 f"data.flow_dir={flow_dir} is set but model.preset={self.model.preset} takes RGB only: remove "
-                "data.flow_dir (data.flow_dir=null) or choose a two-stream preset (videomae_b_k710_twostream_i3d)",
+                "data.flow_dir (data.flow_dir=null) or choose a preset that sees optical flow "
+                "(videomae_b_k710_twostream_i3d, videomae_b_k710_flow_i3d)",
                 keys=("data.flow_dir", "model.preset"))
         if flow_dir is not None and self.model.input_mode != "rgb":
             raise ConfigError(f"model.input_mode={self.model.input_mode} is not supported with data.flow_dir "
-                              "(two-stream clips): use model.input_mode=rgb",
+                              "(optical-flow clips): use model.input_mode=rgb",
                               keys=("model.input_mode", "data.flow_dir"))
 
     def to_dict(self) -> dict:

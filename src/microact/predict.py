@@ -58,8 +58,8 @@ def build_predictor_config(model: Optional[str] = None, config: Optional[str] = 
     from microact.models.presets import get_preset
 
     def preset_keys(name: str) -> list[str]:
-        # a two-stream preset needs data.flow_dir set (prediction computes the flow itself), a one-stream one unset
-        return [f"model.preset={name}", f"data.flow_dir={'flow' if get_preset(name).two_stream else 'null'}"]
+        # a preset that sees optical flow needs data.flow_dir set (prediction computes the flow itself), an RGB one unset
+        return [f"model.preset={name}", f"data.flow_dir={'flow' if 'flow' in get_preset(name).streams else 'null'}"]
 
     recorded = recorded_recipe(checkpoint) if checkpoint and config is None else None
     if recorded is not None:
@@ -90,13 +90,6 @@ def build_predictor_config(model: Optional[str] = None, config: Optional[str] = 
     return load_config(config, extra)
 
 
-def is_two_stream(cfg) -> bool:
-    """Whether the recipe's model takes RGB + optical flow (6 channels, SEED.md §2.9)."""
-    from microact.models.presets import get_preset
-
-    return get_preset(cfg.model.preset).two_stream
-
-
 def flow_views(path: Path, cfg, num_frames: int, box: Sequence[int], transform) -> np.ndarray:
     """Test views of a video's optical flow, computed on the fly as ``microact flow`` writes it (SEED.md §2.9).
 
@@ -112,7 +105,7 @@ def flow_views(path: Path, cfg, num_frames: int, box: Sequence[int], transform) 
     from microact.data.sampling import uniform_sample
 
     if num_frames < 2:
-        raise PredictError(f"{path}: one frame only, no optical flow for the two-stream model")
+        raise PredictError(f"{path}: one frame only, no optical flow for the {cfg.model.preset} model")
     clips = cfg.eval.test_clips
     indices = uniform_sample(num_frames - 1, cfg.data.clip_len, clips, test_mode=True)
     needed = np.unique(np.concatenate([indices, indices + 1]))
@@ -192,7 +185,8 @@ def predict_video(model, cfg, path: str | os.PathLike, device: torch.device, *, 
     """
     from microact.data.decode import count_frames, read_frames
     from microact.data.sampling import uniform_sample
-    from microact.data.transforms import TestTransform, stream_statistics
+    from microact.data.transforms import TestTransform
+    from microact.engine.builders import input_statistics, input_streams
     from microact.engine.evaluate import score_views
 
     path = Path(path)
@@ -201,16 +195,18 @@ def predict_video(model, cfg, path: str | os.PathLike, device: torch.device, *, 
     num_frames = count_frames(path, timeout=cfg.data.decode_timeout)
     box, used, found = person_box(path, cfg, detector, num_frames)
     clips = cfg.eval.test_clips
-    indices = uniform_sample(num_frames, cfg.data.clip_len, clips, test_mode=True)
-    frames = read_frames(path, indices, decoder=cfg.data.decoder, timeout=cfg.data.decode_timeout)
-    frames = crop_frames(frames, box, cfg.crop.short_side)
     transform = TestTransform(cfg.eval, cfg.data.img_size, cfg.aug.resize_backend)
-    views = transform.views(frames, clips)  # [V,3,T,S,S]
-    if is_two_stream(cfg):  # RGB then flow channels, as the loader gives them: [V, 6, T, S, S]
-        views = np.concatenate([views, flow_views(path, cfg, num_frames, box, transform)], axis=1)
+    streams = []  # RGB then flow channels, as the loader gives them: [V, 3 or 6, T, S, S]
+    if "rgb" in input_streams(cfg):
+        indices = uniform_sample(num_frames, cfg.data.clip_len, clips, test_mode=True)
+        frames = read_frames(path, indices, decoder=cfg.data.decoder, timeout=cfg.data.decode_timeout)
+        streams.append(transform.views(crop_frames(frames, box, cfg.crop.short_side), clips))  # [V,3,T,S,S]
+    if "flow" in input_streams(cfg):
+        streams.append(flow_views(path, cfg, num_frames, box, transform))
+    views = np.concatenate(streams, axis=1)
     video = torch.from_numpy(views)[None]  # [V, C, T, S, S] -> [1, V, C, T, S, S]
     probs = score_views(model, video, device, average=cfg.eval.average,
-                        flow_stats=stream_statistics(cfg.data))[0].numpy().astype(np.float64)
+                        flow_stats=input_statistics(cfg))[0].numpy().astype(np.float64)
     return {
         "video": str(path),
         "box": list(box),
@@ -303,9 +299,9 @@ def predict_timeline(model, cfg, path: str | os.PathLike, device: torch.device, 
     whole video. The video is decoded once, front to back, keeping only the sampled frames still needed, so its
     length is not limited by memory.
 
-    Two-stream models get each window's optical flow as :func:`flow_views` computes it for the window cut out as
-    its own video: the window's ``n`` frames have ``n - 1`` flow frames (flow ``i``: frame ``i`` -> ``i + 1``), sampled
-    over that count. Each flow frame any window samples is computed once, when its second frame is decoded, and
+    Models that see optical flow (two-stream, flow alone) get each window's flow as :func:`flow_views` computes it
+    for the window cut out as its own video: the window's ``n`` frames have ``n - 1`` flow frames (flow ``i``: frame
+    ``i`` -> ``i + 1``), sampled over that count. Each flow frame any window samples is computed once, when its second frame is decoded, and
     kept only while an unscored window still needs it.
 
     Args:
@@ -322,7 +318,8 @@ def predict_timeline(model, cfg, path: str | os.PathLike, device: torch.device, 
     from microact.data.decode import iter_frames, probe_video
     from microact.data.flow import flow_image, grey
     from microact.data.sampling import uniform_sample
-    from microact.data.transforms import TestTransform, stream_statistics
+    from microact.data.transforms import TestTransform
+    from microact.engine.builders import input_statistics, input_streams
     from microact.engine.evaluate import score_views
 
     path = Path(path)
@@ -330,31 +327,34 @@ def predict_timeline(model, cfg, path: str | os.PathLike, device: torch.device, 
         raise PredictError(f"{path}: video not found")
     if not window_s > 0 or (stride_s is not None and not stride_s > 0):
         raise PredictError(f"--window and --stride must be positive seconds, got {window_s} and {stride_s}")
-    two_stream = is_two_stream(cfg)
+    uses_rgb, uses_flow = "rgb" in input_streams(cfg), "flow" in input_streams(cfg)
     info = probe_video(path, timeout=cfg.data.decode_timeout)
     fps = float(info.fps) if info.fps and info.fps > 0 else 30.0
     stride_s = window_s / 2 if stride_s is None else stride_s
     # windows are whole frames: what is reported is what was used (1 s every 0.5 s at 15 fps: 15 frames every 8)
     window_frames, stride_frames = max(1, round(window_s * fps)), max(1, round(stride_s * fps))
     ranges = window_ranges(info.num_frames, window_frames, stride_frames)
-    if two_stream and min(end - start for start, end in ranges) < 2:
+    if uses_flow and min(end - start for start, end in ranges) < 2:
         raise PredictError(f"{path}: --window {window_s:g} s is {min(window_frames, info.num_frames)} frame(s) at "
-                           f"{fps:g} fps; the two-stream model's optical flow needs at least 2 frames per window: use "
-                           "a longer --window")
+                           f"{fps:g} fps; the {cfg.model.preset} model's optical flow needs at least 2 frames per "
+                           "window: use a longer --window")
     box, used, found = person_box(path, cfg, detector, info.num_frames)
     clips = cfg.eval.test_clips
-    indices = [start + uniform_sample(end - start, cfg.data.clip_len, clips, test_mode=True) for start, end in ranges]
+    indices = ([start + uniform_sample(end - start, cfg.data.clip_len, clips, test_mode=True)
+                for start, end in ranges] if uses_rgb else [])
     # flow frame j of the video (frame j -> j + 1), sampled over each window's own flow count, as flow_views does
     flow_indices = ([start + uniform_sample(end - start - 1, cfg.data.clip_len, clips, test_mode=True)
-                     for start, end in ranges] if two_stream else [])
+                     for start, end in ranges] if uses_flow else [])
     flow_wanted = set().union(*(map(int, ix) for ix in flow_indices))
     pair_frames = flow_wanted | {j + 1 for j in flow_wanted}  # both frames of every sampled flow frame
 
     def span(k: int) -> tuple[int, int]:  # the first and last frame window k needs
-        first, last = int(indices[k].min()), int(indices[k].max())
-        if two_stream:
-            first, last = min(first, int(flow_indices[k].min())), max(last, int(flow_indices[k].max()) + 1)
-        return first, last
+        ends = []
+        if uses_rgb:
+            ends.append((int(indices[k].min()), int(indices[k].max())))
+        if uses_flow:
+            ends.append((int(flow_indices[k].min()), int(flow_indices[k].max()) + 1))
+        return min(first for first, _ in ends), max(last for _, last in ends)
 
     first_needed, last_needed = zip(*(span(k) for k in range(len(ranges))))
     transform = TestTransform(cfg.eval, cfg.data.img_size, cfg.aug.resize_backend)
@@ -366,14 +366,14 @@ def predict_timeline(model, cfg, path: str | os.PathLike, device: torch.device, 
     views: list[np.ndarray] = []
     num_views = 0
     kept: dict[int, np.ndarray] = {}  # decoded frames some unscored window still needs, cropped
-    greys: dict[int, np.ndarray] = {}  # two-stream: those of the flow's frames in grey, its input
-    flows: dict[int, np.ndarray] = {}  # two-stream: flow frame j (j -> j + 1) some unscored window samples
+    greys: dict[int, np.ndarray] = {}  # flow models: those of the flow's frames in grey, its input
+    flows: dict[int, np.ndarray] = {}  # flow models: flow frame j (j -> j + 1) some unscored window samples
 
     def score_batch():
         if batch:
             video = torch.from_numpy(np.stack(views))  # [B, V, C, T, S, S]
             probs[batch] = score_views(model, video, device, average=cfg.eval.average,
-                                       flow_stats=stream_statistics(cfg.data)).numpy()
+                                       flow_stats=input_statistics(cfg)).numpy()
             batch.clear()
             views.clear()
 
@@ -385,10 +385,12 @@ def predict_timeline(model, cfg, path: str | os.PathLike, device: torch.device, 
     def take_window(k: int):
         nonlocal num_views
         last = max(kept)  # a video that ends early repeats its last decoded frame, as read_frames does
-        window = transform.views(np.stack([kept[min(int(i), last)] for i in indices[k]]), clips)  # [V, 3, T, S, S]
-        if two_stream:  # RGB then flow channels, as predict_video: [V, 6, T, S, S]
-            flow = np.stack([flow_at(int(j), last) for j in flow_indices[k]])
-            window = np.concatenate([window, transform.views(flow, clips)], axis=1)
+        parts = []  # RGB then flow channels, as predict_video: [V, 3 or 6, T, S, S]
+        if uses_rgb:
+            parts.append(transform.views(np.stack([kept[min(int(i), last)] for i in indices[k]]), clips))
+        if uses_flow:
+            parts.append(transform.views(np.stack([flow_at(int(j), last) for j in flow_indices[k]]), clips))
+        window = np.concatenate(parts, axis=1)
         views.append(window)
         num_views = window.shape[0]
         batch.append(k)

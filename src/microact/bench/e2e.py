@@ -51,9 +51,9 @@ def run(preset: str, workers: int, batch: int, steps: int, device_name: str = "a
     from microact.bench.data import _write_clips  # the data benchmark's portrait, person-cropped-like clips
     from microact.models.presets import get_preset
 
-    if get_preset(preset).two_stream:
-        raise MicroactError(f"bench e2e: {preset} is a two-stream (RGB + flow) preset; the benchmark's synthetic "
-                            "clips have no flow videos: choose a one-stream preset")
+    if "flow" in get_preset(preset).streams:
+        raise MicroactError(f"bench e2e: {preset} sees optical flow ({' + '.join(get_preset(preset).streams)}); the "
+                            "benchmark's synthetic clips have no flow videos: choose an RGB preset")
     device = _device(device_name)
     on_cpu = device.type == "cpu"
     if on_cpu and preset.startswith("videomae_tiny"):

@@ -375,8 +375,17 @@ def normalize_batch(x, mean: Sequence[float] = MEAN, std: Sequence[float] = STD,
     return (x.to(dtype) - m) / s
 
 
-def stream_statistics(data) -> dict:
-    """:func:`normalize_batch`'s flow keyword arguments from a config's ``data`` section."""
+def stream_statistics(data, streams: Sequence[str] = ("rgb", "flow")) -> dict:
+    """:func:`normalize_batch`'s statistics keyword arguments from a config's ``data`` section.
+
+    Args:
+        data: the ``data`` section (``flow_mean``, ``flow_std``).
+        streams: what the clips hold (``Preset.streams``): RGB clips and two-stream clips get the flow channels'
+            statistics (used when C = 6); flow-only clips (``("flow",)``) are normalised with them as their mean
+            and std.
+    """
+    if tuple(streams) == ("flow",):
+        return {"mean": tuple(data.flow_mean), "std": tuple(data.flow_std)}
     return {"flow_mean": tuple(data.flow_mean), "flow_std": tuple(data.flow_std)}
 
 

@@ -50,6 +50,20 @@ def flow_dir(cfg: Config) -> Path | None:
     return None if cfg.data.flow_dir is None else Path(cfg.data.root) / cfg.data.flow_dir
 
 
+def input_streams(cfg: Config) -> tuple[str, ...]:
+    """What the recipe's model sees: ``("rgb",)``, ``("flow",)`` (flow alone) or ``("rgb", "flow")`` (two-stream)."""
+    from microact.models.presets import get_preset
+
+    return get_preset(cfg.model.preset).streams
+
+
+def input_statistics(cfg: Config) -> dict:
+    """:func:`~microact.data.transforms.normalize_batch`'s statistics keywords for the recipe's clips."""
+    from microact.data.transforms import stream_statistics
+
+    return stream_statistics(cfg.data, input_streams(cfg))
+
+
 def check_list_files(cfg: Config, list_keys: tuple[str, ...]) -> None:
     """``data.root`` is a folder and holds the list files named by ``list_keys`` (``data.train_lists``,
     ``data.val_list``, ``data.test_list``).
@@ -117,15 +131,21 @@ def build_train_dataset(cfg: Config):
     from microact.data.transforms import TrainTransform, flow_train_transform
 
     root = Path(cfg.data.root)
-    records = load_lists([root / f for f in cfg.data.train_lists], video_dir=video_dir(cfg),
-                         num_classes=cfg.data.num_classes, check_files=cfg.data.check_files,
+    flow_alone = input_streams(cfg) == ("flow",)
+    # flow alone reads only the flow videos: the RGB videos need not be there (check_flow_files names missing ones)
+    records = load_lists([root / f for f in cfg.data.train_lists], video_dir=flow_dir(cfg) if flow_alone else
+                         video_dir(cfg), num_classes=cfg.data.num_classes,
+                         check_files=cfg.data.check_files and not flow_alone,
                          allow_absolute_paths=cfg.data.allow_absolute_paths)
     check_flow_files(cfg, records)
-    flow = {} if cfg.data.flow_dir is None else {"flow_root": flow_dir(cfg),
-                                                 "flow_transform": flow_train_transform(cfg.aug, cfg.data.img_size)}
-    return VideoDataset(records, video_dir(cfg), clip_len=cfg.data.clip_len,
-                        transform=TrainTransform(cfg.aug, cfg.data.img_size, rng=cfg.train.seed),
-                        test_mode=False, decoder=cfg.data.decoder, decode_timeout=cfg.data.decode_timeout,
+    if flow_alone:  # the flow branch's pipeline on the only stream
+        videos, transform, flow = flow_dir(cfg), flow_train_transform(cfg.aug, cfg.data.img_size), {}
+    else:
+        videos, transform = video_dir(cfg), TrainTransform(cfg.aug, cfg.data.img_size, rng=cfg.train.seed)
+        flow = {} if cfg.data.flow_dir is None else {
+            "flow_root": flow_dir(cfg), "flow_transform": flow_train_transform(cfg.aug, cfg.data.img_size)}
+    return VideoDataset(records, videos, clip_len=cfg.data.clip_len, transform=transform, test_mode=False,
+                        decoder=cfg.data.decoder, decode_timeout=cfg.data.decode_timeout,
                         seed=cfg.train.seed, cache_dir=cfg.data.cache_dir,
                         cache_format=cfg.data.cache_format, cache_jpeg_quality=cfg.data.cache_jpeg_quality,
                         decode_threads=cfg.data.decode_threads, **flow)

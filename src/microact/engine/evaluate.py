@@ -89,8 +89,9 @@ def score_views(model, video: torch.Tensor, device: torch.device, *, average: st
         precision: autocast precision of the forward pass; logits are turned into float32 before the softmax.
         max_clips: at most this many views per forward pass (``None``: the whole batch at once).
         coarse_head: also average the coarse lead head's logits the same way (``predict.coarse_rule=coarse_head``).
-        flow_stats: the flow channels' statistics, :func:`~microact.data.transforms.stream_statistics` of the
-            recipe (``None``: the seed's).
+        flow_stats: the statistics keywords of the recipe's clips for
+            :func:`~microact.data.transforms.normalize_batch` (:func:`~microact.engine.builders.input_statistics`;
+            ``None``: the seed's).
 
     Returns:
         float32 ``[B, K]`` on the CPU; with ``coarse_head`` the pair (fine ``[B, K]``, coarse head ``[B, 7]``).
@@ -378,15 +379,18 @@ def build_test_loader(cfg, list_file: str | os.PathLike, num_clips: int, *, dist
     from microact.data.annotations import load_list
     from microact.data.dataset import VideoDataset, build_loader
     from microact.data.transforms import TestTransform
-    from microact.engine.builders import check_flow_files, flow_dir
+    from microact.engine.builders import check_flow_files, flow_dir, input_streams
 
-    video_dir = Path(cfg.data.root) / cfg.data.video_dir
+    flow_alone = input_streams(cfg) == ("flow",)
+    # flow alone reads only the flow videos (check_flow_files names missing ones)
+    video_dir = flow_dir(cfg) if flow_alone else Path(cfg.data.root) / cfg.data.video_dir
     records = load_list(list_file, video_dir=video_dir, num_classes=cfg.data.num_classes,
-                        check_files=cfg.data.check_files, allow_absolute_paths=cfg.data.allow_absolute_paths)
+                        check_files=cfg.data.check_files and not flow_alone,
+                        allow_absolute_paths=cfg.data.allow_absolute_paths)
     check_flow_files(cfg, records)
     transform = TestTransform(cfg.eval, cfg.data.img_size, cfg.aug.resize_backend)
     # the flow videos get the same deterministic views (sampled over their own, one shorter, frame count)
-    flow = {} if cfg.data.flow_dir is None else {"flow_root": flow_dir(cfg), "flow_transform": transform}
+    flow = {} if cfg.data.flow_dir is None or flow_alone else {"flow_root": flow_dir(cfg), "flow_transform": transform}
     dataset = VideoDataset(records, video_dir, clip_len=cfg.data.clip_len, transform=transform,
                            num_clips=num_clips, test_mode=True, decoder=cfg.data.decoder,
                            decode_timeout=cfg.data.decode_timeout, seed=cfg.train.seed, cache_dir=cfg.data.cache_dir,
@@ -402,8 +406,7 @@ def cli_main(args) -> int:
     from microact.engine import distributed as dist_utils
     from microact.metrics import format_per_class, format_summary
     from microact.models.presets import create_model_from_config
-    from microact.data.transforms import stream_statistics
-    from microact.engine.builders import check_list_files
+    from microact.engine.builders import check_list_files, input_statistics
     from microact.plots.results import write_report
     from microact.results import save_results, write_ma52_top5_csv, write_mac2024_submission
 
@@ -439,7 +442,7 @@ def cli_main(args) -> int:
               f"{precision}, {world} process(es), device {device})")
     coarse_rule = cfg.predict.coarse_rule
     results = evaluate(model, loader, device, average=cfg.eval.average, precision=precision,
-                       coarse_head=coarse_rule == "coarse_head", flow_stats=stream_statistics(cfg.data))
+                       coarse_head=coarse_rule == "coarse_head", flow_stats=input_statistics(cfg))
     results.meta.update(config=str(args.config), checkpoint=str(Path(args.checkpoint).resolve()), list=str(list_file),
                         split=args.split, num_clips=num_clips, view=cfg.eval.view, coarse_rule=coarse_rule)
     if rank != 0:

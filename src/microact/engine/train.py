@@ -196,8 +196,10 @@ class _CsvLog:
 def stand_in_batch(cfg: Config) -> dict[str, torch.Tensor]:
     """A one-clip batch for a micro-batch whose clips were all unreadable before any good one was seen (under DDP
     every rank must still run forward and backward; its loss gets weight 0). Shaped like the loader's clips: 6
-    channels (RGB then flow) for two-stream recipes."""
-    channels = 6 if cfg.data.flow_dir else 3
+    channels (RGB then flow) for two-stream recipes, 3 otherwise."""
+    from microact.engine.builders import input_streams
+
+    channels = 3 * len(input_streams(cfg))
     size = cfg.data.img_size
     return {"video": torch.zeros(1, channels, cfg.data.clip_len, size, size, dtype=torch.uint8),
             "label": torch.zeros(1, dtype=torch.long)}
@@ -441,9 +443,10 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo) -> int:
     from tqdm import tqdm
 
     from microact.data.device_augment import apply_deferred
-    from microact.data.transforms import normalize_batch, stream_statistics
+    from microact.data.transforms import normalize_batch
+    from microact.engine.builders import input_statistics
 
-    flow_stats = stream_statistics(cfg.data)  # two-stream clips: channels 3-5 are flow (SEED.md §2.9)
+    flow_stats = input_statistics(cfg)  # flow channels: the flow's statistics (SEED.md §2.9)
 
     model.train()
     stop = None
@@ -684,13 +687,13 @@ def validate(model, loader, device, precision: str, cfg: Config) -> dict[str, An
 
     Body parts follow ``predict.coarse_rule`` as in ``microact test``.
     """
-    from microact.data.transforms import stream_statistics
+    from microact.engine.builders import input_statistics
     from microact.engine.evaluate import evaluate
     from microact.metrics import f1_mean, predict_coarse
 
     rule = cfg.predict.coarse_rule
     results = evaluate(model, loader, device, average=cfg.eval.average, precision=precision, progress=D.is_main(),
-                       coarse_head=rule == "coarse_head", flow_stats=stream_statistics(cfg.data))
+                       coarse_head=rule == "coarse_head", flow_stats=input_statistics(cfg))
     model.train()
     if results.labels is None:
         raise MicroactError(f"data.val_list={cfg.data.val_list}: every label is 0; a validation list needs labels")

@@ -36,6 +36,7 @@ class Preset:
         img_size: input size.
         two_stream: RGB + optical-flow backbones with concatenated maps (SEED.md §2.9).
         share_weights: two-stream with one shared backbone.
+        flow_only: one backbone on the optical-flow clip alone (SEED.md §7 "optical flow alone").
         f1_test_trainval: seed F1_mean (%) on the MAC 2024 test set, trained on train+val (SEED.md §7).
         f1_test_train: the same, trained on train only.
         f1_val: seed F1_mean (%) on val, trained on train.
@@ -55,9 +56,17 @@ class Preset:
     img_size: int = 224
     two_stream: bool = False
     share_weights: bool = False
+    flow_only: bool = False
     f1_test_trainval: Optional[float] = None
     f1_test_train: Optional[float] = None
     f1_val: Optional[float] = None
+
+    @property
+    def streams(self) -> tuple[str, ...]:
+        """What the model sees: ``("rgb",)``, ``("flow",)`` or ``("rgb", "flow")`` (channels in that order)."""
+        if self.two_stream:
+            return ("rgb", "flow")
+        return ("flow",) if self.flow_only else ("rgb",)
 
 
 _K710 = "vit_b_hybrid_pt_800e_k710_ft.pth"
@@ -98,6 +107,10 @@ _PRESETS: dict[str, Preset] = {p.name: p for p in (
            notes="context row (SEED.md §2.9, §7 'RGB+OF (weight sharing)'); input [B, 6, T, H, W]; one ViT runs on "
                  "both streams", two_stream=True, share_weights=True,
            f1_test_trainval=71.55, f1_test_train=70.04, f1_val=72.18),
+    Preset("videomae_b_k710_flow_i3d", "videomae_base", "i3d", True, True, False, "cef1_double", _K710,
+           "VideoMAE-B on optical flow alone, I3D head + ArcFace + frame head",
+           notes="context row (SEED.md §7 'optical flow alone'); input [B, 3, T, H, W] flow frames (`microact flow`), "
+                 "normalised with data.flow_mean / data.flow_std", flow_only=True, f1_val=67.61),
     # Tiny presets: CPU tests and the synthetic demo (no pretrained weights).
     Preset("videomae_tiny_frame_coarse_tsn", "videomae_tiny", "tsn", True, True, True, "cef1_fine_coarse_double", "",
            "tiny ViT (dim 128, depth 4) with the best model's heads, for the demo and tests"),
@@ -225,10 +238,10 @@ def create_model(preset, pretrained: Optional[str] = None, **overrides: Any):
     if pretrained:
         from microact.models.checkpoints import load_pretrained
 
-        if effective.two_stream and load_final_norm is None:
-            # The seed's two-stream rows come from its optical-flow tree, whose backbone names the final LayerNorm
-            # fc_norm, the name the checkpoint conversion gives the pre-trained one: both streams load it there,
-            # unlike the one-stream token-map rows (SEED.md §2.2).
+        if "flow" in effective.streams and load_final_norm is None:
+            # The seed's flow rows (two-stream, flow alone) come from its optical-flow tree, whose backbone names the
+            # final LayerNorm fc_norm, the name the checkpoint conversion gives the pre-trained one: they load it
+            # there, unlike the RGB token-map rows (SEED.md §2.2).
             load_final_norm = True
         targets = [model] if not effective.two_stream else [s for s in (backbone.rgb, backbone.flow) if s is not None]
         for target in targets:
@@ -251,8 +264,8 @@ def create_model_from_config(cfg, pretrained: bool = True):
     m = cfg.model
     # backbone.load_final_norm=false is the seed's behaviour, which depends on the head: the token-map backbone
     # (TSN/I3D rows) loses the pre-trained final norm to the rename, while the stock backbone of the TimeSformer rows
-    # loads it into fc_norm (SEED.md §2.2, VIDEOMAE.md §3.6), and so do both streams of the two-stream row (its tree
-    # names the final LN fc_norm). None lets create_model pick per preset; true loads it in every mode.
+    # loads it into fc_norm (SEED.md §2.2, VIDEOMAE.md §3.6), and so do the flow rows, two-stream and flow alone (their
+    # tree names the final LN fc_norm). None lets create_model pick per preset; true loads it in every mode.
     load_final_norm = True if cfg.backbone.load_final_norm else None
     kwargs = dict(
         num_classes=m.num_classes, num_frames=cfg.data.clip_len, img_size=cfg.data.img_size,
