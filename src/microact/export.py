@@ -330,13 +330,14 @@ def export_onnx(model: nn.Module, cfg, out: str | os.PathLike, *, batch: int = 1
     opset_written = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
     shape = ["batch" if dynamic_batch else batch, channels, frames, size, size]
     mean, std = input_statistics(cfg, channels)
+    streams = "RGB then optical flow (microact flow's colour images)" if channels == 6 else "RGB"
     metadata = {
         "microact.version": __version__,
         "microact.preset": cfg.model.preset,
-        "microact.weights": str(weights) if weights else "",
+        "microact.weights": Path(weights).name if weights else "",  # the name only: the file may travel
         "microact.input": (f"{INPUT_NAME}: {input_dtype} [{', '.join(map(str, shape))}] (B, C, T, H, W), pixel "
-                           f"values 0..255, channels {'RGB then optical flow (microact flow colours)' if channels == 6 else 'RGB'}, "
-                           "test views cut as the recipe's eval section says; normalised inside the graph"),
+                           f"values 0..255, channels {streams}, test views cut as the recipe's eval section says; "
+                           "normalised inside the graph"),
         "microact.input_layout": "NCTHW",
         "microact.input_dtype": input_dtype,
         "microact.channels": str(channels),
