@@ -458,24 +458,27 @@ def _median_seconds(fn, repeats: int) -> float:
     return float(np.median(times))
 
 
-def time_forward(result: ExportResult, model: nn.Module, cfg, batch: int = 1, repeats: int = 5,
-                 session=None) -> dict:
+def time_forward(result: ExportResult, model: nn.Module, cfg, batch: int = 1, repeats: int = 5) -> dict:
     """Median CPU forward time of PyTorch (eval, ``no_grad``) and onnxruntime on one random batch, both with
-    ``torch.get_num_threads()`` threads. Printed by ``--time``; never asserted."""
+    ``torch.get_num_threads()`` threads. Printed by ``--time``; never asserted.
+
+    PyTorch runs first and onnxruntime's session is made afterwards: an onnxruntime session that has run keeps its
+    worker threads spinning for work, and on a machine with few cores they slowed PyTorch's forward ~10x.
+    """
     from microact.data.transforms import normalize_batch, stream_statistics
 
     threads = torch.get_num_threads()
-    session = session or onnx_session(result.path, threads=threads)
     clip = random_clip(result, batch, seed=7)
-    feed = {INPUT_NAME: clip.numpy()}
     model.eval()
 
     def torch_forward():
         with torch.no_grad():
             model(normalize_batch(clip, **stream_statistics(cfg.data)))
 
-    return {"batch": batch, "threads": threads, "repeats": repeats,
-            "torch_s": _median_seconds(torch_forward, repeats),
+    torch_s = _median_seconds(torch_forward, repeats)
+    session = onnx_session(result.path, threads=threads)
+    feed = {INPUT_NAME: clip.numpy()}
+    return {"batch": batch, "threads": threads, "repeats": repeats, "torch_s": torch_s,
             "onnxruntime_s": _median_seconds(lambda: session.run(None, feed), repeats)}
 
 
@@ -518,12 +521,10 @@ def cli_main(args) -> int:
     print("  output " + ", ".join(f"{name} [{'batch' if not args.static_batch else args.batch}, "
                                   f"{model.num_classes if name == FINE_OUTPUT else ma52.NUM_COARSE}]"
                                   for name in result.outputs))
-    session = None
     if args.check:
-        session = onnx_session(result.path, threads=torch.get_num_threads())
         batches = [args.batch] if args.static_batch else [args.batch, args.batch + 1]
         try:
-            worst = check_export(result, model, cfg, batches, args.tolerance or DEFAULT_TOLERANCE, session)
+            worst = check_export(result, model, cfg, batches, args.tolerance or DEFAULT_TOLERANCE)
         except ExportError:
             for f in (result.path, result.data_file):
                 if f is not None and f.exists():
@@ -533,7 +534,7 @@ def cli_main(args) -> int:
               "difference " + ", ".join(f"{name} {diff:.2g}" for name, diff in worst.items())
               + f" (tolerance {args.tolerance or DEFAULT_TOLERANCE:g})")
     if args.time:
-        t = time_forward(result, model, cfg, batch=args.batch, repeats=args.repeats, session=session)
+        t = time_forward(result, model, cfg, batch=args.batch, repeats=args.repeats)
         print(f"  time: forward of {t['batch']} clip(s) on the CPU ({t['threads']} threads, median of {t['repeats']}): "
               f"PyTorch {1e3 * t['torch_s']:.1f} ms, onnxruntime {1e3 * t['onnxruntime_s']:.1f} ms "
               f"(onnxruntime x{t['torch_s'] / t['onnxruntime_s']:.2f})")
