@@ -331,6 +331,9 @@ def export_onnx(model: nn.Module, cfg, out: str | os.PathLike, *, batch: int = 1
     shape = ["batch" if dynamic_batch else batch, channels, frames, size, size]
     mean, std = input_statistics(cfg, channels)
     streams = "RGB then optical flow (microact flow's colour images)" if channels == 6 else "RGB"
+    views_note = "one view per row; a video's answer is the mean of its rows' probabilities"
+    if cfg.eval.average == "logit":  # the graph ends in a softmax: the logit rule cannot be applied to its outputs
+        views_note += " (the recipe averages logits, eval.average=logit; the mean of probabilities is close, not equal)"
     metadata = {
         "microact.version": __version__,
         "microact.preset": cfg.model.preset,
@@ -351,9 +354,7 @@ def export_onnx(model: nn.Module, cfg, out: str | os.PathLike, *, batch: int = 1
                                            if module.has_coarse else {})}),
         "microact.class_names": json.dumps(class_names(model.num_classes)),
         "microact.views": json.dumps({"test_clips": cfg.eval.test_clips, "view": cfg.eval.view,
-                                      "average": cfg.eval.average,
-                                      "note": "one view per row; average a video's rows (prob: mean of the "
-                                              "probabilities)"}),
+                                      "average": cfg.eval.average, "note": views_note}),
         "microact.attention": attention,
         "microact.exporter": used,
         "microact.recipe": cfg.to_yaml(),
