@@ -35,6 +35,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -309,13 +310,13 @@ def export_onnx(model: nn.Module, cfg, out: str | os.PathLike, *, batch: int = 1
         for name in order:
             try:
                 _torch_export(module, example, raw, name, opset or DEFAULT_OPSET[name], outputs, dynamic_batch)
-            except ExportError:
-                raise
+            except ExportError as e:  # e.g. onnxscript missing for the fallback: say why it was needed too
+                raise ExportError("; ".join(failures + [str(e)])) from None
             except Exception as e:  # noqa: BLE001 - reported below, with the other exporter's answer
                 first_line = (str(e).strip().splitlines() or [""])[0][:300]
                 failures.append(f"the {name} exporter failed: {type(e).__name__}: {first_line}")
-                for f in Path(tmp).iterdir():
-                    f.unlink()
+                for f in Path(tmp).iterdir():  # a half-written graph must not be taken for the next one's
+                    shutil.rmtree(f) if f.is_dir() else f.unlink()
                 continue
             used = name
             break
