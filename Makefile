@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip || true
 	$(PIP) install -q torch==2.13.0 || $(PIP) install -q -c constraints.txt "torch>=2.4"
-	$(PIP) install -q -c constraints.txt -e ".[decord,detect,hf,tb,test]"
+	$(PIP) install -q -c constraints.txt -e ".[decord,detect,hf,tb,test,onnx]"
 	$(PIP) install -q --no-deps mediapipe==0.10.21 || echo "mediapipe unavailable: the crop stage falls back to OpenCV Haar faces"
 	$(PY) -c "import microact, torch, av, cv2; print('microact', microact.__version__, '| torch', torch.__version__)"
 	touch $(STAMP)

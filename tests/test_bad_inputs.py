@@ -501,6 +501,19 @@ def _ckpt_training_state_file(d: Path) -> Path:
     return d / "r4" / "checkpoints" / "state_00000084.pt"
 
 
+def _export(weights: Callable[[Path], Path], out: str = "model.onnx", extra: tuple[str, ...] = ()
+            ) -> Callable[[Path], Outcome]:
+    """``microact export WEIGHTS OUT`` with the tiny recipe (``weights`` builds the weights file in the folder)."""
+
+    def run(d: Path) -> Outcome:
+        d.mkdir(parents=True, exist_ok=True)
+        outcome = cli(["export", weights(d), d / out, *TINY, *extra])
+        if (d / out).exists():
+            return Outcome("CRASH", f"{out} was written: {outcome.message}")
+        return outcome
+    return run
+
+
 def _load_renamed_pth(d: Path) -> Outcome:
     """Library: a ``torch.save`` file named ``.safetensors`` loads through the safe torch loader, with a note."""
     import torch
@@ -854,6 +867,25 @@ def _cases() -> list[Case]:
     cases.append(Case("dump-list-order", "result dump", "--list in another order than the dump", "microact submit",
                       _submit(lambda d: _dump(d / "dump.pkl", ["v1.mp4", "v2.mp4"]), _list_for_dump), "exit 2",
                       ("test.txt", "order differs", "index 0")))
+
+    E = [  # noqa: N806 - table
+        ("export-weights-missing", "weights path that does not exist", _export(lambda d: d / "nope.safetensors"),
+         ("nope.safetensors", "not found")),
+        ("export-run-folder", "a training run folder instead of its weights", _export(_ckpt_run_folder),
+         ("r4", "run folder", "r4/model_final.safetensors")),
+        ("export-out-not-onnx", "OUT not ending in .onnx", _export(_good_checkpoint, out="model.pt"),
+         ("model.pt", "must end in .onnx")),
+        ("export-sdpa-opset-13", "--attention sdpa --opset 13",
+         _export(_good_checkpoint, extra=("--attention", "sdpa", "--opset", "13")),
+         ("--opset 13", "--attention sdpa", "14", "--attention math")),
+        ("export-dynamo-opset-17", "--exporter dynamo --opset 17",
+         _export(_good_checkpoint, extra=("--exporter", "dynamo", "--opset", "17")),
+         ("--opset 17", "--exporter dynamo", "18", "--exporter torchscript")),
+        ("export-batch-zero", "--batch 0", _export(_good_checkpoint, extra=("--batch", "0")),
+         ("--batch", "at least 1")),
+    ]
+    for cid, what, run, keys in E:
+        cases.append(Case(cid, "export", what, "microact export WEIGHTS OUT", run, "exit 2", keys))
     return cases
 
 

@@ -26,6 +26,7 @@ _HANDLERS = {
     "submit": "microact.results:cli_submit",
     "predict": "microact.predict:cli_main",
     "convert": "microact.models.checkpoints:cli_convert",
+    "export": "microact.export:cli_main",
     "bench backbone": "microact.bench.backbone:cli_main",
     "bench train": "microact.bench.train:cli_main",
     "bench data": "microact.bench.data:cli_main",
@@ -199,6 +200,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="output .safetensors file")
     p.add_argument("--backbone", default=None, help="backbone name to check shapes against (default: guessed from the weights)")
     p.add_argument("--keep-head", action="store_true", help="keep the classifier head weights")
+
+    # export ---------------------------------------------------------------------------------
+    p = _sub(sub, "export", "export trained weights as an ONNX graph over pixels, checked with onnxruntime",
+             "The graph takes pixels 0..255 [batch, C, T, H, W] (uint8; C = 3 RGB, 6 = RGB then flow for two-stream "
+             "models), normalises them and applies the input mode inside, and outputs fine_probs [batch, K] (plus "
+             "coarse_head_probs [batch, 7] for models with a coarse head). Class names, frames, size, mean/std and "
+             "the recipe are in the file's metadata (microact.*). Needs the onnx extra: "
+             'pip install -c constraints.txt "microact[onnx]".\n'
+             "Examples:\n  microact export runs/best/model_final.safetensors best.onnx\n"
+             "  microact export model.safetensors model.onnx --config configs/tiny_synth.yaml --opset 17 --time")
+    p.add_argument("weights", help="trained weights (.safetensors; a run's model_final / model_best)")
+    p.add_argument("out", help="the .onnx file to write")
+    p.add_argument("overrides", nargs="*", help="dotted overrides such as data.clip_len=8")
+    p.add_argument("--config", default=None,
+                   help="recipe the weights were trained with (default: the recipe recorded in the weights file)")
+    p.add_argument("--model", default=None, help="preset name (default: the recipe's)")
+    p.add_argument("--batch", type=int, default=1,
+                   help="clips per batch in the check and the timing (the fixed batch with --static-batch)")
+    p.add_argument("--static-batch", action="store_true",
+                   help="fix the batch axis at --batch (default: a dynamic axis named 'batch')")
+    p.add_argument("--opset", type=int, default=None,
+                   help="ONNX opset (default: 17 with the TorchScript exporter, 18 with dynamo; --attention sdpa "
+                        "needs 14 or newer)")
+    p.add_argument("--attention", default="math", choices=["math", "sdpa"],
+                   help="attention in the graph: math = explicit matmul-softmax-matmul (any opset), sdpa = "
+                        "PyTorch's scaled_dot_product_attention translation (opset >= 14)")
+    p.add_argument("--exporter", default="auto", choices=["auto", "torchscript", "dynamo"],
+                   help="torch.onnx exporter: auto = TorchScript (dynamo=False) while this PyTorch has it, else "
+                        "dynamo (torch.export + onnxscript)")
+    p.add_argument("--input-dtype", default="uint8", choices=["uint8", "float32"],
+                   help="dtype of the pixel input (values 0..255 either way)")
+    p.add_argument("--check", action=argparse.BooleanOptionalAction, default=True,
+                   help="run the graph in onnxruntime on random clips and compare with PyTorch (the file is removed "
+                        "when they differ)")
+    p.add_argument("--tolerance", type=float, default=None,
+                   help="largest max abs difference of the probabilities the check accepts (default: 1e-4)")
+    p.add_argument("--time", action="store_true",
+                   help="also print the CPU forward time of PyTorch and onnxruntime at --batch")
+    p.add_argument("--repeats", type=int, default=5, help="timed forward passes with --time (median reported)")
 
     # bench ----------------------------------------------------------------------------------
     p = _sub(sub, "bench", "benchmarks (figures are printed, never asserted)")

@@ -69,7 +69,7 @@ def collect_info() -> dict:
     }
     packages = {name: _version(name) for name in
                 ("torch", "numpy", "av", "opencv-python-headless", "safetensors", "decord", "mediapipe", "transformers",
-                 "scikit-learn", "matplotlib", "tensorboard")}
+                 "scikit-learn", "matplotlib", "tensorboard", "onnx", "onnxruntime", "onnxscript")}
     return {
         "microact": __version__,
         "python": sys.version.split()[0],
