@@ -147,6 +147,22 @@ def test_two_stream_six_channels_flow_statistics(tmp_path, capsys):
     assert meta["microact.channels"] == "6"
 
 
+def test_flow_alone_normalises_with_the_flow_statistics(tmp_path, capsys):
+    weights, model, _ = _weights(tmp_path, "model.preset=videomae_b_k710_flow_i3d",
+                                 "model.overrides={backbone: videomae_test}", "data.flow_dir=flow",
+                                 "data.flow_mean=[100, 110, 120]", "data.flow_std=[30, 40, 50]")
+    out = tmp_path / "flow.onnx"
+    _export(capsys, weights, out, "--opset", "13")
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape == ["batch", 3, 4, 32, 32]
+    clip = _clip(2, seed=4)
+    (fine,) = session.run(None, {"clip": clip})
+    np.testing.assert_allclose(fine, _reference(model, clip, [100.0, 110.0, 120.0], [30.0, 40.0, 50.0])[0],
+                               atol=1e-4, rtol=0)
+    meta = _metadata(out)
+    assert json.loads(meta["microact.mean"]) == [100.0, 110.0, 120.0] and "optical flow" in meta["microact.input"]
+
+
 def test_auto_exporter_takes_dynamo_above_torchscript_opsets(tmp_path, capsys):
     from microact.export import torchscript_max_opset
 

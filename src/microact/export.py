@@ -98,12 +98,15 @@ def _require(module: str):
 # --------------------------------------------------------------------------------------------
 
 
-def input_statistics(cfg, channels: int) -> tuple[list[float], list[float]]:
+def channel_statistics(cfg, channels: int) -> tuple[list[float], list[float]]:
     """Per-channel ``(mean, std)`` in pixel units the graph normalises with (RGB, then the recipe's flow
-    statistics for 6-channel clips), as :func:`~microact.data.transforms.normalize_batch` applies them."""
+    statistics for 6-channel clips; the flow statistics alone for flow-alone models), as
+    :func:`~microact.data.transforms.normalize_batch` applies them."""
     from microact.data.transforms import MEAN, STD
+    from microact.engine.builders import input_statistics
 
-    mean, std = list(MEAN), list(STD)
+    stats = input_statistics(cfg)
+    mean, std = list(stats.get("mean", MEAN)), list(stats.get("std", STD))
     if channels == 6:
         mean += list(cfg.data.flow_mean)
         std += list(cfg.data.flow_std)
@@ -115,7 +118,7 @@ class PixelClassifier(nn.Module):
 
     Args:
         model: a :class:`~microact.models.recognizer.Recognizer` (in eval mode).
-        flow_stats: :func:`~microact.data.transforms.stream_statistics` of the recipe (two-stream models).
+        flow_stats: :func:`~microact.engine.builders.input_statistics` of the recipe (flow models).
     """
 
     def __init__(self, model: nn.Module, flow_stats: Optional[dict] = None):
@@ -277,7 +280,7 @@ def export_onnx(model: nn.Module, cfg, out: str | os.PathLike, *, batch: int = 1
         ExportError: options that do not fit together, a missing package of the onnx extra, both exporters failing.
     """
     from microact import __version__
-    from microact.data.transforms import stream_statistics
+    from microact.engine.builders import input_statistics, input_streams
 
     onnx = _require("onnx")
     out = Path(out)
@@ -286,7 +289,7 @@ def export_onnx(model: nn.Module, cfg, out: str | os.PathLike, *, batch: int = 1
     _check_options(exporter, opset, attention, batch, input_dtype)
     channels = int(getattr(model.backbone, "in_chans", 3))
     frames, size = int(model.backbone.num_frames), int(cfg.data.img_size)
-    module = PixelClassifier(model, stream_statistics(cfg.data)).eval()
+    module = PixelClassifier(model, input_statistics(cfg)).eval()
     outputs = [FINE_OUTPUT] + ([COARSE_OUTPUT] if module.has_coarse else [])
     # A batch of 2 to trace with when the axis is dynamic: torch.export specialises size-1 dimensions
     trace_batch = max(batch, 2) if dynamic_batch else batch
@@ -330,8 +333,9 @@ def export_onnx(model: nn.Module, cfg, out: str | os.PathLike, *, batch: int = 1
 
     opset_written = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
     shape = ["batch" if dynamic_batch else batch, channels, frames, size, size]
-    mean, std = input_statistics(cfg, channels)
-    streams = "RGB then optical flow (microact flow's colour images)" if channels == 6 else "RGB"
+    mean, std = channel_statistics(cfg, channels)
+    streams = {("rgb",): "RGB", ("flow",): "optical flow (microact flow's colour images)",
+               ("rgb", "flow"): "RGB then optical flow (microact flow's colour images)"}[input_streams(cfg)]
     views_note = "one view per row; a video's answer is the mean of its rows' probabilities"
     if cfg.eval.average == "logit":  # the graph ends in a softmax: the logit rule cannot be applied to its outputs
         views_note += " (the recipe averages logits, eval.average=logit; the mean of probabilities is close, not equal)"
@@ -393,11 +397,12 @@ def onnx_session(path: str | os.PathLike, threads: Optional[int] = None):
 def reference_outputs(model: nn.Module, cfg, clip: torch.Tensor) -> list[np.ndarray]:
     """PyTorch's answer for a pixel clip, the way ``microact test`` computes it: ``normalize_batch`` then
     ``Recognizer.predict_proba`` (one view per row), plus the coarse lead head's softmax when there is one."""
-    from microact.data.transforms import normalize_batch, stream_statistics
+    from microact.data.transforms import normalize_batch
+    from microact.engine.builders import input_statistics
 
     model.eval()
     with torch.no_grad():
-        x = normalize_batch(clip, **stream_statistics(cfg.data))
+        x = normalize_batch(clip, **input_statistics(cfg))
         fine = model.predict_proba(x)
         outs = [fine]
         if getattr(model.cls_head, "fc_coarse_cls", None) is not None:
@@ -467,7 +472,8 @@ def time_forward(result: ExportResult, model: nn.Module, cfg, batch: int = 1, re
     PyTorch runs first and onnxruntime's session is made afterwards: an onnxruntime session that has run keeps its
     worker threads spinning for work, and on a machine with few cores they slowed PyTorch's forward ~10x.
     """
-    from microact.data.transforms import normalize_batch, stream_statistics
+    from microact.data.transforms import normalize_batch
+    from microact.engine.builders import input_statistics
 
     threads = torch.get_num_threads()
     clip = random_clip(result, batch, seed=7)
@@ -475,7 +481,7 @@ def time_forward(result: ExportResult, model: nn.Module, cfg, batch: int = 1, re
 
     def torch_forward():
         with torch.no_grad():
-            model(normalize_batch(clip, **stream_statistics(cfg.data)))
+            model(normalize_batch(clip, **input_statistics(cfg)))
 
     torch_s = _median_seconds(torch_forward, repeats)
     session = onnx_session(result.path, threads=threads)
