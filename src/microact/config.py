@@ -453,11 +453,14 @@ def config_from_yaml(text: str, source: str, overrides: list[str] | tuple[str, .
 
 def _validated(raw: dict, overrides, where: str) -> Config:
     typed_as: dict[str, str] = {}  # dotted key -> the override that set it, as typed (the last one wins)
+    file_keys = frozenset(flatten_config(raw)) if isinstance(raw, dict) else frozenset()
+    override_keys: set[str] = set()
     for item in overrides:
         key, value = parse_override(item)
         _set_dotted(raw, key, value)
         typed_as.pop(key, None)
         typed_as[key] = item
+        override_keys |= set(flatten_config({key: value})) if isinstance(value, dict) else {key}
     try:
         cfg = config_from_dict(raw).validate()
     except ConfigError as e:
@@ -470,9 +473,9 @@ def _validated(raw: dict, overrides, where: str) -> Config:
             label = "override" if len(culprits) == 1 else "overrides"
             raise ConfigError(f"{label} {' '.join(repr(c) for c in culprits)}: {message}", keys=e.keys) from None
         raise ConfigError(f"{where}{e}", keys=e.keys) from None
-    # the dotted keys the recipe or an override set (not a field: it stays out of the recorded recipe); a classes
-    # file fixes the class count of the keys left at their default (microact.taxonomy.resolve_taxonomy)
-    cfg.explicit_keys = frozenset(flatten_config(raw))
+    # the dotted keys the recipe file and the overrides set (attributes, not fields: they stay out of the recorded
+    # recipe); a classes file fixes the class counts the user left alone (microact.taxonomy.resolve_taxonomy)
+    cfg.file_keys, cfg.override_keys = file_keys, frozenset(override_keys)
     return cfg
 
 

@@ -340,8 +340,8 @@ def evaluate_scores(scores, labels, *, macro_labels: MacroLabels = "present", co
     Returns:
         ``{"f1_mean", "fine_macro", "fine_micro", "coarse_macro", "coarse_micro", "top1", "top5",
         "mean_class_accuracy", "num_videos", "macro_labels", "coarse_rule", "per_class", "per_coarse_class"}``
-        with fractions in [0, 1]. A flat taxonomy has no ``coarse_*`` keys and no ``per_coarse_class``, and
-        ``"f1_mean_of"`` says what F1_mean averages.
+        with fractions in [0, 1]. A flat taxonomy has no ``coarse_*`` keys (nor ``coarse_rule``) and no
+        ``per_coarse_class``, and ``"f1_mean_of"`` says what F1_mean averages.
     """
     s = _as_scores(scores)
     y = _as_labels(labels, "labels")
@@ -355,7 +355,9 @@ def evaluate_scores(scores, labels, *, macro_labels: MacroLabels = "present", co
                              taxonomy=taxonomy))
     topk = topk_accuracy(s, y, ks=(1, 5))
     out.update(top1=topk[1], top5=topk[5], mean_class_accuracy=mean_class_accuracy(y, pred), num_videos=int(y.size),
-               macro_labels=macro_labels, coarse_rule=coarse_rule if taxonomy.has_coarse else None)
+               macro_labels=macro_labels)
+    if taxonomy.has_coarse:
+        out["coarse_rule"] = coarse_rule
     names = list(names) if names is not None else list(taxonomy.fine_names[: s.shape[1]])
     out["per_class"] = per_class_report(y, pred, names)
     if taxonomy.has_coarse:

@@ -115,11 +115,11 @@ def predictor_taxonomy(cfg, checkpoint: Optional[str]) -> Taxonomy:
     if path is not None and path.is_file():
         warn_if_taxonomy_differs(resolve_taxonomy(cfg), checkpoint)
     elif path is not None:  # e.g. the recorded recipe of a run made on another machine
-        print(f"using the classes recorded in {checkpoint}: {recorded.describe()} (data.classes={cfg.data.classes} "
-              "is not on this machine)", file=sys.stderr)
+        print(f"using the classes recorded in {checkpoint}: {recorded.describe(False)} "
+              f"(data.classes={cfg.data.classes} is not on this machine)", file=sys.stderr)
     elif not recorded.is_ma52:
         print(f"note: the recipe names no classes file (data.classes); using the classes recorded in {checkpoint}: "
-              f"{recorded.describe()}", file=sys.stderr)
+              f"{recorded.describe(False)}", file=sys.stderr)
     cfg.data.num_classes = cfg.model.num_classes = recorded.num_fine
     if not recorded.has_coarse:
         cfg.predict.coarse_rule = "map_top1"  # no groups to predict (the only rule that needs none)

@@ -9,8 +9,10 @@ The classes file extends MA-52's ``label_name.txt``: one class per line, TAB-sep
     id<TAB>name                 a flat taxonomy (no coarse level)
     id<TAB>name<TAB>group       every line names its group: a two-level taxonomy like MA-52's
 
-Ids are 0..K-1, each once, in any line order; names are unique; group ids number the groups in the order they
-first appear in the file. Names may contain spaces, which is why only a TAB separates columns.
+Ids are 0..K-1, each once, in any line order; names are unique; group ids number the groups in the order of their
+first appearance going through the classes by id (for a file written in id order: the order they first appear in
+it), so the meaning of a file never depends on how its lines are ordered. Names may contain spaces, which is why
+only a TAB separates columns.
 """
 from __future__ import annotations
 
@@ -103,12 +105,13 @@ class Taxonomy:
         """Whether these are MA-52's 52 classes and 7 body parts."""
         return self == MA52
 
-    def describe(self) -> str:
-        """A short phrase for logs: ``"MA-52 (52 classes, 7 body parts)"``, ``"3 classes in 2 groups (file)"``."""
+    def describe(self, with_source: bool = True) -> str:
+        """A short phrase for logs: ``"MA-52 (52 classes, 7 body parts)"``, ``"3 classes in 2 groups (FILE)"``,
+        ``"4 classes, flat (no coarse level) (FILE)"``."""
         if self.is_ma52:
             return "MA-52 (52 classes, 7 body parts)"
-        level = f"in {self.num_coarse} groups" if self.has_coarse else "flat: no coarse level"
-        return f"{self.num_fine} classes, {level}" + (f" ({self.source})" if self.source else "")
+        level = f" in {self.num_coarse} groups" if self.has_coarse else ", flat (no coarse level)"
+        return f"{self.num_fine} classes{level}" + (f" ({self.source})" if self.source and with_source else "")
 
     # ---- the map -----------------------------------------------------------------------------------------------
 
@@ -278,7 +281,7 @@ def load_classes(path: str | os.PathLike) -> Taxonomy:
     if not with_group:
         return Taxonomy(tuple(n for n, _, _ in ordered), source=str(path))
     groups: dict[str, int] = {}
-    for _, group, _ in sorted(names.values(), key=lambda item: item[2]):  # file order: first appearance
+    for _, group, _ in ordered:  # by class id: line order does not change the group ids
         groups.setdefault(group, len(groups))
     return Taxonomy(tuple(n for n, _, _ in ordered), tuple(groups), tuple(groups[g] for _, g, _ in ordered),
                     source=str(path))
@@ -312,9 +315,10 @@ def resolve_taxonomy(cfg) -> Taxonomy:
     """The taxonomy of a recipe, with ``data.num_classes`` / ``model.num_classes`` made to agree with it.
 
     ``data.classes`` unset: MA-52 (the recipe must keep 52 classes). Set: the classes file is read; class counts
-    the user left at their default take its count (``cfg`` is updated in place, so the recipe a run records says
-    it), counts set to something else are an error naming the keys and the file. Call it at start-up, before
-    anything is written.
+    the user left alone take its count (``cfg`` is updated in place, so the recipe a run records says it), counts
+    set to something else are an error naming the keys and the file. "Left alone" is: not given as an override
+    and, in the recipe file, absent or MA-52's 52 (every shipped recipe states ``num_classes: 52``, and a recipe
+    copied from them should not have to change it). Call it at start-up, before anything is written.
 
     Raises:
         microact.config.ConfigError: counts that do not match, or ``num_classes`` other than 52 without a file.
@@ -322,7 +326,6 @@ def resolve_taxonomy(cfg) -> Taxonomy:
     """
     from microact.config import ConfigError
 
-    explicit = getattr(cfg, "explicit_keys", frozenset())
     path = classes_path(cfg)
     if path is None:
         if cfg.data.num_classes != ma52.NUM_FINE:
@@ -338,11 +341,13 @@ def resolve_taxonomy(cfg) -> Taxonomy:
                           keys=("data.classes",))
     taxonomy = load_classes(path)
     k = taxonomy.num_fine
-    wrong = [key for key in ("data.num_classes", "model.num_classes")
-             if key in explicit and getattr(cfg.data if key.startswith("data") else cfg.model, "num_classes") != k]
+    counts = {"data.num_classes": cfg.data.num_classes, "model.num_classes": cfg.model.num_classes}
+    typed, in_file = getattr(cfg, "override_keys", frozenset()), getattr(cfg, "file_keys", frozenset())
+    user_set = [key for key, value in counts.items()
+                if key in typed or (key in in_file and value != ma52.NUM_FINE)]
+    wrong = [key for key in user_set if counts[key] != k]
     if wrong:
-        values = ", ".join(f"{key}={getattr(cfg.data if key.startswith('data') else cfg.model, 'num_classes')}"
-                           for key in wrong)
+        values = ", ".join(f"{key}={counts[key]}" for key in wrong)
         raise ConfigError(f"{values} but data.classes={cfg.data.classes} ({path}) lists {k} classes: remove "
                           f"{' and '.join(wrong)} (the count is taken from the file) or make the file match",
                           keys=tuple(wrong) + ("data.classes",))
