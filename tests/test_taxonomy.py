@@ -268,7 +268,7 @@ def test_coarse_heads_on_a_flat_taxonomy_are_refused_with_the_override_to_use():
     flat = Taxonomy(("a", "b", "c"))
     with pytest.raises(MicroactError) as e:
         create_model("videomae_test_frame_coarse_tsn", taxonomy=flat, **TINY)
-    assert "model.overrides={use_coarse: false}" in str(e.value) and "flat" in str(e.value)
+    assert "model.overrides={use_coarse: false}" in str(e.value) and "no coarse level" in str(e.value)
     model = create_model("videomae_test_frame_coarse_tsn", taxonomy=flat, use_coarse=False, **TINY)
     assert model.preset.loss == "cef1_double" and not model.has_coarse and model.num_classes == 3
     with pytest.raises(MicroactError, match="num_classes=4 but the taxonomy lists 3"):
@@ -443,7 +443,7 @@ def test_data_check_with_a_classes_file(tmp_path):
     (tmp_path / "train_list_videos.txt").write_text("\n".join(lines) + "\n")  # labels 0..3
     (tmp_path / "classes.txt").write_text("0\tnod\n1\twave\n2\tsit\n")
     report = check_dataset(tmp_path, classes="classes.txt", decode=False, progress=False)
-    assert report["classes"].startswith("3 classes, flat")
+    assert report["classes"].startswith("3 classes without groups")
     assert any("label 3 is outside [0, 3)" in p for p in report["problems"])
     (tmp_path / "classes.txt").write_text("0\tnod\n1\twave\n2\tsit\n3\tjump\n4\tclap\n")
     report = check_dataset(tmp_path, classes="classes.txt", decode=False, progress=False)
@@ -499,7 +499,7 @@ def test_own_classes_end_to_end(own_dataset, tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
     assert cli(["train", str(recipe), "--out", str(run)]) == 0
     out = capsys.readouterr().out
-    assert f"classes: 3 classes in 2 groups ({own_dataset / 'my_classes.txt'})" in out
+    assert f"classes: 3 classes in 2 groups, from {own_dataset / 'my_classes.txt'}" in out
     assert "coarse_macro" in out  # validation has both levels
     weights = run / "model_final.safetensors"
     assert read_recorded_taxonomy(weights) == taxonomy
@@ -577,7 +577,7 @@ def test_flat_classes_train_with_the_override_and_refuse_coarse_heads(own_datase
     assert not run.exists()  # refused before the run folder was made
     assert cli(["train", str(recipe), "model.overrides={use_coarse: false}", "--out", str(run)]) == 0
     out = capsys.readouterr().out
-    assert "flat (no coarse level)" in out and "F1_mean = mean of fine macro and fine micro F1" in out
+    assert "classes: 3 classes without groups" in out and "F1_mean = mean of fine macro and fine micro F1" in out
     val = json.loads((run / "metrics.json").read_text())["val"][0]
     assert set(val) >= {"f1_mean", "fine_macro", "fine_micro"} and "coarse_macro" not in val
     assert val["f1_mean"] == pytest.approx((val["fine_macro"] + val["fine_micro"]) / 2)

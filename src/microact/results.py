@@ -114,8 +114,8 @@ class Results:
         """The taxonomy, or a :class:`ResultsError` saying how to give one (a bare pickle of K != 52 classes)."""
         if self.taxonomy is None:
             raise ResultsError(f"{self.meta.get('source', 'these results')}: {self.num_classes} classes and no "
-                               "recorded taxonomy (a pickle without its .npz?): pass the classes file the model was "
-                               "trained with (--classes FILE)")
+                               "recorded taxonomy (a pickle without its .npz, or a dump older than recorded classes): "
+                               "pass the classes file the model was trained with (--classes FILE)")
         return self.taxonomy
 
     def __len__(self) -> int:
@@ -925,6 +925,9 @@ def cli_ensemble(args) -> int:
 
     taxonomy = _classes_option(args)
     dumps = [load_results(p, list_file=args.list, taxonomy=taxonomy) for p in args.dumps]
+    check_compatible(dumps)  # class counts and video order first: the more telling mismatch
+    for r in dumps:
+        r.require_taxonomy()  # a bare pickle of other classes: say which file needs --classes
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     info: dict = {"dumps": list(args.dumps)}

@@ -106,12 +106,12 @@ class Taxonomy:
         return self == MA52
 
     def describe(self, with_source: bool = True) -> str:
-        """A short phrase for logs: ``"MA-52 (52 classes, 7 body parts)"``, ``"3 classes in 2 groups (FILE)"``,
-        ``"4 classes, flat (no coarse level) (FILE)"``."""
+        """A short phrase for logs: ``"MA-52 (52 classes, 7 body parts)"``, ``"3 classes in 2 groups, from FILE"``,
+        ``"4 classes without groups, from FILE"`` (a flat taxonomy)."""
         if self.is_ma52:
             return "MA-52 (52 classes, 7 body parts)"
-        level = f" in {self.num_coarse} groups" if self.has_coarse else ", flat (no coarse level)"
-        return f"{self.num_fine} classes{level}" + (f" ({self.source})" if self.source and with_source else "")
+        level = f"in {self.num_coarse} groups" if self.has_coarse else "without groups"
+        return f"{self.num_fine} classes {level}" + (f", from {self.source}" if self.source and with_source else "")
 
     # ---- the map -----------------------------------------------------------------------------------------------
 

@@ -408,7 +408,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo, taxonomy)
         if kernel is not None:
             D.log(f"attention: SDPA's {kernel} kernel (model.sdpa_kernel={cfg.model.sdpa_kernel})")
         D.log(f"classes: {taxonomy.describe()}" + ("" if taxonomy.has_coarse else
-                                                    "; F1_mean = mean of fine macro and fine micro F1"))
+                                                    "; no coarse level: F1_mean = mean of fine macro and fine micro F1"))
         D.log(f"model {cfg.model.preset}: {sum(p.numel() for p in raw_model.parameters()):,d} parameters; "
               f"parameter groups:\n{describe_groups(groups)}")
         D.log(f"{len(dataset)} training clips; {info.world_size} process(es) x micro-batch {t.micro_batch} x "
