@@ -891,9 +891,9 @@ def _cases() -> list[Case]:
         cases.append(Case(cid, "result dump", what, "microact ensemble", _no_marker(_ensemble(make, extra)),
                           "exit 2", keys))
     cases.append(Case("dump-other-classes", "result dump", "dumps of two models trained on other classes",
-                      "microact ensemble", _ensemble(
-                          lambda d: _dump(d / "model_b.pkl", ["v1.mp4", "v2.mp4", "v3.mp4"], taxonomy=_own_classes(52))),
-                      "exit 2",
+                      "microact ensemble",
+                      _ensemble(lambda d: _dump(d / "model_b.pkl", ["v1.mp4", "v2.mp4", "v3.mp4"],
+                                                taxonomy=_own_classes(52))), "exit 2",
                       ("model_b.npz", "model_a.npz", "different classes", "class 0 is 'c0' vs 'shaking body'")))
     cases.append(Case("dump-no-classes", "result dump", "a 6-class pickle without its .npz (no recorded classes)",
                       "microact ensemble", lambda d: (d.mkdir(parents=True), cli(["ensemble", _bare_pickle(d), "--out",

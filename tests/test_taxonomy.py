@@ -581,3 +581,23 @@ def test_flat_classes_train_with_the_override_and_refuse_coarse_heads(own_datase
     val = json.loads((run / "metrics.json").read_text())["val"][0]
     assert set(val) >= {"f1_mean", "fine_macro", "fine_micro"} and "coarse_macro" not in val
     assert val["f1_mean"] == pytest.approx((val["fine_macro"] + val["fine_micro"]) / 2)
+
+
+def test_plots_colour_by_the_taxonomys_groups(tmp_path):
+    from microact.plots.data import plot_class_distribution
+    from microact.plots.results import PART_COLOURS, group_boundaries, group_colour, plot_per_class_f1, plot_timeline
+
+    assert group_boundaries(MA52) == [5, 11, 24, 32, 38, 48]  # the lines drawn on MA-52's confusion matrix
+    assert group_boundaries(SIX) == []  # groups that are not id ranges get none
+    assert [group_colour(g) for g in range(7)] == list(PART_COLOURS)  # MA-52's plots keep their colours
+    assert len({group_colour(g) for g in range(20)}) == 20
+    flat = Taxonomy(("sit", "stand", "wave"))
+    rows = metrics.per_class_report([0, 1, 2, 2], [0, 2, 2, 1], flat.fine_names)
+    assert plot_per_class_f1(rows, tmp_path / "f1.png", taxonomy=flat).stat().st_size > 0
+    assert plot_class_distribution({0: 3, 4: 1, 5: 2}, path=tmp_path / "dist.png", taxonomy=SIX).stat().st_size > 0
+    windows = [{"start_s": float(i), "end_s": i + 1.0, "probs": p, "top_k": [{"id": int(np.argmax(p))}]}
+               for i, p in enumerate([[0.7, 0.2, 0.1], [0.1, 0.2, 0.7], [0.2, 0.6, 0.2]])]
+    pred = {"video": "x.mp4", "window_s": 1.0, "stride_s": 1.0, "windows": windows,
+            "segments": [{"start_s": float(i), "end_s": i + 1.0, "id": w["top_k"][0]["id"]}
+                         for i, w in enumerate(windows)]}
+    assert plot_timeline(pred, tmp_path / "timeline.png", taxonomy=flat).stat().st_size > 0

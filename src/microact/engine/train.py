@@ -407,8 +407,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo, taxonomy)
                   "far slower here than the loader's OpenCV (it is for GPU hosts whose loader is the bottleneck)")
         if kernel is not None:
             D.log(f"attention: SDPA's {kernel} kernel (model.sdpa_kernel={cfg.model.sdpa_kernel})")
-        D.log(f"classes: {taxonomy.describe()}" + ("" if taxonomy.has_coarse else
-                                                    "; no coarse level: F1_mean = mean of fine macro and fine micro F1"))
+        flat_note = "; no coarse level: F1_mean = mean of fine macro and fine micro F1"
+        D.log(f"classes: {taxonomy.describe()}" + ("" if taxonomy.has_coarse else flat_note))
         D.log(f"model {cfg.model.preset}: {sum(p.numel() for p in raw_model.parameters()):,d} parameters; "
               f"parameter groups:\n{describe_groups(groups)}")
         D.log(f"{len(dataset)} training clips; {info.world_size} process(es) x micro-batch {t.micro_batch} x "
