@@ -21,7 +21,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 
@@ -185,9 +185,6 @@ class Taxonomy:
         except ValueError as e:
             raise TaxonomyError(f"{source + ': ' if source else ''}recorded taxonomy is not valid JSON ({e})") from None
         return cls.from_dict(data, source)
-
-    def with_source(self, source: str) -> "Taxonomy":
-        return Taxonomy(self.fine_names, self.coarse_names, self.fine_to_coarse, source=source)
 
 
 MA52 = Taxonomy(ma52.FINE_NAMES, ma52.COARSE_NAMES, ma52.FINE_TO_COARSE, source="MA-52")
@@ -393,14 +390,5 @@ def differences(a: Taxonomy, b: Taxonomy) -> str:
     return "the groups differ"
 
 
-def check_labels(labels: Sequence[int], taxonomy: Taxonomy, what: str) -> None:
-    """Every label lies in ``0..K-1`` of ``taxonomy``, else :class:`TaxonomyError` naming ``what``."""
-    arr = np.asarray(labels, dtype=np.int64)
-    if arr.size and (arr.min() < 0 or arr.max() >= taxonomy.num_fine):
-        bad = int(arr.max() if arr.max() >= taxonomy.num_fine else arr.min())
-        raise TaxonomyError(f"{what}: class id {bad} is outside the taxonomy's 0..{taxonomy.num_fine - 1} "
-                            f"({taxonomy.describe()})")
-
-
 __all__ = ["Taxonomy", "TaxonomyError", "MA52", "TAXONOMY_METADATA_KEY", "load_classes", "write_classes",
-           "resolve_taxonomy", "classes_path", "read_recorded_taxonomy", "differences", "check_labels"]
+           "resolve_taxonomy", "classes_path", "read_recorded_taxonomy", "differences"]
