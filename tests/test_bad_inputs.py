@@ -335,6 +335,46 @@ def _train_without_val_list(d: Path) -> Outcome:
     return cli(["train", recipe, f"data.root={d / 'data'}", "--out", d / "run"])
 
 
+def _train_with_classes(classes: bytes | None, *overrides: str) -> Callable[[Path], Outcome]:
+    """``microact train`` on a dataset folder with a classes file (``data.classes=classes.txt``, unless an override
+    names another) and train/val lists whose labels are 0..2."""
+
+    def run(d: Path) -> Outcome:
+        recipe = _recipe(d)
+        data = d / "data"
+        data.mkdir()
+        for name in ("train_list_videos.txt", "val_list_videos.txt"):
+            (data / name).write_text("a.mp4 0\nb.mp4 2\n")
+        if classes is not None:
+            (data / "classes.txt").write_bytes(classes)
+        return cli(["train", recipe, *TINY, f"data.root={data}", "data.classes=classes.txt", *overrides,
+                    "--out", d / "run"])
+    return _creates_nothing(run)
+
+
+def _classes_check(classes: bytes, labels: str) -> Callable[[Path], Outcome]:
+    """``microact data check --no-decode --classes classes.txt`` on a list with ``labels``."""
+
+    def run(d: Path) -> Outcome:
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "classes.txt").write_bytes(classes)
+        (d / "train_list_videos.txt").write_text("".join(f"v{i}.mp4 {v}\n" for i, v in enumerate(labels.split())))
+        for i in range(len(labels.split())):
+            (d / f"v{i}.mp4").write_bytes(b"")
+        return cli(["data", "check", d, "--no-decode", "--classes", "classes.txt"])
+    return run
+
+
+def _classes_library(data: bytes) -> Callable[[Path], Outcome]:
+    def run(d: Path) -> Outcome:
+        from microact.taxonomy import load_classes
+
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "classes.txt").write_bytes(data)
+        return library(lambda: load_classes(d / "classes.txt"))
+    return run
+
+
 # --------------------------------------------------------------------------------------------
 # Checkpoints
 # --------------------------------------------------------------------------------------------
@@ -590,14 +630,28 @@ def _load_pretrained_hf(d: Path, **config) -> Outcome:
 # --------------------------------------------------------------------------------------------
 
 
-def _dump(path: Path, names: list[str], k: int = 52, seed: int = 0) -> Path:
+def _dump(path: Path, names: list[str], k: int = 52, seed: int = 0, taxonomy=None) -> Path:
     from microact.results import Results, save_results
 
     rng = np.random.default_rng(seed)
     scores = rng.random((len(names), k)).astype(np.float32)
     labels = np.arange(len(names)) % k
-    save_results(Results(names, scores / scores.sum(1, keepdims=True), labels, num_classes=k), path)
+    save_results(Results(names, scores / scores.sum(1, keepdims=True), labels, num_classes=k, taxonomy=taxonomy),
+                 path)
     return path.with_suffix(".npz")
+
+
+def _own_classes(k: int, prefix: str = "c"):
+    from microact.taxonomy import Taxonomy
+
+    return Taxonomy(tuple(f"{prefix}{i}" for i in range(k)))
+
+
+def _bare_pickle(d: Path) -> Path:
+    """A 6-class result pickle without the .npz that records its classes."""
+    npz = _dump(d / "six.pkl", ["v1.mp4", "v2.mp4", "v3.mp4"], k=6, taxonomy=_own_classes(6))
+    npz.unlink()
+    return d / "six.pkl"
 
 
 def _ensemble(second: Callable[[Path], Path], extra: tuple[str, ...] = ()) -> Callable[[Path], Outcome]:
@@ -712,6 +766,42 @@ def _cases() -> list[Case]:
                       ("label_name.txt:3", "appears twice")))
     cases.append(Case("labels-gap", "list file", "label_name.txt missing id 1", "load_label_names()",
                       _label_file(b"0\tsit\n2\twave\n"), "raises AnnotationError", ("label_name.txt", "ids missing")))
+
+    three = b"0\tnod\thead\n1\twave\thand\n2\tpoint\thand\n"
+    flat = b"0\tnod\n1\twave\n2\tpoint\n"
+    cases += [
+        Case("classes-spaces", "classes file", "columns separated by spaces (names have spaces: TAB only)",
+             "microact train data.classes=...", _train_with_classes(b"0 nod\n1 wave\n2 point\n"), "exit 2",
+             ("classes.txt:1", "TAB-separated", "3 problem(s)")),
+        Case("classes-mixed-groups", "classes file", "a group on some lines only", "microact train data.classes=...",
+             _train_with_classes(b"0\tnod\thead\n1\twave\n2\tpoint\thand\n"), "exit 2",
+             ("classes.txt:2", "names no group", "either every line names a group")),
+        Case("classes-duplicate-name", "classes file", "one name for two ids", "load_classes()",
+             _classes_library(b"0\tnod\n1\tnod\n"), "raises AnnotationError",
+             ("classes.txt:2", "name 'nod' appears twice", "line 1")),
+        Case("classes-gap", "classes file", "ids 0 and 2 without 1", "load_classes()",
+             _classes_library(b"0\tnod\n2\twave\n"), "raises AnnotationError", ("classes.txt", "ids missing: 1")),
+        Case("classes-missing", "classes file", "data.classes names a file that is not there",
+             "microact train data.classes=...", _train_with_classes(None), "exit 2",
+             ("data.classes=classes.txt", "not found")),
+        Case("classes-count-mismatch", "classes file", "data/model.num_classes=52 with a 3-class file",
+             "microact train data.classes=...", _train_with_classes(three, "data.num_classes=52",
+                                                                     "model.num_classes=52"), "exit 2",
+             ("data.num_classes=52", "model.num_classes=52", "classes.txt", "lists 3 classes")),
+        Case("classes-no-file-other-count", "classes file", "num_classes=3 without a classes file",
+             "microact train", _train_with_classes(None, "data.classes=null", "data.num_classes=3",
+                                                   "model.num_classes=3"), "exit 2",
+             ("data.num_classes=3", "data.classes is not set", "classes file")),
+        Case("classes-flat-coarse-heads", "classes file", "a flat classes file with a preset that has coarse heads",
+             "microact train data.classes=...", _train_with_classes(flat), "exit 2",
+             ("videomae_test_frame_coarse_tsn", "no coarse level", "model.overrides={use_coarse: false}")),
+        Case("classes-flat-coarse-rule", "classes file", "predict.coarse_rule=sum_probs with a flat classes file",
+             "microact train data.classes=...", _train_with_classes(flat, "predict.coarse_rule=sum_probs"), "exit 2",
+             ("predict.coarse_rule=sum_probs", "names none", "map_top1")),
+        Case("classes-label-range", "classes file", "a label beyond the classes file's 3 classes",
+             "microact data check --classes", _classes_check(three, "0 2 3"), "exit 1",
+             ("train_list_videos.txt:3", "outside [0, 3)")),
+    ]
 
     C = [  # noqa: N806 - table
         ("config-unknown-key", "unknown key (typo)", "optim:\n  lrr: 0.1\n", (),
@@ -855,6 +945,19 @@ def _cases() -> list[Case]:
     for cid, what, make, extra, keys in D:
         cases.append(Case(cid, "result dump", what, "microact ensemble", _no_marker(_ensemble(make, extra)),
                           "exit 2", keys))
+    cases.append(Case("dump-other-classes", "result dump", "dumps of two models trained on other classes",
+                      "microact ensemble",
+                      _ensemble(lambda d: _dump(d / "model_b.pkl", ["v1.mp4", "v2.mp4", "v3.mp4"],
+                                                taxonomy=_own_classes(52))), "exit 2",
+                      ("model_b.npz", "model_a.npz", "different classes", "class 0 is 'c0' vs 'shaking body'")))
+    cases.append(Case("dump-no-classes", "result dump", "a 6-class pickle without its .npz (no recorded classes)",
+                      "microact ensemble", lambda d: (d.mkdir(parents=True), cli(["ensemble", _bare_pickle(d), "--out",
+                                                                                  d / "out"]))[1], "exit 2",
+                      ("six.pkl", "6 classes and no recorded taxonomy", "--classes FILE")))
+    cases.append(Case("dump-submit-other-52", "result dump", "a dump of 52 classes that are not MA-52's",
+                      "microact submit", _submit(lambda d: _dump(d / "dump.pkl", ["v1.mp4", "v2.mp4"],
+                                                                 taxonomy=_own_classes(52))), "exit 2",
+                      ("dump.npz", "submissions are MA-52's", "other classes")))
     cases.append(Case("dump-evil-submit", "result dump", "a pickle that runs code", "microact submit",
                       _no_marker(_submit(_evil_dump)), "exit 2", ("evil.pkl", "refused to load", "nothing")))
     cases.append(Case("dump-submit-classes", "result dump", "a 7-class dump given to submit", "microact submit",

@@ -121,7 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("root", help="dataset folder with the list files")
     p.add_argument("--lists", nargs="*", default=None, help="list files to check (default: every *_list_videos.txt)")
     p.add_argument("--video-dir", default="", help="folder of the videos, relative to root")
-    p.add_argument("--num-classes", type=int, default=52, help="labels must lie in [0, num-classes)")
+    p.add_argument("--num-classes", type=int, default=None,
+                   help="labels must lie in [0, num-classes) (default: the --classes file's count, else 52)")
+    p.add_argument("--classes", default=None,
+                   help="classes file ('id<TAB>name[<TAB>group]' per line; relative to root or absolute): checked, "
+                        "and its count bounds the labels (default: MA-52's 52 classes)")
     p.add_argument("--decoder", default="pyav", choices=["pyav", "decord"], help="decoder used to open the videos")
     p.add_argument("--no-decode", action="store_true", help="check list files and file presence only")
     p.add_argument("--workers", type=int, default=0, help="parallel processes (0 = all cores)")
@@ -158,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list", default=None,
                    help="test list file the dumps were computed on: gives the submission its video names when the "
                         "dumps have none (mmaction2's), and checks the order of those that have")
+    p.add_argument("--classes", default=None,
+                   help="classes file the models were trained with (data.classes), for dumps that do not record "
+                        "their classes (pickles without their .npz); default: MA-52 for 52 classes")
     p.add_argument("--out", required=True, help="output folder: dump, metrics, submission")
 
     # submit ---------------------------------------------------------------------------------

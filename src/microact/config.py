@@ -61,6 +61,9 @@ class DataConfig:
     val_list: Optional[str] = None  # validated during training when set (train-only recipes use val_list_videos.txt)
     test_list: str = "test_list_videos.txt"
     label_file: str = "label_name.txt"
+    # classes file ("id<TAB>name[<TAB>group]" per line, relative to root like the lists); null = MA-52's 52 classes
+    # and 7 body parts. When set, num_classes (here and in model) is taken from it (microact.taxonomy)
+    classes: Optional[str] = None
     num_classes: int = 52
     clip_len: int = 16  # frames per clip (UniformSample)
     img_size: int = 224  # square network input after the transforms
@@ -84,6 +87,8 @@ class DataConfig:
         _positive(self, "num_classes", "clip_len", "img_size", "decode_timeout", "prefetch_factor")
         if not all(s > 0 for s in self.flow_std):
             raise ConfigError(f"data.flow_std: each must be > 0, got {list(self.flow_std)}")
+        if self.classes is not None and not self.classes.strip():
+            raise ConfigError("data.classes: empty; give the classes file (relative to data.root) or null for MA-52")
         if self.flow_dir is not None and not self.flow_dir.strip():
             raise ConfigError("data.flow_dir: empty; give the folder of the flow videos (relative to data.root) "
                               "or null for no flow stream")
@@ -446,13 +451,16 @@ def config_from_yaml(text: str, source: str, overrides: list[str] | tuple[str, .
 
 def _validated(raw: dict, overrides, where: str) -> Config:
     typed_as: dict[str, str] = {}  # dotted key -> the override that set it, as typed (the last one wins)
+    file_keys = frozenset(flatten_config(raw)) if isinstance(raw, dict) else frozenset()
+    override_keys: set[str] = set()
     for item in overrides:
         key, value = parse_override(item)
         _set_dotted(raw, key, value)
         typed_as.pop(key, None)
         typed_as[key] = item
+        override_keys |= set(flatten_config({key: value})) if isinstance(value, dict) else {key}
     try:
-        return config_from_dict(raw).validate()
+        cfg = config_from_dict(raw).validate()
     except ConfigError as e:
         # validation sees only the merged values: blame the override that set a key the error is about, else the file
         culprits = _overrides_behind(e.keys, typed_as)
@@ -463,6 +471,10 @@ def _validated(raw: dict, overrides, where: str) -> Config:
             label = "override" if len(culprits) == 1 else "overrides"
             raise ConfigError(f"{label} {' '.join(repr(c) for c in culprits)}: {message}", keys=e.keys) from None
         raise ConfigError(f"{where}{e}", keys=e.keys) from None
+    # the dotted keys the recipe file and the overrides set (attributes, not fields: they stay out of the recorded
+    # recipe); a classes file fixes the class counts the user left alone (microact.taxonomy.resolve_taxonomy)
+    cfg.file_keys, cfg.override_keys = file_keys, frozenset(override_keys)
+    return cfg
 
 
 def _overrides_behind(keys: tuple[str, ...], typed_as: dict[str, str]) -> list[str]:

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from microact.errors import MicroactError
-from microact.ma52 import NUM_COARSE, fine_to_coarse
+from microact.ma52 import NUM_COARSE
+from microact.taxonomy import MA52, Taxonomy
 
 F1Sync = Literal["local", "global"]
 
@@ -221,22 +222,33 @@ class CrossEntropyF1LossFineACoarseDouble(nn.Module):
     """The best model's loss (SEED.md §3.3): fine lead + fine frame + coarse lead + coarse frame.
 
     ``L = L_double^52((lead, frame), y) + coarse_weight * L_double^7((coarse, coarse_frame), g(y))`` with term weights
-    1, 0.5, 0.5, 0.25 by default. Coarse targets ``g(y)`` come from :func:`microact.ma52.fine_to_coarse`, so labels
-    must be MA-52 fine ids.
+    1, 0.5, 0.5, 0.25 by default. Coarse targets ``g(y)`` come from ``taxonomy.coarse_of`` (MA-52's body parts by
+    default), so labels are fine ids of that taxonomy.
 
     Args:
         num_fine: fine classes (52).
         coarse_weight: weight of the coarse pair (0.5).
         frame_weight: weight of each frame term inside a pair (0.5).
-        num_coarse: coarse classes (7).
+        num_coarse: coarse classes (7; must equal the taxonomy's group count).
         class_weights: optional CE weights of the **fine** terms (length ``num_fine``); coarse terms are unweighted.
         label_smoothing, f1_sync, eps: shared by all four terms.
+        taxonomy: the classes and their groups (``None``: MA-52); it must have a coarse level.
     """
 
     def __init__(self, num_fine: int = 52, coarse_weight: float = 0.5, frame_weight: float = 0.5,
                  num_coarse: int = NUM_COARSE, class_weights: Optional[Sequence[float]] = None,
-                 label_smoothing: float = 0.0, f1_sync: F1Sync = "local", eps: float = 1e-7):
+                 label_smoothing: float = 0.0, f1_sync: F1Sync = "local", eps: float = 1e-7,
+                 taxonomy: Optional[Taxonomy] = None):
         super().__init__()
+        taxonomy = MA52 if taxonomy is None else taxonomy
+        if not taxonomy.has_coarse:
+            raise MicroactError(f"loss cef1_fine_coarse_double needs groups (a coarse level), but the taxonomy is "
+                                f"flat ({taxonomy.describe()}): use a loss and model without coarse heads "
+                                "(model.overrides={use_coarse: false})")
+        if (num_fine, num_coarse) != (taxonomy.num_fine, taxonomy.num_coarse):
+            raise MicroactError(f"loss cef1_fine_coarse_double: {num_fine} classes in {num_coarse} groups, but the "
+                                f"taxonomy has {taxonomy.num_fine} in {taxonomy.num_coarse}")
+        self.taxonomy = taxonomy
         self.num_fine = num_fine
         self.coarse_weight = coarse_weight
         self.fine = CrossEntropyF1LossDouble(num_fine, frame_weight, class_weights, label_smoothing, f1_sync, eps)
@@ -246,7 +258,7 @@ class CrossEntropyF1LossFineACoarseDouble(nn.Module):
         """Unweighted terms ``{"lead", "frame", "coarse", "coarse_frame"}``."""
         fine_pair, coarse_pair = _as_tuple(cls_score)
         fine = self.fine.terms(fine_pair, labels)
-        coarse = self.coarse.terms(coarse_pair, fine_to_coarse(labels))
+        coarse = self.coarse.terms(coarse_pair, self.taxonomy.coarse_of(labels))
         return {"lead": fine["lead"], "frame": fine["frame"], "coarse": coarse["lead"],
                 "coarse_frame": coarse["frame"]}
 
@@ -258,7 +270,8 @@ class CrossEntropyF1LossFineACoarseDouble(nn.Module):
 
 
 def build_loss(name: str, num_classes: int, class_weights: Optional[Sequence[float]] = None,
-               label_smoothing: float = 0.0, f1_sync: F1Sync = "local") -> nn.Module:
+               label_smoothing: float = 0.0, f1_sync: F1Sync = "local",
+               taxonomy: Optional[Taxonomy] = None) -> nn.Module:
     """Build a loss by its config name (``loss.name``; resolve ``"auto"`` with ``presets.loss_for`` first).
 
     Args:
@@ -267,6 +280,7 @@ def build_loss(name: str, num_classes: int, class_weights: Optional[Sequence[flo
         class_weights: optional CE weights (fine terms only).
         label_smoothing: CE label smoothing.
         f1_sync: ``"local"`` / ``"global"`` soft-F1 statistics (ignored by ``"ce"``).
+        taxonomy: the classes and groups of ``"cef1_fine_coarse_double"``'s coarse terms (``None``: MA-52).
 
     Raises:
         MicroactError: unknown name (the message lists the valid ones).
@@ -278,6 +292,7 @@ def build_loss(name: str, num_classes: int, class_weights: Optional[Sequence[flo
     if name == "cef1_double":
         return CrossEntropyF1LossDouble(num_classes, 0.5, class_weights, label_smoothing, f1_sync)
     if name == "cef1_fine_coarse_double":
-        return CrossEntropyF1LossFineACoarseDouble(num_classes, 0.5, 0.5, NUM_COARSE, class_weights, label_smoothing,
-                                                   f1_sync)
+        groups = taxonomy.num_coarse if taxonomy is not None else NUM_COARSE
+        return CrossEntropyF1LossFineACoarseDouble(num_classes, 0.5, 0.5, groups, class_weights, label_smoothing,
+                                                   f1_sync, taxonomy=taxonomy)
     raise MicroactError(f"loss.name: unknown loss {name!r}; valid names: {', '.join(LOSS_NAMES)} (or 'auto')")

@@ -14,6 +14,10 @@ tests compare them on many random cases):
 * A class with no true and no predicted sample has F1 0 (sklearn's ``zero_division=0``); it only
   counts in ``"all"`` mode.
 
+The coarse level comes from a :class:`~microact.taxonomy.Taxonomy` (default :data:`~microact.taxonomy.MA52`: the
+7 body parts). A flat taxonomy (a classes file without groups) has no coarse level: its F1_mean is the mean of the
+fine macro and micro F1, and no coarse numbers are reported.
+
 All returned values are fractions in [0, 1]; multiply by 100 for the percentages quoted in papers.
 """
 from __future__ import annotations
@@ -22,8 +26,8 @@ from typing import Literal, Sequence
 
 import numpy as np
 
-from microact import ma52
 from microact.errors import MicroactError
+from microact.taxonomy import MA52, Taxonomy
 
 MacroLabels = Literal["present", "all"]
 CoarseRule = Literal["map_top1", "sum_probs", "coarse_head"]
@@ -120,44 +124,48 @@ def micro_f1(y_true, y_pred, labels: Sequence[int] | None = None) -> float:
 
 
 def f1_mean(y_true, y_pred, macro_labels: MacroLabels = "present", *, coarse_pred=None,
-            num_classes: int = ma52.NUM_FINE) -> dict[str, float]:
+            num_classes: int | None = None, taxonomy: Taxonomy = MA52) -> dict[str, float]:
     """F1_mean of MAC 2024: the mean of fine/coarse macro and micro F1 (SEED.md §9).
 
     ``F1_mean = (F1_macro^fine + F1_micro^fine + F1_macro^coarse + F1_micro^coarse) / 4`` with
-    coarse ids ``g(y)`` from :func:`microact.ma52.fine_to_coarse`.
+    coarse ids ``g(y)`` = ``taxonomy.coarse_of(y)``. For a flat taxonomy (no groups) there is no coarse level and
+    ``F1_mean = (F1_macro^fine + F1_micro^fine) / 2``.
 
     Args:
-        y_true: true fine ids ``[N]`` (MA-52 ids 0..51).
+        y_true: true fine ids ``[N]`` (``0..K-1`` of ``taxonomy``).
         y_pred: predicted fine ids ``[N]``.
         macro_labels: ``"present"`` (seed; sklearn's union of labels in truth and prediction) or
-            ``"all"`` (fixed lists ``0..num_classes-1`` and ``0..6``).
-        coarse_pred: predicted body-part ids ``[N]``; ``None`` = ``g(y_pred)`` (the seed's rule).
-        num_classes: size of the fixed fine label list used by ``macro_labels="all"``.
+            ``"all"`` (fixed lists ``0..num_classes-1`` and every group id).
+        coarse_pred: predicted group ids ``[N]``; ``None`` = ``g(y_pred)`` (the seed's rule).
+        num_classes: size of the fixed fine label list used by ``macro_labels="all"`` (default: the taxonomy's K).
+        taxonomy: the classes and their groups (default MA-52's 52 classes and 7 body parts).
 
     Returns:
-        ``{"f1_mean", "fine_macro", "fine_micro", "coarse_macro", "coarse_micro"}``, fractions in [0, 1].
+        ``{"f1_mean", "fine_macro", "fine_micro", "coarse_macro", "coarse_micro"}``, fractions in [0, 1]; for a
+        flat taxonomy ``{"f1_mean", "fine_macro", "fine_micro"}``.
     """
     t, p = _check_pair(y_true, y_pred)
-    if max(t.max(), p.max()) >= ma52.NUM_FINE:
+    if max(t.max(), p.max()) >= taxonomy.num_fine:
         bad = int(max(t.max(), p.max()))
-        raise MetricError(f"fine class id {bad} is outside MA-52's 0..{ma52.NUM_FINE - 1} "
-                          "(fine_to_coarse needs MA-52 ids)")
-    ct = ma52.fine_to_coarse(t)
-    cp = ma52.fine_to_coarse(p) if coarse_pred is None else _as_labels(coarse_pred, "coarse_pred")
+        if taxonomy.is_ma52:
+            raise MetricError(f"fine class id {bad} is outside MA-52's 0..{taxonomy.num_fine - 1} "
+                              "(fine_to_coarse needs MA-52 ids; pass the taxonomy of other classes)")
+        raise MetricError(f"fine class id {bad} is outside the taxonomy's 0..{taxonomy.num_fine - 1} "
+                          f"({taxonomy.describe()})")
+    if macro_labels not in ("present", "all"):
+        raise MetricError(f"metric.macro_labels: {macro_labels!r} is not one of 'present', 'all'")
+    fine_labels = None if macro_labels == "present" else np.arange(num_classes or taxonomy.num_fine)
+    parts = {"fine_macro": macro_f1(t, p, fine_labels), "fine_micro": micro_f1(t, p, fine_labels)}
+    if not taxonomy.has_coarse:
+        if coarse_pred is not None:
+            raise MetricError("coarse_pred given but the taxonomy is flat (no coarse level)")
+        return {"f1_mean": sum(parts.values()) / 2.0, **parts}
+    ct = taxonomy.coarse_of(t)
+    cp = taxonomy.coarse_of(p) if coarse_pred is None else _as_labels(coarse_pred, "coarse_pred")
     if cp.shape != ct.shape:
         raise MetricError(f"coarse_pred has {cp.size} labels but y_true has {ct.size}")
-    if macro_labels == "present":
-        fine_labels = coarse_labels = None
-    elif macro_labels == "all":
-        fine_labels, coarse_labels = np.arange(num_classes), np.arange(ma52.NUM_COARSE)
-    else:
-        raise MetricError(f"metric.macro_labels: {macro_labels!r} is not one of 'present', 'all'")
-    parts = {
-        "fine_macro": macro_f1(t, p, fine_labels),
-        "fine_micro": micro_f1(t, p, fine_labels),
-        "coarse_macro": macro_f1(ct, cp, coarse_labels),
-        "coarse_micro": micro_f1(ct, cp, coarse_labels),
-    }
+    coarse_labels = None if macro_labels == "present" else np.arange(taxonomy.num_coarse)
+    parts.update(coarse_macro=macro_f1(ct, cp, coarse_labels), coarse_micro=micro_f1(ct, cp, coarse_labels))
     return {"f1_mean": sum(parts.values()) / 4.0, **parts}
 
 
@@ -173,34 +181,49 @@ def _as_scores(scores) -> np.ndarray:
     return arr
 
 
-def coarse_scores(scores) -> np.ndarray:
-    """Sum fine scores ``[N, 52]`` inside each body part -> ``[N, 7]`` (the "sum_probs" rule, SEED.md §10.2)."""
+def _require_coarse(taxonomy: Taxonomy, what: str) -> None:
+    if not taxonomy.has_coarse:
+        raise MetricError(f"{what}: the taxonomy is flat ({taxonomy.describe()}): there is no coarse level to "
+                          "predict; use predict.coarse_rule=map_top1 (ignored without groups)")
+
+
+def coarse_scores(scores, taxonomy: Taxonomy = MA52) -> np.ndarray:
+    """Sum fine scores ``[N, K]`` inside each group -> ``[N, G]`` (the "sum_probs" rule, SEED.md §10.2).
+
+    With the default MA-52 taxonomy: ``[N, 52]`` -> ``[N, 7]`` body parts.
+    """
     s = _as_scores(scores)
-    if s.shape[1] != ma52.NUM_FINE:
-        raise MetricError(f"scores: body-part sums need {ma52.NUM_FINE} fine columns, got {s.shape[1]}")
-    out = np.zeros((s.shape[0], ma52.NUM_COARSE), dtype=np.float64)
-    np.add.at(out.T, np.asarray(ma52.FINE_TO_COARSE), s.T)  # out.T[c] += s.T[f] for every fine f of group c
+    _require_coarse(taxonomy, "coarse scores")
+    if s.shape[1] != taxonomy.num_fine:
+        raise MetricError(f"scores: group sums need {taxonomy.num_fine} fine columns ({taxonomy.describe()}), "
+                          f"got {s.shape[1]}")
+    out = np.zeros((s.shape[0], taxonomy.num_coarse), dtype=np.float64)
+    np.add.at(out.T, np.asarray(taxonomy.fine_to_coarse), s.T)  # out.T[c] += s.T[f] for every fine f of group c
     return out
 
 
-def predict_coarse(scores, rule: CoarseRule = "map_top1", head_scores=None) -> np.ndarray:
-    """Body-part prediction ``[N]`` from fine scores (SEED.md §12 row 12).
+def predict_coarse(scores, rule: CoarseRule = "map_top1", head_scores=None, taxonomy: Taxonomy = MA52) -> np.ndarray:
+    """Group (body-part) prediction ``[N]`` from fine scores (SEED.md §12 row 12).
 
-    Rules: ``"map_top1"`` (seed): ``g(argmax)``; ``"sum_probs"``: argmax of the per-part sums of the fine scores;
+    Rules: ``"map_top1"`` (seed): ``g(argmax)``; ``"sum_probs"``: argmax of the per-group sums of the fine scores;
     ``"coarse_head"``: argmax of ``head_scores(c) * sum_{k in c} scores(k)``, the coarse lead head's clip-averaged
-    probabilities ``head_scores [N, 7]`` taken as independent evidence next to the fine ones (the rule of
+    probabilities ``head_scores [N, G]`` taken as independent evidence next to the fine ones (the rule of
     :func:`microact.models.recognizer.coarse_scores`).
+
+    Raises:
+        MetricError: a flat taxonomy (no groups), an unknown rule, or missing / misshapen head scores.
     """
+    _require_coarse(taxonomy, f"coarse rule {rule!r}")
     if rule == "map_top1":
-        return ma52.fine_to_coarse(np.argmax(_as_scores(scores), axis=1))
+        return taxonomy.coarse_of(np.argmax(_as_scores(scores), axis=1))
     if rule == "sum_probs":
-        return np.argmax(coarse_scores(scores), axis=1)
+        return np.argmax(coarse_scores(scores, taxonomy), axis=1)
     if rule == "coarse_head":
         if head_scores is None:
             raise MetricError("coarse rule 'coarse_head' needs the coarse head's scores, which these results do not "
                               "hold (a model without coarse heads, or a dump from another tool); use map_top1 or "
                               "sum_probs")
-        sums = coarse_scores(scores)
+        sums = coarse_scores(scores, taxonomy)
         head = _as_scores(head_scores)
         if head.shape != sums.shape:
             raise MetricError(f"coarse head scores: expected shape {sums.shape}, got {head.shape}")
@@ -282,46 +305,64 @@ def format_per_class(rows: list[dict], title: str = "class") -> str:
 
 
 def format_summary(metrics: dict) -> str:
-    """One block of text with F1_mean, its four parts and the accuracies of :func:`evaluate_scores`."""
+    """One block of text with F1_mean, its parts and the accuracies of :func:`evaluate_scores`.
+
+    Without a coarse level (a flat taxonomy) it says that F1_mean is the mean of the fine macro and micro F1.
+    """
     lines = [
         f"F1_mean       {100 * metrics['f1_mean']:6.2f}",
         f"  fine macro  {100 * metrics['fine_macro']:6.2f}   fine micro   {100 * metrics['fine_micro']:6.2f}",
-        f"  coarse macro{100 * metrics['coarse_macro']:6.2f}   coarse micro {100 * metrics['coarse_micro']:6.2f}",
-        f"top-1 {100 * metrics['top1']:6.2f}   top-5 {100 * metrics['top5']:6.2f}   "
-        f"mean class acc {100 * metrics['mean_class_accuracy']:6.2f}   ({metrics['num_videos']} videos)",
     ]
+    if "coarse_macro" in metrics:
+        lines.append(f"  coarse macro{100 * metrics['coarse_macro']:6.2f}   coarse micro "
+                     f"{100 * metrics['coarse_micro']:6.2f}")
+    else:
+        lines[0] += "   (flat taxonomy, no coarse level: F1_mean = mean of fine macro and fine micro F1)"
+    lines.append(f"top-1 {100 * metrics['top1']:6.2f}   top-5 {100 * metrics['top5']:6.2f}   "
+                 f"mean class acc {100 * metrics['mean_class_accuracy']:6.2f}   ({metrics['num_videos']} videos)")
     return "\n".join(lines)
 
 
 def evaluate_scores(scores, labels, *, macro_labels: MacroLabels = "present", coarse_rule: CoarseRule = "map_top1",
-                    names: Sequence[str] | None = None, coarse_head_scores=None) -> dict:
+                    names: Sequence[str] | None = None, coarse_head_scores=None, taxonomy: Taxonomy = MA52) -> dict:
     """Every number for ``metrics.json`` from clip-averaged scores and true labels.
 
     Args:
         scores: ``[N, K]`` scores (probabilities); the fine prediction is their argmax (SEED.md §4).
         labels: true fine ids ``[N]``.
         macro_labels: label set of the macro F1 terms (SEED.md §12 row 13).
-        coarse_rule: body-part prediction rule (SEED.md §12 row 12); the seed uses ``"map_top1"``.
-        names: class names for the per-class rows (default: MA-52's names).
-        coarse_head_scores: the coarse head's clip-averaged probabilities ``[N, 7]`` (``coarse_rule="coarse_head"``).
+        coarse_rule: group prediction rule (SEED.md §12 row 12); the seed uses ``"map_top1"``; ignored for a flat
+            taxonomy.
+        names: class names for the per-class rows (default: the taxonomy's names).
+        coarse_head_scores: the coarse head's clip-averaged probabilities ``[N, G]`` (``coarse_rule="coarse_head"``).
+        taxonomy: the classes and their groups (default MA-52).
 
     Returns:
         ``{"f1_mean", "fine_macro", "fine_micro", "coarse_macro", "coarse_micro", "top1", "top5",
         "mean_class_accuracy", "num_videos", "macro_labels", "coarse_rule", "per_class", "per_coarse_class"}``
-        with fractions in [0, 1].
+        with fractions in [0, 1]. A flat taxonomy has no ``coarse_*`` keys (nor ``coarse_rule``) and no
+        ``per_coarse_class``, and ``"f1_mean_of"`` says what F1_mean averages.
     """
     s = _as_scores(scores)
     y = _as_labels(labels, "labels")
     if y.size != s.shape[0]:
         raise MetricError(f"scores have {s.shape[0]} rows but there are {y.size} labels")
     pred = np.argmax(s, axis=1)
-    coarse_pred = predict_coarse(s, coarse_rule, coarse_head_scores) if coarse_rule != "map_top1" else None
-    out: dict = dict(f1_mean(y, pred, macro_labels, coarse_pred=coarse_pred, num_classes=s.shape[1]))
+    coarse_pred = None
+    if taxonomy.has_coarse and coarse_rule != "map_top1":
+        coarse_pred = predict_coarse(s, coarse_rule, coarse_head_scores, taxonomy)
+    out: dict = dict(f1_mean(y, pred, macro_labels, coarse_pred=coarse_pred, num_classes=s.shape[1],
+                             taxonomy=taxonomy))
     topk = topk_accuracy(s, y, ks=(1, 5))
     out.update(top1=topk[1], top5=topk[5], mean_class_accuracy=mean_class_accuracy(y, pred), num_videos=int(y.size),
-               macro_labels=macro_labels, coarse_rule=coarse_rule)
-    names = list(names) if names is not None else list(ma52.FINE_NAMES[: s.shape[1]])
+               macro_labels=macro_labels)
+    if taxonomy.has_coarse:
+        out["coarse_rule"] = coarse_rule
+    names = list(names) if names is not None else list(taxonomy.fine_names[: s.shape[1]])
     out["per_class"] = per_class_report(y, pred, names)
-    coarse_pred = ma52.fine_to_coarse(pred) if coarse_pred is None else coarse_pred
-    out["per_coarse_class"] = per_class_report(ma52.fine_to_coarse(y), coarse_pred, ma52.COARSE_NAMES)
+    if taxonomy.has_coarse:
+        coarse_pred = taxonomy.coarse_of(pred) if coarse_pred is None else coarse_pred
+        out["per_coarse_class"] = per_class_report(taxonomy.coarse_of(y), coarse_pred, taxonomy.coarse_names)
+    else:
+        out["f1_mean_of"] = "fine macro F1 and fine micro F1 (flat taxonomy: no coarse level)"
     return out

@@ -5,6 +5,10 @@ For each video: one static person box (the offline crop of SEED.md §5.1, via :m
 (:class:`~microact.data.transforms.TestTransform`), clip-averaged probabilities (SEED.md §4), then the top-k
 fine classes and the body part (both the seed's g(top-1) and the sum of fine probabilities per part).
 
+The class names come from the :class:`~microact.taxonomy.Taxonomy` the weights record (a run's weights carry their
+classes), else from the recipe's ``data.classes`` file, else MA-52's. A taxonomy with groups other than MA-52's
+gets a ``"group"`` entry where MA-52 has ``"body_part"``; a flat one (no groups) gets neither.
+
 MA-52's clips are trimmed around one micro-action. A longer, untrimmed video (an interview, a session) is read as
 a timeline instead (``--window SECONDS``): sliding windows, each predicted like a trimmed clip, consecutive
 windows with the same top-1 merged into segments, and a timeline plot.
@@ -27,8 +31,8 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from microact import ma52
 from microact.errors import MicroactError
+from microact.taxonomy import MA52, Taxonomy
 
 DEFAULT_PRESET = "videomae_b_k710_frame_coarse_tsn"
 
@@ -90,6 +94,38 @@ def build_predictor_config(model: Optional[str] = None, config: Optional[str] = 
     return load_config(config, extra)
 
 
+def predictor_taxonomy(cfg, checkpoint: Optional[str]) -> Taxonomy:
+    """The classes of a prediction: those the weights record (they were trained on them), else the recipe's
+    ``data.classes`` file, else MA-52. ``cfg``'s class counts are set to match.
+
+    When both exist and differ, a warning says so and the weights' classes win (the recipe's file may have changed
+    since training; the weights' head was trained on the recorded names). A ``data.classes`` file that is not on
+    this machine is fine when the weights record the classes.
+
+    Raises:
+        microact.config.ConfigError: no recorded classes and the recipe's classes file is missing or does not fit.
+    """
+    from microact.engine.evaluate import warn_if_taxonomy_differs
+    from microact.taxonomy import classes_path, read_recorded_taxonomy, resolve_taxonomy
+
+    recorded = read_recorded_taxonomy(checkpoint) if checkpoint else None
+    path = classes_path(cfg)
+    if recorded is None:
+        return resolve_taxonomy(cfg)
+    if path is not None and path.is_file():
+        warn_if_taxonomy_differs(resolve_taxonomy(cfg), checkpoint)
+    elif path is not None:  # e.g. the recorded recipe of a run made on another machine
+        print(f"using the classes recorded in {checkpoint}: {recorded.describe(False)} "
+              f"(data.classes={cfg.data.classes} is not on this machine)", file=sys.stderr)
+    elif not recorded.is_ma52:
+        print(f"note: the recipe names no classes file (data.classes); using the classes recorded in {checkpoint}: "
+              f"{recorded.describe(False)}", file=sys.stderr)
+    cfg.data.num_classes = cfg.model.num_classes = recorded.num_fine
+    if not recorded.has_coarse:
+        cfg.predict.coarse_rule = "map_top1"  # no groups to predict (the only rule that needs none)
+    return recorded
+
+
 def flow_views(path: Path, cfg, num_frames: int, box: Sequence[int], transform) -> np.ndarray:
     """Test views of a video's optical flow, computed on the fly as ``microact flow`` writes it (SEED.md §2.9).
 
@@ -115,12 +151,16 @@ def flow_views(path: Path, cfg, num_frames: int, box: Sequence[int], transform) 
     return transform.views(images, clips)
 
 
-def load_model(cfg, checkpoint: Optional[str], device: torch.device):
-    """Build the recipe's model, load ``checkpoint`` (strict) or warn loudly that it is untrained."""
+def load_model(cfg, checkpoint: Optional[str], device: torch.device, taxonomy: Optional[Taxonomy] = None):
+    """Build the recipe's model, load ``checkpoint`` (strict) or warn loudly that it is untrained.
+
+    Args:
+        taxonomy: the classes (:func:`predictor_taxonomy`); ``None``: the recipe's (``data.classes`` or MA-52).
+    """
     from microact.engine.evaluate import load_trained_weights, warn_if_recipe_differs
     from microact.models.presets import create_model_from_config
 
-    model = create_model_from_config(cfg, pretrained=False)
+    model = create_model_from_config(cfg, pretrained=False, taxonomy=taxonomy)
     if checkpoint:
         warn_if_recipe_differs(cfg, checkpoint)
         load_trained_weights(model, checkpoint)
@@ -175,13 +215,17 @@ def _ranked(probs: np.ndarray, names: Sequence[str], k: int) -> list[dict]:
 
 
 def predict_video(model, cfg, path: str | os.PathLike, device: torch.device, *, detector: str = "auto",
-                  top_k: int = 5) -> dict:
+                  top_k: int = 5, taxonomy: Optional[Taxonomy] = None) -> dict:
     """Predict one video.
+
+    Args:
+        taxonomy: the classes (default: ``model.taxonomy``, else MA-52).
 
     Returns:
         ``{"video", "box" ([x0, y0, x1, y1]), "detector", "frames_with_person", "num_frames", "num_views", "top_k": [{"id",
         "name", "prob"}], "body_part": {"map_top1": {"id", "name"}, "sum_probs": [{"id", "name", "prob"}] (all 7,
-        best first)}, "probs": [52 floats]}``.
+        best first)}, "probs": [K floats]}``; other taxonomies with groups have ``"group"`` in place of
+        ``"body_part"``, flat ones neither.
     """
     from microact.data.decode import count_frames, read_frames
     from microact.data.sampling import uniform_sample
@@ -214,19 +258,35 @@ def predict_video(model, cfg, path: str | os.PathLike, device: torch.device, *, 
         "frames_with_person": found,
         "num_frames": int(num_frames),
         "num_views": int(views.shape[0]),
-        **_scores(probs, top_k),
+        **_scores(probs, top_k, _taxonomy_of(model, taxonomy)),
     }
 
 
-def _scores(probs: np.ndarray, top_k: int) -> dict:
-    """A video's ``top_k``, ``body_part`` (g(top-1) and the summed probabilities per part) and ``probs``."""
+def _taxonomy_of(model, taxonomy: Optional[Taxonomy]) -> Taxonomy:
+    return taxonomy or getattr(model, "taxonomy", None) or MA52
+
+
+def group_key(taxonomy: Taxonomy) -> Optional[str]:
+    """The key of a prediction's coarse entry: ``"body_part"`` (MA-52), ``"group"`` (other groups), ``None`` (flat)."""
+    if not taxonomy.has_coarse:
+        return None
+    return "body_part" if taxonomy.is_ma52 else "group"
+
+
+def _scores(probs: np.ndarray, top_k: int, taxonomy: Taxonomy = MA52) -> dict:
+    """A video's ``top_k``, its group (``body_part`` for MA-52: g(top-1) and the summed probabilities per part;
+    none for a flat taxonomy) and ``probs``."""
     from microact.metrics import coarse_scores
 
-    g = ma52.FINE_TO_COARSE[int(np.argmax(probs))]
-    return {"top_k": _ranked(probs, ma52.FINE_NAMES, top_k),
-            "body_part": {"map_top1": {"id": g, "name": ma52.COARSE_NAMES[g]},
-                          "sum_probs": _ranked(coarse_scores(probs[None])[0], ma52.COARSE_NAMES, ma52.NUM_COARSE)},
-            "probs": [float(p) for p in probs]}
+    out = {"top_k": _ranked(probs, taxonomy.fine_names, top_k)}
+    key = group_key(taxonomy)
+    if key is not None:
+        g = taxonomy.fine_to_coarse[int(np.argmax(probs))]
+        out[key] = {"map_top1": {"id": g, "name": taxonomy.coarse_names[g]},
+                    "sum_probs": _ranked(coarse_scores(probs[None], taxonomy)[0], taxonomy.coarse_names,
+                                         taxonomy.num_coarse)}
+    out["probs"] = [float(p) for p in probs]
+    return out
 
 
 def window_ranges(num_frames: int, window: int, stride: int) -> list[tuple[int, int]]:
@@ -291,7 +351,8 @@ def frame_times(path: str | os.PathLike, num_frames: int, fps: float) -> np.ndar
 
 
 def predict_timeline(model, cfg, path: str | os.PathLike, device: torch.device, *, window_s: float,
-                     stride_s: Optional[float] = None, detector: str = "auto", top_k: int = 5) -> dict:
+                     stride_s: Optional[float] = None, detector: str = "auto", top_k: int = 5,
+                     taxonomy: Optional[Taxonomy] = None) -> dict:
     """Predict an untrimmed video window by window.
 
     Every window gets what a trimmed clip gets in :func:`predict_video` (``eval.test_clips`` uniformly sampled
@@ -307,6 +368,7 @@ def predict_timeline(model, cfg, path: str | os.PathLike, device: torch.device, 
     Args:
         window_s: window length in seconds (MA-52's clips last about 1-4 s).
         stride_s: seconds between window starts (default: half a window).
+        taxonomy: the classes (default: ``model.taxonomy``, else MA-52).
 
     Returns:
         :func:`predict_video`'s fields for the whole video (``top_k`` / ``probs``: the mean over windows) plus
@@ -358,7 +420,8 @@ def predict_timeline(model, cfg, path: str | os.PathLike, device: torch.device, 
 
     first_needed, last_needed = zip(*(span(k) for k in range(len(ranges))))
     transform = TestTransform(cfg.eval, cfg.data.img_size, cfg.aug.resize_backend)
-    probs = np.zeros((len(ranges), cfg.data.num_classes))
+    taxonomy = _taxonomy_of(model, taxonomy)
+    probs = np.zeros((len(ranges), taxonomy.num_fine))
     # Windows not scored yet. Every window samples the same offsets from its start, so ordering by start orders
     # both their first and their last needed frames.
     pending = collections.deque(range(len(ranges)))
@@ -417,34 +480,41 @@ def predict_timeline(model, cfg, path: str | os.PathLike, device: torch.device, 
 
     windows = []
     times = frame_times(path, info.num_frames, fps)
+    key = group_key(taxonomy)
     for (start, end), p in zip(ranges, probs):
         top1 = int(np.argmax(p))
-        g = ma52.FINE_TO_COARSE[top1]
-        windows.append({"start_s": round(float(times[start]), 3), "end_s": round(float(times[end]), 3),
-                        "start_frame": start,
-                        "end_frame": end, "top_k": _ranked(p, ma52.FINE_NAMES, top_k),
-                        "body_part": {"id": g, "name": ma52.COARSE_NAMES[g]}, "probs": [float(v) for v in p]})
+        window = {"start_s": round(float(times[start]), 3), "end_s": round(float(times[end]), 3),
+                  "start_frame": start, "end_frame": end, "top_k": _ranked(p, taxonomy.fine_names, top_k)}
+        if key is not None:
+            g = taxonomy.fine_to_coarse[top1]
+            window[key] = {"id": g, "name": taxonomy.coarse_names[g]}
+        window["probs"] = [float(v) for v in p]
+        windows.append(window)
     return {
         "video": str(path), "box": list(box), "detector": used, "frames_with_person": found,
         "num_frames": int(info.num_frames), "num_views": num_views,
         "fps": fps, "window_s": window_frames / fps, "stride_s": stride_frames / fps,
         "window_frames": window_frames, "stride_frames": stride_frames,
-        **_scores(probs.mean(axis=0), top_k),
+        **_scores(probs.mean(axis=0), top_k, taxonomy),
         "windows": windows,
         "segments": segments_of(windows),
     }
 
 
-def format_prediction(pred: dict) -> str:
-    """A readable block: the video, its box, the top-k classes and the body part."""
+def format_prediction(pred: dict, taxonomy: Taxonomy = MA52) -> str:
+    """A readable block: the video, its box, the top-k classes and the body part (the group, for taxonomies with
+    groups other than MA-52's; nothing for a flat one)."""
     lines = [f"{pred['video']}  (person box {pred['box']} by {pred['detector']}, {pred['num_views']} views)"]
     width = max(len(r["name"]) for r in pred["top_k"])
     for rank, r in enumerate(pred["top_k"], start=1):
-        part = ma52.COARSE_NAMES[ma52.FINE_TO_COARSE[r["id"]]]
-        lines.append(f"  {rank}. {r['name']:<{width}}  {100 * r['prob']:6.2f}%  [{r['id']:>2}, {part}]")
-    best = pred["body_part"]["sum_probs"][0]
-    lines.append(f"  body part: {pred['body_part']['map_top1']['name']} (g(top-1)); "
-                 f"by summed probability: {best['name']} {100 * best['prob']:.2f}%")
+        part = taxonomy.group_name(r["id"])
+        where = f"[{r['id']:>2}, {part}]" if part is not None else f"[{r['id']:>2}]"
+        lines.append(f"  {rank}. {r['name']:<{width}}  {100 * r['prob']:6.2f}%  {where}")
+    key = group_key(taxonomy)
+    if key is not None:
+        best = pred[key]["sum_probs"][0]
+        lines.append(f"  {'body part' if key == 'body_part' else 'group'}: {pred[key]['map_top1']['name']} "
+                     f"(g(top-1)); by summed probability: {best['name']} {100 * best['prob']:.2f}%")
     if "windows" in pred:
         lines[1:1] = [f"  {len(pred['windows'])} windows of {pred['window_s']:.3g} s ({pred['window_frames']} frames) "
                       f"every {pred['stride_s']:.3g} s ({pred['stride_frames']} frames); over the whole video:"]
@@ -616,18 +686,20 @@ def cli_main(args) -> int:
     targets = _output_targets(videos, args.annotate, "--annotate", (".mp4", ".gif"), "_annotated.mp4")
     timelines = _output_targets(videos, timeline_arg, "--timeline", (".png",), "_timeline.png")
     cfg = build_predictor_config(args.model, args.config, checkpoint=args.checkpoint)
+    taxonomy = predictor_taxonomy(cfg, args.checkpoint)
     device = resolve_device(args.device, option="--device")
-    model = load_model(cfg, args.checkpoint, device)
+    model = load_model(cfg, args.checkpoint, device, taxonomy)
     predictions = []
     failed = []  # videos that could not be read: with several videos, the others are still predicted
     for video, target, timeline in zip(videos, targets, timelines):
-        top_k = min(args.top_k, cfg.data.num_classes)
+        top_k = min(args.top_k, taxonomy.num_fine)
         try:
             if window is None:
-                pred = predict_video(model, cfg, video, device, detector=args.detector, top_k=top_k)
+                pred = predict_video(model, cfg, video, device, detector=args.detector, top_k=top_k,
+                                     taxonomy=taxonomy)
             else:
                 pred = predict_timeline(model, cfg, video, device, window_s=window, stride_s=stride,
-                                        detector=args.detector, top_k=top_k)
+                                        detector=args.detector, top_k=top_k, taxonomy=taxonomy)
         except MicroactError as e:
             if len(videos) == 1:
                 raise
@@ -636,19 +708,21 @@ def cli_main(args) -> int:
             continue
         pred["untrained"] = not args.checkpoint
         predictions.append(pred)
-        print(format_prediction(pred))
+        print(format_prediction(pred, taxonomy))
         if timeline is not None:
             from microact.plots.results import plot_timeline
 
-            print(f"  wrote {plot_timeline(pred, timeline)}")
+            print(f"  wrote {plot_timeline(pred, timeline, taxonomy=taxonomy)}")
         if target is not None:
             # a timeline's annotation shows how the labels change: about 5 frames per second, up to 3000
             frames = 300 if window is None else max(300, min(3000, round(pred["num_frames"] / pred["fps"] * 5)))
             print(f"  wrote {annotate(video, pred, target, max_frames=frames)}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"model": cfg.model.preset, "checkpoint": args.checkpoint,
-                                               "predictions": predictions, "failed": failed}, indent=2))
+        doc = {"model": cfg.model.preset, "checkpoint": args.checkpoint, "predictions": predictions, "failed": failed}
+        if not taxonomy.is_ma52:  # the classes the ids mean (MA-52's files stay as they were)
+            doc["taxonomy"] = taxonomy.to_dict()
+        Path(args.json).write_text(json.dumps(doc, indent=2))
         print(f"wrote {args.json}")
     if failed:
         print(f"{len(failed)} of {len(videos)} videos could not be predicted: "

@@ -9,7 +9,9 @@ A :class:`Results` holds one row of clip-averaged class probabilities per video,
   ``img_shape``, plus ``filename`` (the video name; mmaction2's readers ignore extra keys). Ensemble
   scripts written for the seed's pickles read it unchanged.
 * ``NAME.npz``: the same numbers as plain arrays; it loads with ``allow_pickle=False``, so it can be
-  shared and opened without trusting its author.
+  shared and opened without trusting its author. It also records the :class:`~microact.taxonomy.Taxonomy` (class
+  names and groups) the scores are over, as JSON; the pickle keeps mmaction2's schema, so a pickle's taxonomy is
+  read from the ``.npz`` beside it, given by the caller (``--classes``), or MA-52's for 52 classes.
 
 Pickles are never unpickled with :mod:`pickle`'s default loader: :func:`load_results` uses a
 restricted unpickler that resolves only the globals a result dump contains (builtin containers,
@@ -41,6 +43,7 @@ import numpy as np
 from microact import ma52
 from microact.errors import MicroactError
 from microact.metrics import evaluate_scores, f1_mean, format_summary, predict_coarse, coarse_scores
+from microact.taxonomy import MA52, Taxonomy, TaxonomyError, differences
 
 
 class ResultsError(MicroactError, ValueError):
@@ -63,8 +66,10 @@ class Results:
         num_classes: ``K``.
         img_shape: network input size recorded in the dump, ``(H, W)``.
         meta: free-form facts (source files, weights, failed videos, ...); saved in the ``.npz`` only.
-        coarse_head_scores: float32 ``[N, 7]``, the coarse lead head's clip-averaged probabilities, kept when the
+        coarse_head_scores: float32 ``[N, G]``, the coarse lead head's clip-averaged probabilities, kept when the
             results were computed for ``predict.coarse_rule=coarse_head`` (``None`` otherwise, and in mmaction2 dumps).
+        taxonomy: the classes the ``K`` columns are (names, groups); ``None`` given with ``K = 52`` means MA-52;
+            ``None`` stays ``None`` for other ``K`` when nothing says which classes they are (a bare pickle).
     """
 
     names: list[str]
@@ -74,6 +79,7 @@ class Results:
     img_shape: tuple = (224, 224)
     meta: dict = field(default_factory=dict)
     coarse_head_scores: np.ndarray | None = None
+    taxonomy: Taxonomy | None = None
 
     def __post_init__(self):
         self.names = [str(n) for n in self.names]
@@ -93,11 +99,24 @@ class Results:
             if self.labels.shape[0] != n:
                 raise ResultsError(f"{self.labels.shape[0]} labels for {n} score rows")
         self.img_shape = tuple(int(v) for v in self.img_shape)
+        if self.taxonomy is None and k == ma52.NUM_FINE:
+            self.taxonomy = MA52  # what 52 columns have always meant
+        if self.taxonomy is not None and self.taxonomy.num_fine != k:
+            raise ResultsError(f"the taxonomy has {self.taxonomy.num_fine} classes but scores have {k} columns")
         if self.coarse_head_scores is not None:
             self.coarse_head_scores = np.ascontiguousarray(np.asarray(self.coarse_head_scores, dtype=np.float32))
-            if self.coarse_head_scores.shape != (n, ma52.NUM_COARSE):
-                raise ResultsError(f"coarse head scores must be [{n}, {ma52.NUM_COARSE}], "
+            groups = self.taxonomy.num_coarse if self.taxonomy is not None else 0
+            if self.coarse_head_scores.shape != (n, groups):
+                raise ResultsError(f"coarse head scores must be [{n}, {groups}] (the taxonomy's groups), "
                                    f"got shape {self.coarse_head_scores.shape}")
+
+    def require_taxonomy(self) -> Taxonomy:
+        """The taxonomy, or a :class:`ResultsError` saying how to give one (a bare pickle of K != 52 classes)."""
+        if self.taxonomy is None:
+            raise ResultsError(f"{self.meta.get('source', 'these results')}: {self.num_classes} classes and no "
+                               "recorded taxonomy (a pickle without its .npz, or a dump older than recorded classes): "
+                               "pass the classes file the model was trained with (--classes FILE)")
+        return self.taxonomy
 
     def __len__(self) -> int:
         return self.scores.shape[0]
@@ -112,7 +131,7 @@ class Results:
         if self.labels is None:
             raise ResultsError("these results have no labels (a test list?), so they cannot be scored")
         return evaluate_scores(self.scores, self.labels, macro_labels=macro_labels, coarse_rule=coarse_rule,
-                               coarse_head_scores=self.coarse_head_scores)
+                               coarse_head_scores=self.coarse_head_scores, taxonomy=self.require_taxonomy())
 
 
 # --------------------------------------------------------------------------------------------
@@ -181,6 +200,7 @@ def save_results(results: Results, path: str | os.PathLike) -> tuple[Path | None
             img_shape=np.asarray(results.img_shape, dtype=np.int64),
             meta_json=np.asarray(json.dumps(results.meta, default=str)),
             **({} if results.coarse_head_scores is None else {"coarse_head_scores": results.coarse_head_scores}),
+            **({} if results.taxonomy is None else {"taxonomy_json": np.asarray(results.taxonomy.to_json())}),
         )
 
     _atomic_write(npz_path, write_npz)
@@ -442,6 +462,7 @@ def _load_npz(path: Path) -> Results:
             img_shape = tuple(int(v) for v in z["img_shape"])
             meta = json.loads(str(z["meta_json"])) if "meta_json" in z.files else {}
             head = z["coarse_head_scores"] if "coarse_head_scores" in z.files else None
+            taxonomy_json = str(z["taxonomy_json"]) if "taxonomy_json" in z.files else None
     except FileNotFoundError:
         raise ResultsError(f"{path}: result file not found") from None
     except KeyError as e:
@@ -449,7 +470,38 @@ def _load_npz(path: Path) -> Results:
     except ValueError as e:
         raise ResultsError(f"{path}: not a readable .npz result file ({e})") from None
     meta["source"] = str(path)
-    return Results(names, scores, labels, num_classes, img_shape, meta, head)
+    try:
+        taxonomy = None if taxonomy_json is None else Taxonomy.from_json(taxonomy_json, f"{path} (recorded taxonomy)")
+    except TaxonomyError as e:
+        raise ResultsError(str(e)) from None
+    if taxonomy is None:
+        meta["taxonomy_from"] = "assumed"  # older dumps: MA-52 for 52 classes, as they always were
+    else:
+        meta.pop("taxonomy_from", None)
+    return Results(names, scores, labels, num_classes, img_shape, meta, head, taxonomy)
+
+
+def _implicit_taxonomy(results: Results) -> bool:
+    """Whether the taxonomy of loaded results was assumed (MA-52 for 52 columns) rather than recorded."""
+    return results.meta.get("taxonomy_from") == "assumed"
+
+
+def _sibling_taxonomy(path: Path, results: Results) -> Taxonomy | None:
+    """The taxonomy recorded in the ``.npz`` written beside a ``.pkl`` (same scores shape), if any."""
+    sibling = path.with_suffix(".npz")
+    if path.suffix == ".npz" or not sibling.is_file():
+        return None
+    try:
+        with np.load(sibling, allow_pickle=False) as z:
+            if "taxonomy_json" not in z.files or z["scores"].shape != results.scores.shape:
+                return None
+            text = str(z["taxonomy_json"])
+    except (OSError, ValueError, KeyError):
+        return None
+    try:
+        return Taxonomy.from_json(text, f"{sibling} (recorded taxonomy)")
+    except TaxonomyError as e:
+        raise ResultsError(str(e)) from None
 
 
 def read_list_names(list_file: str | os.PathLike, num_classes: int = ma52.NUM_FINE) -> tuple[list[str], np.ndarray]:
@@ -466,30 +518,45 @@ def read_list_names(list_file: str | os.PathLike, num_classes: int = ma52.NUM_FI
     return [r.path for r in records], np.asarray([r.label for r in records], dtype=np.int64)
 
 
-def load_results(path: str | os.PathLike, *, list_file: str | os.PathLike | None = None) -> Results:
+def load_results(path: str | os.PathLike, *, list_file: str | os.PathLike | None = None,
+                 taxonomy: Taxonomy | None = None) -> Results:
     """Read results from a ``.npz`` (safe) or a result pickle (microact, mmaction2 1.x / 0.x) with restrictions.
 
     Args:
         path: ``.npz`` or ``.pkl`` / ``.pickle`` file.
         list_file: the ``<file> <label>`` list the dump was computed on: its names replace the dump's (mmaction2
             dumps carry none) and, for labelled lists, its labels fill in or are checked against the dump's.
+        taxonomy: the classes of a dump that records none (a pickle without its ``.npz``); a dump that records
+            one must record this one.
 
     Raises:
-        ResultsError: unreadable or refused file, or a list that does not match the dump.
+        ResultsError: unreadable or refused file, a list that does not match the dump, or a taxonomy that differs
+            from the recorded one.
     """
     path = Path(path)
     if not path.is_file():
         raise ResultsError(f"{path}: result file not found")
     if path.suffix == ".npz":
         results = _load_npz(path)
+        recorded = None if _implicit_taxonomy(results) else results.taxonomy
     else:
         with open(path, "rb") as f:
             head = f.read(4)
         if head.startswith(b"PK"):
             raise ResultsError(f"{path}: a zip archive (torch.save or .npz renamed?); expected a result pickle or .npz")
         results = _results_from_entries(restricted_load(path), str(path))
+        recorded = _sibling_taxonomy(path, results)
+        if recorded is not None:
+            results = _with_taxonomy(results, recorded, str(path))
+    if taxonomy is not None:
+        if recorded is not None and recorded != taxonomy:
+            raise ResultsError(f"{path} records other classes than {taxonomy.source or 'the given taxonomy'} "
+                               f"({differences(recorded, taxonomy)}); drop --classes or give the dump of this model")
+        results = _with_taxonomy(results, taxonomy, str(path))
     if list_file is not None:
-        names, labels = read_list_names(list_file, max(results.num_classes, ma52.NUM_FINE))
+        label_range = (results.num_classes if results.taxonomy is not None and not results.taxonomy.is_ma52
+                       else max(results.num_classes, ma52.NUM_FINE))
+        names, labels = read_list_names(list_file, label_range)
         if len(names) != len(results):
             raise ResultsError(f"{list_file}: lists {len(names)} videos but {path} holds {len(results)} results")
         # only a dump without names (mmaction2: row indexes) takes the list's names unchecked; a .npz written
@@ -510,6 +577,23 @@ def load_results(path: str | os.PathLike, *, list_file: str | os.PathLike | None
     return results
 
 
+def _with_taxonomy(results: Results, taxonomy: Taxonomy, source: str) -> Results:
+    """``results`` with ``taxonomy`` (checked against the class count, the labels and the coarse-head columns)."""
+    if taxonomy.num_fine != results.num_classes:
+        raise ResultsError(f"{source}: {results.num_classes} classes, but {taxonomy.source or 'the taxonomy'} lists "
+                           f"{taxonomy.num_fine}")
+    if results.labels is not None and results.labels.size and results.labels.max() >= taxonomy.num_fine:
+        raise ResultsError(f"{source}: label {int(results.labels.max())} is outside the {taxonomy.num_fine} classes "
+                           f"of {taxonomy.source or 'the taxonomy'}")
+    head = results.coarse_head_scores
+    if head is not None and head.shape[1] != taxonomy.num_coarse:
+        what = taxonomy.source or "the taxonomy"
+        raise ResultsError(f"{source}: coarse head scores have {head.shape[1]} columns but {what} has "
+                           f"{taxonomy.num_coarse} groups")
+    results.taxonomy = taxonomy
+    return results
+
+
 # --------------------------------------------------------------------------------------------
 # Submissions (SEED.md §10)
 # --------------------------------------------------------------------------------------------
@@ -518,6 +602,9 @@ def load_results(path: str | os.PathLike, *, list_file: str | os.PathLike | None
 def _check_submittable(results: Results) -> None:
     if results.num_classes != ma52.NUM_FINE:
         raise ResultsError(f"submissions need {ma52.NUM_FINE} MA-52 classes, these results have {results.num_classes}")
+    if results.taxonomy is not None and not results.taxonomy.is_ma52:
+        raise ResultsError(f"submissions are MA-52's, but these results are over other classes "
+                           f"({differences(results.taxonomy, MA52)} in MA-52; {results.taxonomy.describe()})")
     if len(set(results.names)) != len(results.names):
         dup = next(n for n in results.names if results.names.count(n) > 1)
         raise ResultsError(f"video name {dup!r} occurs twice: submission ids must be unique")
@@ -536,7 +623,7 @@ def _body_predictions(results: Results, coarse_rule: str) -> np.ndarray:
     if coarse_rule == "coarse_head" and results.coarse_head_scores is None:
         raise ResultsError("coarse rule 'coarse_head': these results hold no coarse-head scores (they are kept by "
                            "`microact test` with predict.coarse_rule=coarse_head); use map_top1 or sum_probs")
-    return predict_coarse(results.scores, coarse_rule, results.coarse_head_scores)
+    return predict_coarse(results.scores, coarse_rule, results.coarse_head_scores, MA52)
 
 
 def write_mac2024_submission(results: Results, out_dir: str | os.PathLike, coarse_rule: str = "map_top1",
@@ -578,7 +665,7 @@ def write_ma52_top5_csv(results: Results, out_dir: str | os.PathLike, coarse_rul
     """
     _check_submittable(results)
     order = np.argsort(-results.scores.astype(np.float64), axis=1, kind="stable")[:, :5]  # [N, 5]
-    sums = coarse_scores(results.scores)  # [N, 7]
+    sums = coarse_scores(results.scores, MA52)  # [N, 7]
     if coarse_rule == "coarse_head" and results.coarse_head_scores is not None:
         sums = sums * results.coarse_head_scores
     body_order = np.argsort(-sums, axis=1, kind="stable")  # [N, 7]
@@ -626,6 +713,9 @@ def check_compatible(results_list: Sequence[Results]) -> None:
         a, b = _source(ref, ref_index), _source(r, i)
         if r.num_classes != ref.num_classes:
             raise ResultsError(f"{b} has {r.num_classes} classes but {a} has {ref.num_classes}")
+        if r.taxonomy is not None and ref.taxonomy is not None and r.taxonomy != ref.taxonomy:
+            raise ResultsError(f"{b} and {a} are over different classes ({differences(r.taxonomy, ref.taxonomy)}): "
+                               "an ensemble needs models of one taxonomy")
         if len(r) != len(ref):
             raise ResultsError(f"{b} holds {len(r)} videos but {a} holds {len(ref)}: dumps of different lists?")
         if r.names != ref.names and not _placeholder_names(r):
@@ -661,14 +751,17 @@ def ensemble(results_list: Sequence[Results], weights: Sequence[float] | None = 
     head = None
     if all(r.coarse_head_scores is not None for r in results_list):  # the same weighted sum for the coarse head
         head = sum(w * r.coarse_head_scores.astype(np.float64) for w, r in zip(weights, results_list))
-    return Results(list(ref.names), total.astype(np.float32), labels, ref.num_classes, ref.img_shape, meta, head)
+    taxonomy = next((r.taxonomy for r in results_list if r.taxonomy is not None), None)
+    return Results(list(ref.names), total.astype(np.float32), labels, ref.num_classes, ref.img_shape, meta, head,
+                   taxonomy)
 
 
-def _score_fn(labels: np.ndarray, metric: str, macro_labels: str) -> Callable[[np.ndarray], float]:
+def _score_fn(labels: np.ndarray, metric: str, macro_labels: str,
+              taxonomy: Taxonomy = MA52) -> Callable[[np.ndarray], float]:
     def score(pred: np.ndarray) -> float:
         if metric == "top1":
             return float(np.mean(pred == labels))
-        values = f1_mean(labels, pred, macro_labels)
+        values = f1_mean(labels, pred, macro_labels, taxonomy=taxonomy)
         if metric not in values:
             raise ResultsError(f"metric {metric!r} is not one of top1, {', '.join(values)}")
         return values[metric]
@@ -684,6 +777,9 @@ def search_weights(val_results_list: Sequence[Results], grid: Sequence[float] = 
     (each weight in turn takes the best grid value, sweeps until nothing improves). Both start from equal
     weights and replace them only on a strict improvement, so the answer is never worse than equal weights
     on these validation results.
+
+    The objective is the results' taxonomy's F1_mean: over both levels, or for a flat taxonomy the mean of the
+    fine macro and micro F1.
 
     Args:
         val_results_list: one labelled validation result per model, same videos in the same order.
@@ -703,7 +799,10 @@ def search_weights(val_results_list: Sequence[Results], grid: Sequence[float] = 
     if not grid or min(grid) < 0:
         raise ResultsError(f"--grid needs non-negative weights, got {grid}")
     stack = np.stack([r.scores.astype(np.float64) for r in val_results_list])  # [M, N, K]
-    score = _score_fn(labels, metric, macro_labels)
+    taxonomy = next((r.taxonomy for r in val_results_list if r.taxonomy is not None), None)
+    if taxonomy is None:
+        val_results_list[0].require_taxonomy()  # raises, saying how to give one
+    score = _score_fn(labels, metric, macro_labels, taxonomy)
 
     def evaluate(w: Sequence[float]) -> float:
         return score(np.argmax(np.tensordot(np.asarray(w), stack, axes=1), axis=1))  # [M]·[M,N,K] -> [N,K]
@@ -812,11 +911,23 @@ def _check_search_pairs(dump_paths, dumps, val_paths, val) -> None:
               file=sys.stderr)
 
 
+def _classes_option(args) -> Taxonomy | None:
+    """The taxonomy of ``--classes FILE`` (for dumps that record none), or ``None``."""
+    from microact.taxonomy import load_classes
+
+    path = getattr(args, "classes", None)
+    return load_classes(path) if path else None
+
+
 def cli_ensemble(args) -> int:
     """``microact ensemble DUMP... [--weights w...] [--search-on VAL...] [--grid ...] [--list] --out DIR``."""
     from microact.plots.results import write_report
 
-    dumps = [load_results(p, list_file=args.list) for p in args.dumps]
+    taxonomy = _classes_option(args)
+    dumps = [load_results(p, list_file=args.list, taxonomy=taxonomy) for p in args.dumps]
+    check_compatible(dumps)  # class counts and video order first: the more telling mismatch
+    for r in dumps:
+        r.require_taxonomy()  # a bare pickle of other classes: say which file needs --classes
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     info: dict = {"dumps": list(args.dumps)}
@@ -830,7 +941,7 @@ def cli_ensemble(args) -> int:
         if len(args.search_on) != len(dumps):
             raise ResultsError(f"--search-on: {len(args.search_on)} validation dumps for {len(dumps)} dumps "
                                "(one per model, same order)")
-        val = [load_results(p) for p in args.search_on]
+        val = [load_results(p, taxonomy=taxonomy) for p in args.search_on]
         check_compatible(val)
         _check_search_pairs(args.dumps, dumps, args.search_on, val)
         for p, r in zip(args.search_on, val):
@@ -846,11 +957,14 @@ def cli_ensemble(args) -> int:
     info["weights"] = weights
     print("weights: " + ", ".join(f"{p}={w:g}" for p, w in zip(args.dumps, weights)))
     combined = ensemble(dumps, weights)
+    combined.require_taxonomy()
     # body parts by the rule the dumps were scored with, when they agree (and the coarse heads' scores came along)
     rules = {_provenance(p, r).get("coarse_rule", "map_top1") for p, r in zip(args.dumps, dumps)}
     coarse_rule = rules.pop() if len(rules) == 1 else "map_top1"
     if coarse_rule == "coarse_head" and combined.coarse_head_scores is None:
         coarse_rule = "map_top1"
+    if not combined.taxonomy.has_coarse:
+        rules, coarse_rule = set(), "map_top1"  # no groups to predict
     if rules or coarse_rule != "map_top1":
         print(f"body parts by predict.coarse_rule={coarse_rule}"
               + (" (the dumps were scored with different rules)" if rules else ", as the dumps were scored"))
@@ -861,8 +975,11 @@ def cli_ensemble(args) -> int:
         metrics = write_report(combined, out, coarse_rule=coarse_rule)
         info["f1_mean"] = metrics["f1_mean"]
         print(format_summary(metrics))
-    _warn_index_names(combined, "the ensemble")
-    for path in _write_submissions(combined, out, "all", coarse_rule):
-        print(f"wrote {path}")
+    if combined.taxonomy.is_ma52:
+        _warn_index_names(combined, "the ensemble")
+        for path in _write_submissions(combined, out, "all", coarse_rule):
+            print(f"wrote {path}")
+    else:
+        print(f"no challenge submission files: the classes are not MA-52's ({combined.taxonomy.describe()})")
     (out / "ensemble.json").write_text(json.dumps(info, indent=2))
     return 0

@@ -38,29 +38,45 @@ def _stats(values: list[float]) -> Optional[dict]:
 
 
 def check_dataset(root: str | os.PathLike, lists: Optional[list[str]] = None, video_dir: str = "",
-                  num_classes: int = 52, decoder: str = "pyav", decode: bool = True, workers: int = 0,
-                  progress: bool = True) -> dict:
+                  num_classes: Optional[int] = None, decoder: str = "pyav", decode: bool = True, workers: int = 0,
+                  progress: bool = True, classes: Optional[str | os.PathLike] = None) -> dict:
     """Scan a dataset folder and return the report as a dict (``report["problems"]`` empty when all is well).
 
     Args:
         root: dataset folder with the list files.
         lists: list files (relative to ``root`` or absolute); default every ``*_list_videos.txt`` in root.
         video_dir: folder of the videos relative to root.
-        num_classes: labels must lie in ``[0, num_classes)``.
+        num_classes: labels must lie in ``[0, num_classes)`` (default: the classes file's count, else 52).
         decoder: library used to open the videos.
         decode: open every video (otherwise only the lists and file presence are checked).
         workers: parallel processes (0 = all cores).
         progress: show a progress bar.
+        classes: classes file (``id<TAB>name[<TAB>group]``, relative to ``root`` or absolute); its problems are
+            reported with the others, and its count bounds the labels.
     """
     from tqdm import tqdm
 
+    from microact.data.annotations import AnnotationError
+    from microact.taxonomy import MA52, load_classes
+
     root = Path(root)
+    problems: list[str] = []
+    taxonomy = MA52 if classes is None else None
+    if classes is not None:
+        classes_file = Path(classes) if Path(classes).is_absolute() else root / classes
+        try:
+            taxonomy = load_classes(classes_file)
+        except AnnotationError as e:
+            problems += e.problems
+        if taxonomy is not None and num_classes is not None and num_classes != taxonomy.num_fine:
+            problems.append(f"{classes_file}: lists {taxonomy.num_fine} classes but --num-classes is {num_classes}")
+    if num_classes is None:
+        num_classes = taxonomy.num_fine if taxonomy is not None else 52
     if lists is None:
         list_files = sorted(root.glob("*_list_videos.txt"))
     else:
         list_files = [Path(p) if Path(p).is_absolute() else root / p for p in lists]
     videos_root = root / video_dir
-    problems: list[str] = []
     if not list_files:
         problems.append(f"{root}: no list files (*_list_videos.txt)")
     per_list = {}
@@ -103,6 +119,9 @@ def check_dataset(root: str | os.PathLike, lists: Optional[list[str]] = None, vi
     good = [v for v in videos.values() if "error" not in v]
     report = {
         "root": str(root),
+        "classes": taxonomy.describe() if taxonomy is not None else f"unreadable classes file {classes}",
+        # the names of a classes file, to say which of its classes have no clips (None for MA-52 by default)
+        "class_names": list(taxonomy.fine_names) if taxonomy is not None and classes is not None else None,
         "lists": per_list,
         "videos_checked": len(videos),
         "videos_bad": len(videos) - len(good),
@@ -119,12 +138,18 @@ def check_dataset(root: str | os.PathLike, lists: Optional[list[str]] = None, vi
 def format_report(report: dict, max_problems: int = 50) -> str:
     """Human-readable text of :func:`check_dataset`'s report."""
     out = [f"dataset {report['root']}"]
+    if "classes" in report:
+        out.append(f"  classes: {report['classes']}")
+    names = report.get("class_names")
     for name, info in report["lists"].items():
         counts = info["class_counts"]
         spread = (f"{len(counts)} classes, {min(counts.values())}..{max(counts.values())} per class"
                   if counts else "empty")
         out.append(f"  {name}: {info['lines']} well-formed lines ({info['missing_videos']} missing videos), "
                    f"{info['problems']} problem(s); {spread}")
+        if names and counts and len(counts) < len(names) and len(names) <= 60:
+            absent = [f"{i} {names[i]}" for i in range(len(names)) if i not in counts]
+            out.append(f"    no clips of: {', '.join(absent[:10])}{' ...' if len(absent) > 10 else ''}")
     if report["videos_checked"]:
         out.append(f"videos: {report['videos_checked']} checked, {report['videos_bad']} bad")
         for key, unit in (("num_frames", ""), ("fps", ""), ("duration_s", " s")):
@@ -151,7 +176,8 @@ def format_report(report: dict, max_problems: int = 50) -> str:
 def cli_main(args) -> int:
     """Handler of ``microact data check``; exit code 1 when any problem is found."""
     report = check_dataset(args.root, lists=args.lists, video_dir=args.video_dir, num_classes=args.num_classes,
-                           decoder=args.decoder, decode=not args.no_decode, workers=args.workers)
+                           decoder=args.decoder, decode=not args.no_decode, workers=args.workers,
+                           classes=getattr(args, "classes", None))
     print(format_report(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))

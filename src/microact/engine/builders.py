@@ -8,17 +8,18 @@ from torch import nn
 from microact.config import Config
 
 
-def build_model(cfg: Config, pretrained: bool = True) -> nn.Module:
+def build_model(cfg: Config, pretrained: bool = True, taxonomy=None) -> nn.Module:
     """The recognizer a recipe describes (``model.*``, ``data.clip_len`` / ``img_size``, ``frame_head.*``,
     ``arcface.*``, ``backbone.load_final_norm``, ``model.overrides``).
 
     Args:
         cfg: run configuration.
         pretrained: load ``model.pretrained`` when set (False when trained weights are loaded afterwards).
+        taxonomy: the recipe's classes (:func:`microact.taxonomy.resolve_taxonomy`); ``None`` resolves them here.
     """
     from microact.models.presets import create_model_from_config
 
-    return create_model_from_config(cfg, pretrained=pretrained)
+    return create_model_from_config(cfg, pretrained=pretrained, taxonomy=taxonomy)
 
 
 def loss_name(cfg: Config, model: nn.Module) -> str:
@@ -38,7 +39,8 @@ def build_criterion(cfg: Config, model: nn.Module) -> nn.Module:
     from microact.losses import build_loss
 
     return build_loss(loss_name(cfg, model), cfg.data.num_classes, class_weights=cfg.loss.class_weights,
-                      label_smoothing=cfg.loss.label_smoothing, f1_sync=cfg.loss.f1_sync)
+                      label_smoothing=cfg.loss.label_smoothing, f1_sync=cfg.loss.f1_sync,
+                      taxonomy=getattr(model, "taxonomy", None))
 
 
 def video_dir(cfg: Config) -> Path:

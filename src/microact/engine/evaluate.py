@@ -26,7 +26,6 @@ from typing import Any, Literal, Optional
 import numpy as np
 import torch
 
-from microact import ma52
 from microact.errors import MicroactError
 from microact.results import Results
 
@@ -144,7 +143,7 @@ def _gather(obj):
 @torch.no_grad()
 def evaluate(model, loader, device, *, average: str = "prob", precision: Precision = "fp32",
              num_views: Optional[int] = None, max_clips: Optional[int] = None, progress: bool = True,
-             coarse_head: bool = False, flow_stats: Optional[dict] = None) -> Results:
+             coarse_head: bool = False, flow_stats: Optional[dict] = None, taxonomy=None) -> Results:
     """Score every video of a test-mode loader.
 
     Args:
@@ -161,6 +160,7 @@ def evaluate(model, loader, device, *, average: str = "prob", precision: Precisi
         coarse_head: also keep the coarse lead head's clip-averaged probabilities (``Results.coarse_head_scores``;
             ``predict.coarse_rule=coarse_head``).
         flow_stats: the flow channels' statistics for two-stream clips (:func:`score_views`).
+        taxonomy: the classes of the scores (default: ``model.taxonomy``); recorded in the results.
 
     Returns:
         :class:`Results` in list order: names = the list's file names, labels = the list's labels (``None`` when
@@ -213,9 +213,13 @@ def evaluate(model, loader, device, *, average: str = "prob", precision: Precisi
     if num_classes is None:
         raise MicroactError("no video of the list could be decoded and the model does not say its class count")
 
+    taxonomy = taxonomy if taxonomy is not None else getattr(model, "taxonomy", None)
     n = len(records)
     out = np.empty((n, num_classes), dtype=np.float32)
-    head_out = np.full((n, ma52.NUM_COARSE), 1.0 / ma52.NUM_COARSE, dtype=np.float32) if coarse_head else None
+    head_out = None
+    if coarse_head:
+        groups = taxonomy.num_coarse if taxonomy is not None and taxonomy.has_coarse else 7
+        head_out = np.full((n, groups), 1.0 / groups, dtype=np.float32)
     failed = []
     for i, record in enumerate(records):
         if i in scores:
@@ -237,7 +241,7 @@ def evaluate(model, loader, device, *, average: str = "prob", precision: Precisi
         labels = None
         meta["labels_note"] = "every label is 0: treated as an unlabelled (test) list"
     return Results([r.path for r in records], out, labels, num_classes, img_shape if any(img_shape) else (224, 224),
-                   meta, head_out)
+                   meta, head_out, taxonomy)
 
 
 # --------------------------------------------------------------------------------------------
@@ -374,6 +378,28 @@ def warn_if_recipe_differs(cfg, checkpoint: str | os.PathLike, file=None) -> lis
     return lines
 
 
+def warn_if_taxonomy_differs(taxonomy, checkpoint: str | os.PathLike, file=None) -> Optional[str]:
+    """Print (to stderr) and return a warning when ``checkpoint`` records other classes than ``taxonomy``.
+
+    Weights trained on other classes may still fit every shape (the same count), and then name the wrong classes
+    silently; files that record no taxonomy (older runs, converted weights) give nothing.
+    """
+    from microact.taxonomy import TaxonomyError, differences, read_recorded_taxonomy
+
+    try:
+        recorded = read_recorded_taxonomy(checkpoint)
+    except TaxonomyError as e:
+        line = f"note: {e}; it cannot be compared with the recipe's classes"
+    else:
+        if recorded is None or recorded == taxonomy:
+            return None
+        line = (f"WARNING: {checkpoint}: the weights were trained on other classes than this recipe's "
+                f"({differences(recorded, taxonomy)}; trained: {recorded.describe()}, recipe: {taxonomy.describe()}); "
+                "use the data.classes file the weights were trained with")
+    print(line, file=file or sys.stderr)
+    return line
+
+
 def build_test_loader(cfg, list_file: str | os.PathLike, num_clips: int, *, distributed: bool = False):
     """The test-mode loader of a recipe for one list (``eval`` views, uniform test sampling, no shuffling)."""
     from microact.data.annotations import load_list
@@ -409,6 +435,7 @@ def cli_main(args) -> int:
     from microact.engine.builders import check_list_files, input_statistics
     from microact.plots.results import write_report
     from microact.results import save_results, write_ma52_top5_csv, write_mac2024_submission
+    from microact.taxonomy import resolve_taxonomy
 
     cfg = load_config(args.config, args.overrides)
     if args.list:
@@ -422,6 +449,7 @@ def cli_main(args) -> int:
         check_list_files(cfg, ("data.test_list",))
         list_file = Path(cfg.data.root) / cfg.data.test_list
     num_clips = cfg.eval.val_clips if args.split == "val" else cfg.eval.test_clips
+    taxonomy = resolve_taxonomy(cfg)  # the classes file, read and checked before anything runs
 
     info = dist_utils.init(cfg.train.device)  # joins the process group under torchrun
     rank, world, device = info.rank, info.world_size, info.device
@@ -429,7 +457,8 @@ def cli_main(args) -> int:
 
     if rank == 0:  # before loading: a recipe that does not fit the weights' shapes explains the error that follows
         warn_if_recipe_differs(cfg, args.checkpoint)
-    model = create_model_from_config(cfg, pretrained=False)
+        warn_if_taxonomy_differs(taxonomy, args.checkpoint)
+    model = create_model_from_config(cfg, pretrained=False, taxonomy=taxonomy)
     check_coarse_rule(model, cfg.predict.coarse_rule)
     load_trained_weights(model, args.checkpoint)
     model.to(device)
@@ -442,7 +471,8 @@ def cli_main(args) -> int:
               f"{precision}, {world} process(es), device {device})")
     coarse_rule = cfg.predict.coarse_rule
     results = evaluate(model, loader, device, average=cfg.eval.average, precision=precision,
-                       coarse_head=coarse_rule == "coarse_head", flow_stats=input_statistics(cfg))
+                       coarse_head=coarse_rule == "coarse_head", flow_stats=input_statistics(cfg),
+                       taxonomy=taxonomy)
     results.meta.update(config=str(args.config), checkpoint=str(Path(args.checkpoint).resolve()), list=str(list_file),
                         split=args.split, num_clips=num_clips, view=cfg.eval.view, coarse_rule=coarse_rule)
     if rank != 0:
@@ -465,11 +495,15 @@ def cli_main(args) -> int:
         metrics = write_report(results, out, macro_labels=cfg.metric.macro_labels, coarse_rule=coarse_rule,
                                extra={"config": str(args.config), "checkpoint": str(args.checkpoint),
                                       "list": str(list_file), "num_clips": num_clips, "view": cfg.eval.view})
-        print(format_per_class(metrics["per_coarse_class"], title="body part"))
+        if "per_coarse_class" in metrics:
+            print(format_per_class(metrics["per_coarse_class"], title="body part" if taxonomy.is_ma52 else "group"))
         print(format_summary(metrics))
         print(f"wrote {out / 'metrics.json'}, per_class.csv and plots")
-    else:
+    elif taxonomy.is_ma52:
         for write in (write_mac2024_submission, write_ma52_top5_csv):
             print(f"wrote {write(results, out, coarse_rule)}")
+    else:  # the challenge formats are MA-52's
+        print(f"unlabelled list: predictions are in {npz} (no challenge submission files: the classes are not "
+              f"MA-52's, {taxonomy.describe()})")
     dist_utils.cleanup()
     return 0

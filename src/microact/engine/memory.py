@@ -187,8 +187,8 @@ def estimate_preset(preset: str, batch: int, precision: str = "bf16", grad_check
     from microact.models import create_model
 
     return _estimate(lambda: create_model(preset, **overrides),
-                     lambda m: build_loss(m.preset.loss, m.num_classes), batch, precision, grad_checkpointing,
-                     world_size, fsdp)
+                     lambda m: build_loss(m.preset.loss, m.num_classes, taxonomy=m.taxonomy), batch, precision,
+                     grad_checkpointing, world_size, fsdp)
 
 
 def estimate_config(cfg, micro_batch: Optional[int] = None, grad_checkpointing: Optional[bool] = None,

@@ -159,11 +159,14 @@ def _plain_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
 
 
-def save_weights(model_or_state, path: Path, recipe: Optional[str] = None) -> None:
+def save_weights(model_or_state, path: Path, recipe: Optional[str] = None, taxonomy=None) -> None:
     """Atomically write a safetensors file of a model's (or a state dict's) tensors.
 
     Args:
         recipe: the run's recipe (``cfg.to_yaml()``), stored in the metadata under :data:`RECIPE_METADATA_KEY`.
+        taxonomy: the run's classes (:class:`~microact.taxonomy.Taxonomy`), stored as JSON under
+            :data:`microact.taxonomy.TAXONOMY_METADATA_KEY`: the names and groups themselves, so the weights say
+            their classes on a machine without the classes file.
     """
     from safetensors.torch import save_file
 
@@ -172,11 +175,15 @@ def save_weights(model_or_state, path: Path, recipe: Optional[str] = None) -> No
     metadata = {"format": "pt", "producer": "microact"}
     if recipe is not None:
         metadata[RECIPE_METADATA_KEY] = recipe
+    if taxonomy is not None:
+        from microact.taxonomy import TAXONOMY_METADATA_KEY
+
+        metadata[TAXONOMY_METADATA_KEY] = taxonomy.to_json()
     atomic_write(Path(path), lambda tmp: save_file(sd, tmp, metadata=metadata))
 
 
 def save_checkpoint(run_dir: Path, step: int, model, train_state: dict[str, Any], keep: int,
-                    recipe: Optional[str] = None) -> Path:
+                    recipe: Optional[str] = None, taxonomy=None) -> Path:
     """Write ``model_<step>.safetensors`` + ``state_<step>.pt``, point ``latest`` at them, keep the last ``keep``.
 
     Args:
@@ -186,6 +193,7 @@ def save_checkpoint(run_dir: Path, step: int, model, train_state: dict[str, Any]
         train_state: everything else to restore (tensors, numbers, strings, lists, dicts only).
         keep: checkpoints to keep (0 = keep all).
         recipe: the run's recipe YAML, recorded in the weights file (see :func:`save_weights`).
+        taxonomy: the run's classes, recorded in the weights file (see :func:`save_weights`).
 
     Returns:
         The ``state_<step>.pt`` path.
@@ -195,7 +203,7 @@ def save_checkpoint(run_dir: Path, step: int, model, train_state: dict[str, Any]
     _remove_leftovers(folder)
     weights = folder / f"model_{step:08d}.safetensors"
     state = folder / f"state_{step:08d}.pt"
-    save_weights(model, weights, recipe)
+    save_weights(model, weights, recipe, taxonomy)
     atomic_write(state, lambda tmp: torch.save(train_state, tmp))
     atomic_write(folder / "latest", lambda tmp: Path(tmp).write_text(f"{step:08d}\n"))
     if keep > 0:

@@ -29,8 +29,9 @@ scaling; ``fp32`` = none. On a CPU without hardware bf16 (AVX512-BF16 or AMX) ``
 
 The run directory: ``config.yaml`` (resolved), ``env.json``, ``log.csv``, ``tb/`` (TensorBoard),
 ``checkpoints/``, ``metrics.json`` (validation history), ``model_final.safetensors``, ``model_best.safetensors``
-(with ``data.val_list``), ``plots/``. Every weights file records the run's recipe in its safetensors metadata
-(:data:`microact.engine.state.RECIPE_METADATA_KEY`).
+(with ``data.val_list``), ``plots/``. Every weights file records the run's recipe and its classes (the
+:class:`~microact.taxonomy.Taxonomy`: names and groups) in its safetensors metadata
+(:data:`microact.engine.state.RECIPE_METADATA_KEY`, :data:`microact.taxonomy.TAXONOMY_METADATA_KEY`).
 """
 from __future__ import annotations
 
@@ -246,14 +247,17 @@ def train(cfg: Config, out: str | os.PathLike, resume: bool = False) -> int:
         DataLoaderCrashError: a loader worker died.
     """
     check_list_files(cfg, ("data.train_lists", "data.val_list"))  # before the run folder or the model exists
+    from microact.taxonomy import resolve_taxonomy
+
+    taxonomy = resolve_taxonomy(cfg)  # the classes file, read and checked (num_classes follows it)
     info = D.init(cfg.train.device)
     try:
-        return _train(cfg, Path(out), resume, info)
+        return _train(cfg, Path(out), resume, info, taxonomy)
     finally:
         D.cleanup()
 
 
-def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo) -> int:
+def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo, taxonomy) -> int:
     t = cfg.train
     device = info.device
     main = info.is_main
@@ -266,7 +270,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo) -> int:
         raise ConfigError("train.parallel=fsdp shards the model across torchrun processes; this run has one process. "
                           "Launch it with torchrun --nproc_per_node=N (N >= 2), or use train.parallel=ddp")
     seed_everything(t.seed)  # identical initialisation on every rank
-    model = build_model(cfg).to(device)
+    model = build_model(cfg, taxonomy=taxonomy).to(device)
     if cfg.data.val_list:  # validation would fail only after the first epoch
         from microact.engine.evaluate import check_coarse_rule
 
@@ -313,7 +317,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo) -> int:
         weights = full_weights()
         if eval_replica is None:
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # keep training's RNG
-                eval_replica = build_model(cfg, pretrained=False).to(device)
+                eval_replica = build_model(cfg, pretrained=False, taxonomy=taxonomy).to(device)
         eval_replica.load_state_dict(weights, strict=True)
         return eval_replica, weights
 
@@ -405,6 +409,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo) -> int:
                   "far slower here than the loader's OpenCV (it is for GPU hosts whose loader is the bottleneck)")
         if kernel is not None:
             D.log(f"attention: SDPA's {kernel} kernel (model.sdpa_kernel={cfg.model.sdpa_kernel})")
+        flat_note = "; no coarse level: F1_mean = mean of fine macro and fine micro F1"
+        D.log(f"classes: {taxonomy.describe()}" + ("" if taxonomy.has_coarse else flat_note))
         D.log(f"model {cfg.model.preset}: {sum(p.numel() for p in raw_model.parameters()):,d} parameters; "
               f"parameter groups:\n{describe_groups(groups)}")
         D.log(f"{len(dataset)} training clips; {info.world_size} process(es) x micro-batch {t.micro_batch} x "
@@ -436,7 +442,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo) -> int:
         state = train_state()  # every rank joins the RNG gather (and, under FSDP, the unsharding)
         weights = full_weights()
         if main:
-            save_checkpoint(run_dir, global_step, weights, state, t.keep_checkpoints, recipe)
+            save_checkpoint(run_dir, global_step, weights, state, t.keep_checkpoints, recipe, taxonomy)
         D.barrier()
 
     # ---- training -----------------------------------------------------------------------------
@@ -631,7 +637,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo) -> int:
                 epoch, step_in_epoch = epoch + 1, 0
             if val_loader is not None and epoch_done and (epoch % t.val_every == 0 or epoch == t.epochs or done):
                 eval_model, weights = model_for_eval()
-                scores = validate(eval_model, val_loader, device, precision, cfg)
+                scores = validate(eval_model, val_loader, device, precision, cfg, taxonomy)
                 scores.update(epoch=epoch, step=global_step)
                 history.append(scores)
                 if main:
@@ -642,7 +648,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo) -> int:
                                 writer.add_scalar(f"val/{k}", v, global_step)
                     if scores["f1_mean"] > best:
                         best = scores["f1_mean"]
-                        save_weights(weights, run_dir / "model_best.safetensors", recipe)
+                        save_weights(weights, run_dir / "model_best.safetensors", recipe, taxonomy)
                     (run_dir / "metrics.json").write_text(json.dumps({"val": history, "best_f1_mean": best}, indent=2))
             if done or (epoch_done and (epoch % t.checkpoint_every == 0 or epoch == t.epochs)):
                 checkpoint()
@@ -653,9 +659,9 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo) -> int:
     if ema is not None:
         ema_weights = sharding.gather_full(ema.state_dict()) if fsdp else ema.state_dict()
     if main:
-        save_weights(final_weights, run_dir / "model_final.safetensors", recipe)
+        save_weights(final_weights, run_dir / "model_final.safetensors", recipe, taxonomy)
         if ema_weights is not None:
-            save_weights(ema_weights, run_dir / "model_ema_final.safetensors", recipe)
+            save_weights(ema_weights, run_dir / "model_ema_final.safetensors", recipe, taxonomy)
         selected = "model_final.safetensors"
         if t.select == "best_val":
             if history:  # this run validated (a model_best.safetensors on disk may be an older run's)
@@ -682,14 +688,21 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo) -> int:
 
 
 @torch.no_grad()
-def validate(model, loader, device, precision: str, cfg: Config) -> dict[str, Any]:
+def validate(model, loader, device, precision: str, cfg: Config, taxonomy=None) -> dict[str, Any]:
     """F1_mean and its four parts on the validation loader (``eval.val_clips`` clips per video).
 
-    Body parts follow ``predict.coarse_rule`` as in ``microact test``.
+    Body parts follow ``predict.coarse_rule`` as in ``microact test``. With a flat taxonomy (no groups) F1_mean
+    is the mean of the fine macro and micro F1 and there are no coarse parts.
+
+    Args:
+        taxonomy: the run's classes (default: the model's, else MA-52).
     """
     from microact.engine.builders import input_statistics
     from microact.engine.evaluate import evaluate
     from microact.metrics import f1_mean, predict_coarse
+    from microact.taxonomy import MA52
+
+    taxonomy = taxonomy or getattr(model, "taxonomy", None) or MA52
 
     rule = cfg.predict.coarse_rule
     results = evaluate(model, loader, device, average=cfg.eval.average, precision=precision, progress=D.is_main(),
@@ -698,7 +711,8 @@ def validate(model, loader, device, precision: str, cfg: Config) -> dict[str, An
     if results.labels is None:
         raise MicroactError(f"data.val_list={cfg.data.val_list}: every label is 0; a validation list needs labels")
     pred = results.scores.argmax(1)
-    scores = f1_mean(results.labels, pred, cfg.metric.macro_labels,
-                     coarse_pred=predict_coarse(results.scores, rule, results.coarse_head_scores),
-                     num_classes=cfg.data.num_classes)
+    coarse_pred = (predict_coarse(results.scores, rule, results.coarse_head_scores, taxonomy)
+                   if taxonomy.has_coarse else None)
+    scores = f1_mean(results.labels, pred, cfg.metric.macro_labels, coarse_pred=coarse_pred,
+                     num_classes=cfg.data.num_classes, taxonomy=taxonomy)
     return {k: float(v) for k, v in scores.items()}

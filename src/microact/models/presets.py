@@ -178,12 +178,15 @@ def loss_for(preset, **overrides) -> str:
     return loss_name(p.head, **flags)
 
 
-def create_model(preset, pretrained: Optional[str] = None, **overrides: Any):
+def create_model(preset, pretrained: Optional[str] = None, taxonomy=None, **overrides: Any):
     """Build a seed-table model.
 
     Args:
         preset: a name from :func:`list_models` or a :class:`Preset`.
         pretrained: checkpoint to initialise the backbone from (any layout ``load_pretrained`` reads).
+        taxonomy: the classes (:class:`~microact.taxonomy.Taxonomy`): the fine head gets its count (unless
+            ``num_classes`` says the same), the coarse heads one output per group. ``None``: MA-52 (with
+            ``num_classes`` other than 52, classes without a taxonomy, which take no coarse heads).
         **overrides: any of ``OVERRIDES``: num_classes, num_frames, img_size, backbone, mlp_ratio and num_heads
             (a backbone whose MLP ratio or head count differs from the built-in size's, e.g. a Hugging Face
             checkpoint's ``intermediate_size / hidden_size``), drop_path_rate,
@@ -195,9 +198,11 @@ def create_model(preset, pretrained: Optional[str] = None, **overrides: Any):
         (overrides applied) and ``model.preset.loss`` the loss name for ``loss.name: auto``.
 
     Raises:
-        MicroactError: unknown preset or override, or an impossible head combination.
+        MicroactError: unknown preset or override, an impossible head combination, a ``num_classes`` that differs
+            from the taxonomy's, or coarse heads for a flat taxonomy.
     """
-    from microact.models.recognizer import Recognizer, TwoStreamBackbone, build_recognizer_heads
+    from microact.models.recognizer import Recognizer, TwoStreamBackbone, _flat_coarse_message, build_recognizer_heads
+    from microact.taxonomy import MA52
     from microact.models.videomae import create_backbone
 
     p = get_preset(preset)
@@ -210,7 +215,14 @@ def create_model(preset, pretrained: Optional[str] = None, **overrides: Any):
     effective = dataclasses.replace(
         p, backbone=o.pop("backbone", p.backbone), num_frames=int(o.pop("num_frames", p.num_frames)),
         img_size=int(o.pop("img_size", p.img_size)), loss=loss_name(p.head, **flags), **flags)
-    num_classes = int(o.pop("num_classes", 52))
+    num_classes = int(o.pop("num_classes", taxonomy.num_fine if taxonomy is not None else 52))
+    if taxonomy is None and num_classes == MA52.num_fine:
+        taxonomy = MA52
+    if taxonomy is not None and num_classes != taxonomy.num_fine:
+        raise MicroactError(f"create_model({p.name!r}): num_classes={num_classes} but the taxonomy lists "
+                            f"{taxonomy.num_fine} classes ({taxonomy.describe()})")
+    if effective.use_coarse and (taxonomy is None or not taxonomy.has_coarse):
+        raise MicroactError(f"model.preset={p.name}: " + _flat_coarse_message(taxonomy))
     load_final_norm = o.pop("load_final_norm", None)
     input_mode = o.pop("input_mode", "rgb")
 
@@ -230,9 +242,10 @@ def create_model(preset, pretrained: Optional[str] = None, **overrides: Any):
         effective.use_frame, effective.use_coarse, head_dropout=o.pop("head_dropout", 0.5),
         frame_layout=o.pop("frame_layout", "channel_group"), se_mode=o.pop("se_mode", "replace"),
         margin_mode=o.pop("margin_mode", "all"), arcface_scale=o.pop("arcface_scale", 30.0),
-        arcface_margin=o.pop("arcface_margin", 0.5))
+        arcface_margin=o.pop("arcface_margin", 0.5),
+        num_coarse=taxonomy.num_coarse if taxonomy is not None and taxonomy.has_coarse else MA52.num_coarse)
     assert not o, f"unhandled overrides {sorted(o)}"
-    model = Recognizer(backbone, head, frame, coarse_frame, input_mode=input_mode)
+    model = Recognizer(backbone, head, frame, coarse_frame, input_mode=input_mode, taxonomy=taxonomy)
     model.preset = effective
 
     if pretrained:
@@ -250,7 +263,7 @@ def create_model(preset, pretrained: Optional[str] = None, **overrides: Any):
     return model
 
 
-def create_model_from_config(cfg, pretrained: bool = True):
+def create_model_from_config(cfg, pretrained: bool = True, taxonomy=None):
     """Build the model a :class:`microact.config.Config` describes (preset + every model switch).
 
     Maps ``model.*`` (preset, num_classes, drop_path_rate, head_dropout, grad_checkpointing, attn_impl, sdpa_kernel,
@@ -260,7 +273,13 @@ def create_model_from_config(cfg, pretrained: bool = True):
     Args:
         cfg: the run configuration.
         pretrained: load ``model.pretrained`` when it is set (False when trained weights are loaded afterwards).
+        taxonomy: the classes (:func:`microact.taxonomy.resolve_taxonomy` of the recipe, or the one recorded in the
+            weights); ``None``: MA-52 when ``data.classes`` is unset, else the recipe's classes file is read.
     """
+    if taxonomy is None:
+        from microact.taxonomy import resolve_taxonomy
+
+        taxonomy = resolve_taxonomy(cfg)
     m = cfg.model
     # backbone.load_final_norm=false is the seed's behaviour, which depends on the head: the token-map backbone
     # (TSN/I3D rows) loses the pre-trained final norm to the rename, while the stock backbone of the TimeSformer rows
@@ -276,4 +295,4 @@ def create_model_from_config(cfg, pretrained: bool = True):
         load_final_norm=load_final_norm, input_mode=m.input_mode,
     )
     kwargs.update(m.overrides)
-    return create_model(m.preset, pretrained=m.pretrained if pretrained else None, **kwargs)
+    return create_model(m.preset, pretrained=m.pretrained if pretrained else None, taxonomy=taxonomy, **kwargs)

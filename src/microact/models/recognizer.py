@@ -15,6 +15,10 @@ name contains ``norm`` or ``backbone``.
 Inference (SEED.md §4): only the fine lead logits are used; per-clip softmax probabilities are averaged over a
 video's clips; the coarse prediction is g(argmax fine). :func:`coarse_scores` also offers the "sum_probs" and
 "coarse_head" rules of SEED.md §12 row 12.
+
+The classes are a :class:`~microact.taxonomy.Taxonomy` (``Recognizer.taxonomy``; MA-52 by default): the coarse
+heads have one output per group and their targets come from ``taxonomy.coarse_of``. A flat taxonomy (no groups)
+takes no coarse heads.
 """
 from __future__ import annotations
 
@@ -26,8 +30,9 @@ import torch
 from torch import nn
 
 from microact.errors import MicroactError
-from microact.ma52 import FINE_TO_COARSE, NUM_COARSE, NUM_FINE, fine_to_coarse
+from microact.ma52 import NUM_COARSE, NUM_FINE
 from microact.models.heads import FrameLevelHead, PooledHead, TSNHead
+from microact.taxonomy import MA52, Taxonomy
 
 CoarseRule = Literal["map_top1", "sum_probs", "coarse_head"]
 Average = Literal["prob", "logit"]
@@ -40,8 +45,8 @@ class RecognizerOutput:
     Attributes:
         fine: lead fine logits ``[B, K]`` (the only output used for prediction).
         fine_frame: frame-level fine logits ``[B, T', K]`` or None.
-        coarse: coarse lead logits ``[B, 7]`` or None.
-        coarse_frame: frame-level coarse logits ``[B, T', 7]`` or None.
+        coarse: coarse lead logits ``[B, G]`` (G groups: MA-52's 7 body parts) or None.
+        coarse_frame: frame-level coarse logits ``[B, T', G]`` or None.
     """
 
     fine: torch.Tensor
@@ -149,10 +154,12 @@ class Recognizer(nn.Module):
             coarse classifier and the fine frame head.
         input_mode: ``"rgb"`` (the seed) or ``"rgb_diff"``: the backbone sees differences of consecutive
             normalised frames (TSN's RGB-difference modality), see :func:`rgb_difference`.
+        taxonomy: the classes (``None``: MA-52 for 52 classes, else unknown, which allows no coarse heads).
     """
 
     def __init__(self, backbone: nn.Module, head: nn.Module, frame_head: Optional[FrameLevelHead] = None,
-                 coarse_frame_head: Optional[FrameLevelHead] = None, input_mode: InputMode = "rgb"):
+                 coarse_frame_head: Optional[FrameLevelHead] = None, input_mode: InputMode = "rgb",
+                 taxonomy: Optional[Taxonomy] = None):
         super().__init__()
         if input_mode not in ("rgb", "rgb_diff"):
             raise MicroactError(f"input_mode {input_mode!r} is not valid; choose 'rgb' or 'rgb_diff'")
@@ -169,6 +176,18 @@ class Recognizer(nn.Module):
         if (coarse_frame_head is not None) != has_coarse_lead or (has_coarse_lead and frame_head is None):
             raise MicroactError("the coarse assisting heads come as a pair (fc_coarse_cls + fc_coarse_cls_frame) "
                                 "and need the fine frame head (use_frame=True)")
+        num_fine = getattr(head, "num_classes", None)
+        if taxonomy is None and num_fine == NUM_FINE:
+            taxonomy = MA52
+        if taxonomy is not None and num_fine is not None and taxonomy.num_fine != num_fine:
+            raise MicroactError(f"the lead head has {num_fine} classes but the taxonomy lists {taxonomy.num_fine}")
+        if coarse_frame_head is not None:
+            if taxonomy is None or not taxonomy.has_coarse:
+                raise MicroactError(_flat_coarse_message(taxonomy))
+            if coarse_frame_head.num_classes != taxonomy.num_coarse:
+                raise MicroactError(f"the coarse heads have {coarse_frame_head.num_classes} outputs but the taxonomy "
+                                    f"has {taxonomy.num_coarse} groups")
+        self.taxonomy = taxonomy
         self.backbone = backbone
         self.cls_head = head
         self.fc_frame = frame_head
@@ -202,7 +221,7 @@ class Recognizer(nn.Module):
         if self.input_mode == "rgb_diff":
             x = rgb_difference(x)
         feat = self.backbone(x)  # [B, C, T', H', W'] or [B, C]
-        coarse_labels = fine_to_coarse(labels) if labels is not None and self.has_coarse else None
+        coarse_labels = self.taxonomy.coarse_of(labels) if labels is not None and self.has_coarse else None
         if isinstance(self.cls_head, TSNHead):
             fine, coarse = self.cls_head(feat, labels, coarse_labels)
         else:
@@ -220,10 +239,10 @@ class Recognizer(nn.Module):
         Args:
             x: ``[B, 3, T, H, W]`` (one clip per video) or ``[B, V, 3, T, H, W]`` (V clips/views per video).
             average: ``"prob"`` (seed: mean of per-clip softmax) or ``"logit"`` (softmax of the mean logits).
-            coarse_rule: None, or a rule of :func:`coarse_scores` to also return body-part scores.
+            coarse_rule: None, or a rule of :func:`coarse_scores` to also return group (body-part) scores.
 
         Returns:
-            Fine probabilities ``[B, K]`` (float32); with ``coarse_rule`` a pair ``(fine, coarse [B, 7])``.
+            Fine probabilities ``[B, K]`` (float32); with ``coarse_rule`` a pair ``(fine, coarse [B, G])``.
         """
         if average not in ("prob", "logit"):
             raise MicroactError(f"eval.average: {average!r} is not valid; choose 'prob' or 'logit'")
@@ -242,7 +261,10 @@ class Recognizer(nn.Module):
                 raise MicroactError("predict.coarse_rule='coarse_head' needs a model with coarse heads "
                                     "(use_coarse=True)")
             coarse_probs = _average_clips(out.coarse, b, v, average)
-        return fine, coarse_scores(fine, coarse_rule, coarse_probs)
+        if self.taxonomy is None:
+            raise MicroactError(f"coarse_rule: the model's {self.num_classes} classes have no known taxonomy (build "
+                                "it with taxonomy=...)")
+        return fine, coarse_scores(fine, coarse_rule, coarse_probs, self.taxonomy)
 
     def load_head_state(self, state: dict[str, torch.Tensor]) -> None:
         """Load a source checkpoint's classifier (keys ``weight``, ``bias``, optionally prefixed as ``head.weight``)
@@ -280,16 +302,27 @@ def _average_clips(logits: torch.Tensor, b: int, v: int, average: Average) -> to
     return logits.mean(dim=1).softmax(dim=-1)
 
 
-def _fine_to_coarse_matrix(num_fine: int, device=None) -> torch.Tensor:
-    if num_fine != NUM_FINE:
-        raise MicroactError(f"coarse prediction needs the {NUM_FINE} MA-52 fine classes, got {num_fine} scores")
-    m = torch.zeros(NUM_FINE, NUM_COARSE, device=device)
-    m[torch.arange(NUM_FINE), torch.as_tensor(FINE_TO_COARSE)] = 1.0
-    return m  # [52, 7]: one 1 per row
+def _flat_coarse_message(taxonomy: Optional[Taxonomy]) -> str:
+    what = taxonomy.describe() if taxonomy is not None else "classes without a taxonomy"
+    return (f"the model has coarse heads (one output per group) but its classes have no coarse level ({what}): "
+            "use a preset without them (e.g. videomae_b_k710_frame_i3d) or add the override "
+            "model.overrides={use_coarse: false}, or give the classes file a group column")
 
 
-def coarse_scores(fine_probs, rule: CoarseRule = "map_top1", coarse_probs=None):
-    """Body-part scores ``[N, 7]`` from fine probabilities ``[N, 52]`` (SEED.md §4, §12 row 12).
+def _fine_to_coarse_matrix(num_fine: int, taxonomy: Taxonomy, device=None) -> torch.Tensor:
+    if not taxonomy.has_coarse:
+        raise MicroactError(f"coarse prediction: the taxonomy has no coarse level ({taxonomy.describe()})")
+    if num_fine != taxonomy.num_fine:
+        what = "MA-52 fine classes" if taxonomy.is_ma52 else "fine classes of the taxonomy"
+        raise MicroactError(f"coarse prediction needs the {taxonomy.num_fine} {what}, got {num_fine} scores")
+    m = torch.zeros(taxonomy.num_fine, taxonomy.num_coarse, device=device)
+    m[torch.arange(taxonomy.num_fine), torch.as_tensor(taxonomy.fine_to_coarse)] = 1.0
+    return m  # [K, G] (MA-52: [52, 7]): one 1 per row
+
+
+def coarse_scores(fine_probs, rule: CoarseRule = "map_top1", coarse_probs=None, taxonomy: Taxonomy = MA52):
+    """Group scores ``[N, G]`` from fine probabilities ``[N, K]`` (SEED.md §4, §12 row 12); MA-52: ``[N, 52]`` ->
+    ``[N, 7]`` body parts.
 
     Rules:
 
@@ -300,29 +333,31 @@ def coarse_scores(fine_probs, rule: CoarseRule = "map_top1", coarse_probs=None):
       evidence, the product rewards body parts both agree on; neither head can win alone with a confident mistake.
 
     Args:
-        fine_probs: fine probabilities, torch tensor or numpy array ``[N, 52]``.
+        fine_probs: fine probabilities, torch tensor or numpy array ``[N, K]``.
         rule: one of the rules above.
         coarse_probs: the coarse head's probabilities (``"coarse_head"`` only).
+        taxonomy: the classes and their groups (default MA-52).
 
     Returns:
-        Scores ``[N, 7]`` of the input's type (float32 for numpy).
+        Scores ``[N, G]`` of the input's type (float32 for numpy).
     """
     as_numpy = isinstance(fine_probs, np.ndarray)
     p = torch.as_tensor(fine_probs, dtype=torch.float32)
     if p.dim() != 2:
-        raise ValueError(f"coarse_scores: expected fine probabilities [N, 52], got shape {tuple(p.shape)}")
-    group = _fine_to_coarse_matrix(p.shape[1], p.device)
+        raise ValueError(f"coarse_scores: expected fine probabilities [N, K], got shape {tuple(p.shape)}")
+    group = _fine_to_coarse_matrix(p.shape[1], taxonomy, p.device)
+    num_coarse = taxonomy.num_coarse
     if rule == "map_top1":
         top = p.argmax(dim=1)
-        scores = torch.nn.functional.one_hot(fine_to_coarse(top), NUM_COARSE).float()
+        scores = torch.nn.functional.one_hot(taxonomy.coarse_of(top), num_coarse).float()
     elif rule == "sum_probs":
         scores = p @ group  # [N, 52] @ [52, 7] -> [N, 7]
     elif rule == "coarse_head":
         if coarse_probs is None:
             raise MicroactError("predict.coarse_rule='coarse_head' needs the coarse head's probabilities")
         q = torch.as_tensor(coarse_probs, dtype=torch.float32, device=p.device)
-        if q.shape != (p.shape[0], NUM_COARSE):
-            raise ValueError(f"coarse_scores: coarse_probs must be [{p.shape[0]}, {NUM_COARSE}], got {tuple(q.shape)}")
+        if q.shape != (p.shape[0], num_coarse):
+            raise ValueError(f"coarse_scores: coarse_probs must be [{p.shape[0]}, {num_coarse}], got {tuple(q.shape)}")
         joint = q * (p @ group)
         scores = joint / joint.sum(dim=1, keepdim=True).clamp_min(1e-12)
     else:
@@ -334,6 +369,7 @@ def build_recognizer_heads(in_channels: int, num_classes: int, grid_t: int, head
                            use_arcface: bool = True, use_frame: bool = True, use_coarse: bool = True,
                            head_dropout: float = 0.5, frame_layout: str = "channel_group", se_mode: str = "replace",
                            margin_mode: str = "all", arcface_scale: float = 30.0, arcface_margin: float = 0.5,
+                           num_coarse: int = NUM_COARSE,
                            ) -> tuple[nn.Module, Optional[FrameLevelHead], Optional[FrameLevelHead]]:
     """The (lead head, fine frame head, coarse frame head) triple of a seed-table model.
 
@@ -346,6 +382,7 @@ def build_recognizer_heads(in_channels: int, num_classes: int, grid_t: int, head
         head_dropout: dropout of the lead path.
         frame_layout, se_mode: frame-head switches (SEED.md §12 rows 1, 2).
         margin_mode, arcface_scale, arcface_margin: cosine-margin switches (SEED.md §12 row 3).
+        num_coarse: groups of the coarse heads (the taxonomy's; MA-52: 7 body parts).
     """
     if head == "timesformer":
         if use_frame or use_coarse or use_arcface:
@@ -356,10 +393,10 @@ def build_recognizer_heads(in_channels: int, num_classes: int, grid_t: int, head
         raise MicroactError(f"head: {head!r} is not valid; choose timesformer, tsn or i3d")
     if use_coarse and not use_frame:
         raise MicroactError("use_coarse=True needs use_frame=True (the seed's coarse heads come with the frame head)")
-    lead = TSNHead(in_channels, num_classes, head_dropout, use_arcface, use_coarse, NUM_COARSE, arcface_scale,
+    lead = TSNHead(in_channels, num_classes, head_dropout, use_arcface, use_coarse, num_coarse, arcface_scale,
                    arcface_margin, margin_mode)
     frame = FrameLevelHead(in_channels, num_classes, grid_t, frame_layout, se_mode) if use_frame else None
-    coarse_frame = FrameLevelHead(in_channels, NUM_COARSE, grid_t, frame_layout, se_mode) if use_coarse else None
+    coarse_frame = FrameLevelHead(in_channels, num_coarse, grid_t, frame_layout, se_mode) if use_coarse else None
     return lead, frame, coarse_frame
 
 

@@ -1,4 +1,4 @@
-"""Dataset plots: the class distribution (coloured by body part) and the person-crop preview.
+"""Dataset plots: the class distribution (coloured by group, MA-52: body part) and the person-crop preview.
 
 Drawn on matplotlib's Agg canvas directly (no ``pyplot``), like :mod:`microact.plots.results`.
 """
@@ -10,8 +10,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from microact import ma52
-from microact.plots.results import PART_COLOURS, _figure, _save
+from microact.plots.results import FLAT_COLOUR, _figure, _save, group_colour
+from microact.taxonomy import MA52, Taxonomy
 
 
 def _read_counts(list_files: Sequence[str | os.PathLike]) -> dict[int, int]:
@@ -26,18 +26,21 @@ def _read_counts(list_files: Sequence[str | os.PathLike]) -> dict[int, int]:
 
 
 def plot_class_distribution(counts: Mapping[int, int] | Sequence[int] | Sequence[str | os.PathLike],
-                            names: Sequence[str] = ma52.FINE_NAMES, path: str | os.PathLike = "class_distribution.png",
-                            *, log: bool = False, title: str = "") -> Path:
-    """Bar chart of clips per class, bars coloured by MA-52 body part.
+                            names: Sequence[str] | None = None, path: str | os.PathLike = "class_distribution.png",
+                            *, log: bool = False, title: str = "", taxonomy: Taxonomy = MA52) -> Path:
+    """Bar chart of clips per class, bars coloured by the taxonomy's groups (MA-52: body parts; one colour when
+    flat).
 
     Args:
         counts: ``{fine id: clips}``, a sequence of counts indexed by fine id, or list files
             (``<file> <label>`` lines) whose labels are counted.
-        names: class names indexed by fine id.
+        names: class names indexed by fine id (default: the taxonomy's).
         path: output PNG.
         log: logarithmic y axis (for long-tailed data).
         title: figure title.
+        taxonomy: the classes and their groups (default MA-52).
     """
+    names = taxonomy.fine_names if names is None else names
     if isinstance(counts, Mapping):
         table = {int(k): int(v) for k, v in counts.items()}
     elif len(counts) and isinstance(counts[0], (str, os.PathLike)):
@@ -46,7 +49,9 @@ def plot_class_distribution(counts: Mapping[int, int] | Sequence[int] | Sequence
         table = {i: int(v) for i, v in enumerate(counts) if int(v) > 0}
     ids = sorted(table)
     values = [table[i] for i in ids]
-    colours = [PART_COLOURS[ma52.FINE_TO_COARSE[i]] if i < ma52.NUM_FINE else "grey" for i in ids]
+    grouped = taxonomy.has_coarse
+    colours = [(group_colour(taxonomy.fine_to_coarse[i]) if grouped else FLAT_COLOUR) if i < taxonomy.num_fine
+               else "grey" for i in ids]
     fig = _figure(max(4.0, 0.28 * len(ids) + 1.5), 4.0)
     ax = fig.add_subplot(1, 1, 1)
     ax.bar(range(len(ids)), values, color=colours)
@@ -55,10 +60,11 @@ def plot_class_distribution(counts: Mapping[int, int] | Sequence[int] | Sequence
     ax.set_ylabel("clips")
     if log:
         ax.set_yscale("log")
-    parts = sorted({ma52.FINE_TO_COARSE[i] for i in ids if i < ma52.NUM_FINE})
-    from matplotlib.patches import Patch
+    if grouped:
+        from matplotlib.patches import Patch
 
-    ax.legend(handles=[Patch(color=PART_COLOURS[p], label=ma52.COARSE_NAMES[p]) for p in parts], fontsize=7)
+        parts = sorted({taxonomy.fine_to_coarse[i] for i in ids if i < taxonomy.num_fine})
+        ax.legend(handles=[Patch(color=group_colour(p), label=taxonomy.coarse_names[p]) for p in parts], fontsize=7)
     ax.set_title(title or f"{sum(values)} clips, {len(ids)} classes")
     return _save(fig, Path(path))
 

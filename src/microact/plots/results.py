@@ -1,4 +1,7 @@
-"""Result plots: confusion matrices, per-class F1 coloured by body part, and the metrics report of a test run.
+"""Result plots: confusion matrices, per-class F1 coloured by group (MA-52: body part), and the metrics report.
+
+Colours follow the taxonomy's groups (:class:`~microact.taxonomy.Taxonomy`); a flat taxonomy (no groups) gets one
+colour for every class bar and no coarse confusion matrix.
 
 Figures are drawn on matplotlib's Agg canvas directly (``Figure`` + ``FigureCanvasAgg``), never through
 ``pyplot``, so nothing here touches global plotting state or needs a display.
@@ -13,11 +16,30 @@ from typing import Sequence
 
 import numpy as np
 
-from microact import ma52
 from microact.metrics import confusion_matrix, evaluate_scores, predict_coarse
+from microact.taxonomy import MA52, Taxonomy
 
 # One colour per body part (tab10 entries), shared by every plot that colours by part.
 PART_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2")
+# Further groups of other taxonomies: the rest of tab10, then tab20's lighter shades (cycled beyond that).
+_MORE_COLOURS = ("#7f7f7f", "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5",
+                 "#c49c94", "#f7b6d2", "#c7c7c7", "#dbdb8d", "#9edae5")
+FLAT_COLOUR = "#1f77b4"  # every bar of a flat taxonomy (no groups)
+
+
+def group_colour(group: int) -> str:
+    """The colour of group id ``group``: MA-52's body-part colours first (so its plots are unchanged)."""
+    palette = PART_COLOURS + _MORE_COLOURS
+    return palette[int(group) % len(palette)]
+
+
+def group_boundaries(taxonomy: Taxonomy) -> list[int]:
+    """Fine ids where a new group starts, when every group is one contiguous id range (else none)."""
+    if not taxonomy.has_coarse:
+        return []
+    g = taxonomy.fine_to_coarse
+    starts = [i for i in range(1, len(g)) if g[i] != g[i - 1]]
+    return starts if len(starts) == taxonomy.num_coarse - 1 else []
 
 
 def _figure(width: float, height: float):
@@ -36,7 +58,7 @@ def _save(fig, path: Path) -> Path:
 
 
 def plot_confusion(y_true, y_pred, names: Sequence[str], path: str | os.PathLike, *, normalize: bool = True,
-                   classes: Sequence[int] | None = None, title: str = "") -> Path:
+                   classes: Sequence[int] | None = None, title: str = "", taxonomy: Taxonomy | None = MA52) -> Path:
     """Confusion matrix image: rows = true class, columns = predicted class.
 
     Args:
@@ -47,6 +69,7 @@ def plot_confusion(y_true, y_pred, names: Sequence[str], path: str | os.PathLike
         normalize: divide each row by its support (recall on the diagonal) instead of showing counts.
         classes: ids to show (default: every id in ``names``).
         title: figure title.
+        taxonomy: on the full fine matrix of this taxonomy, lines mark where its groups start (contiguous groups).
 
     Returns:
         ``path``.
@@ -76,47 +99,54 @@ def plot_confusion(y_true, y_pred, names: Sequence[str], path: str | os.PathLike
                 text = f"{cm[i, j]:.2f}" if normalize else str(counts[i, j])
                 dark = cm[i, j] > 0.5 * (1 if normalize else max(1.0, cm.max()))
                 ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if dark else "black")
-    if k == ma52.NUM_FINE and classes == list(range(ma52.NUM_FINE)):  # body-part boundaries on the full MA-52 matrix
-        for start in (5, 11, 24, 32, 38, 48):
+    full = taxonomy is not None and k == taxonomy.num_fine and classes == list(range(k))
+    if full:  # group (body-part) boundaries on the full fine matrix
+        for start in group_boundaries(taxonomy):
             ax.axhline(start - 0.5, color="grey", lw=0.5)
             ax.axvline(start - 0.5, color="grey", lw=0.5)
     ax.set_title(title or ("confusion matrix (row-normalised)" if normalize else "confusion matrix (counts)"))
     return _save(fig, Path(path))
 
 
-def plot_per_class_f1(rows: Sequence[dict], path: str | os.PathLike, title: str = "per-class F1") -> Path:
-    """Bar chart of per-class F1 (rows of :func:`microact.metrics.per_class_report`), coloured by body part."""
+def plot_per_class_f1(rows: Sequence[dict], path: str | os.PathLike, title: str = "per-class F1",
+                      taxonomy: Taxonomy = MA52) -> Path:
+    """Bar chart of per-class F1 (rows of :func:`microact.metrics.per_class_report`), coloured by group (MA-52:
+    body part); one colour for a flat taxonomy."""
     from matplotlib.patches import Patch
 
     rows = list(rows)
     k = len(rows)
     fig = _figure(max(6.0, 0.22 * k + 2.0), 4.5)
     ax = fig.add_subplot(1, 1, 1)
-    colours = [PART_COLOURS[ma52.FINE_TO_COARSE[r["id"]]] for r in rows]
+    grouped = taxonomy.has_coarse
+    colours = [group_colour(taxonomy.fine_to_coarse[r["id"]]) if grouped else FLAT_COLOUR for r in rows]
     ax.bar(range(k), [100 * r["f1"] for r in rows], color=colours)
     ax.set_xticks(range(k), [f"{r['id']} {r['name']} ({r['support']})" for r in rows], rotation=90,
                   fontsize=7 if k > 12 else 9)
     ax.set_ylim(0, 100)
     ax.set_ylabel("F1 (%)")
     ax.set_title(title + "  (support in brackets)")
-    parts = sorted({ma52.FINE_TO_COARSE[r["id"]] for r in rows})
-    ax.legend(handles=[Patch(color=PART_COLOURS[c], label=ma52.COARSE_NAMES[c]) for c in parts], fontsize=8,
-              loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside the axes: bars reach 100
+    if grouped:
+        parts = sorted({taxonomy.fine_to_coarse[r["id"]] for r in rows})
+        ax.legend(handles=[Patch(color=group_colour(c), label=taxonomy.coarse_names[c]) for c in parts], fontsize=8,
+                  loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside the axes: bars reach 100
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, Path(path))
 
 
-def write_per_class_csv(rows: Sequence[dict], path: str | os.PathLike) -> Path:
-    """``per_class.csv``: id, name, body part, precision, recall, F1, support, predicted count."""
+def write_per_class_csv(rows: Sequence[dict], path: str | os.PathLike, taxonomy: Taxonomy = MA52) -> Path:
+    """``per_class.csv``: id, name, group (``body_part`` for MA-52, ``group`` for other taxonomies with groups, no
+    such column for a flat one), precision, recall, F1, support, predicted count."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    group_column = ["body_part" if taxonomy.is_ma52 else "group"] if taxonomy.has_coarse else []
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["id", "name", "body_part", "precision", "recall", "f1", "support", "predicted"])
+        writer.writerow(["id", "name", *group_column, "precision", "recall", "f1", "support", "predicted"])
         for r in rows:
-            writer.writerow([r["id"], r["name"], ma52.COARSE_NAMES[ma52.FINE_TO_COARSE[r["id"]]],
-                             f"{r['precision']:.6f}", f"{r['recall']:.6f}", f"{r['f1']:.6f}", r["support"],
-                             r["predicted"]])
+            group = [taxonomy.group_name(r["id"])] if taxonomy.has_coarse else []
+            writer.writerow([r["id"], r["name"], *group, f"{r['precision']:.6f}", f"{r['recall']:.6f}",
+                             f"{r['f1']:.6f}", r["support"], r["predicted"]])
     return path
 
 
@@ -124,9 +154,10 @@ def write_report(results, out_dir: str | os.PathLike, *, macro_labels: str = "pr
                  coarse_rule: str = "map_top1", extra: dict | None = None) -> dict:
     """Score labelled results and write ``metrics.json``, ``per_class.csv`` and the plots into ``out_dir``.
 
-    Files: ``metrics.json`` (F1_mean, its four parts, top-1/5, mean class accuracy, per-class rows, failed videos),
-    ``per_class.csv``, ``confusion_fine.png`` (row-normalised, classes present in truth or prediction),
-    ``confusion_coarse.png`` (7x7 counts) and ``per_class_f1.png``.
+    Files: ``metrics.json`` (F1_mean, its four parts, top-1/5, mean class accuracy, per-class rows, failed videos,
+    the taxonomy), ``per_class.csv``, ``confusion_fine.png`` (row-normalised, classes present in truth or
+    prediction), ``confusion_coarse.png`` (groups x groups counts: MA-52's 7x7 body parts; not for a flat
+    taxonomy, which has no coarse level) and ``per_class_f1.png``.
 
     Args:
         results: a :class:`microact.results.Results` with labels.
@@ -142,33 +173,38 @@ def write_report(results, out_dir: str | os.PathLike, *, macro_labels: str = "pr
 
     if results.labels is None:
         raise ResultsError("cannot write a metrics report: the results have no labels")
+    taxonomy = results.require_taxonomy()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     metrics = evaluate_scores(results.scores, results.labels, macro_labels=macro_labels, coarse_rule=coarse_rule,
-                              coarse_head_scores=results.coarse_head_scores)
+                              coarse_head_scores=results.coarse_head_scores, taxonomy=taxonomy)
     metrics["failed"] = results.meta.get("failed", [])
+    if not taxonomy.is_ma52:  # MA-52's reports stay as they were; other classes are named in the report itself
+        metrics["taxonomy"] = taxonomy.to_dict()
     metrics.update(extra or {})
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
-    write_per_class_csv(metrics["per_class"], out / "per_class.csv")
+    write_per_class_csv(metrics["per_class"], out / "per_class.csv", taxonomy)
     pred = results.predictions
     present = np.union1d(results.labels, pred)
-    plot_confusion(results.labels, pred, ma52.FINE_NAMES, out / "confusion_fine.png", classes=present,
-                   title=f"fine classes, row-normalised (F1_mean {100 * metrics['f1_mean']:.2f})")
-    coarse_true = ma52.fine_to_coarse(results.labels)
-    coarse_pred = predict_coarse(results.scores, coarse_rule, results.coarse_head_scores)
-    plot_confusion(coarse_true, coarse_pred, ma52.COARSE_NAMES, out / "confusion_coarse.png", normalize=False,
-                   title="body parts (counts)")
+    plot_confusion(results.labels, pred, taxonomy.fine_names, out / "confusion_fine.png", classes=present,
+                   title=f"fine classes, row-normalised (F1_mean {100 * metrics['f1_mean']:.2f})", taxonomy=taxonomy)
+    if taxonomy.has_coarse:
+        coarse_true = taxonomy.coarse_of(results.labels)
+        coarse_pred = predict_coarse(results.scores, coarse_rule, results.coarse_head_scores, taxonomy)
+        plot_confusion(coarse_true, coarse_pred, taxonomy.coarse_names, out / "confusion_coarse.png",
+                       normalize=False, title="body parts (counts)" if taxonomy.is_ma52 else "groups (counts)",
+                       taxonomy=None)
     shown = [r for r in metrics["per_class"] if r["support"] or r["predicted"]]
-    plot_per_class_f1(shown, out / "per_class_f1.png")
+    plot_per_class_f1(shown, out / "per_class_f1.png", taxonomy=taxonomy)
     return metrics
 
 
-def plot_timeline(pred: dict, path: str | os.PathLike, max_classes: int = 8) -> Path:
+def plot_timeline(pred: dict, path: str | os.PathLike, max_classes: int = 8, taxonomy: Taxonomy = MA52) -> Path:
     """Timeline of an untrimmed video's window predictions (:func:`microact.predict.predict_timeline`).
 
     Top: the probability of the classes that lead any window (at most ``max_classes``, the most frequent
     leaders first) at each window's centre; bottom: the segments (consecutive windows with the same top-1),
-    coloured by body part and labelled with the class id.
+    coloured by group (MA-52: body part; a flat taxonomy: by class) and labelled with the class id.
     """
     windows = pred["windows"]
     if not windows:
@@ -182,7 +218,7 @@ def plot_timeline(pred: dict, path: str | os.PathLike, max_classes: int = 8) -> 
     ax, band = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [5, 1]})
     for c in shown:
         ax.plot(centres, probs[:, c], marker="o" if len(windows) <= 60 else None, markersize=3,
-                label=f"{c}: {ma52.FINE_NAMES[c]}")
+                label=f"{c}: {taxonomy.fine_names[c]}")
     ax.set_ylim(0, 1)
     ax.set_ylabel("probability")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
@@ -190,9 +226,14 @@ def plot_timeline(pred: dict, path: str | os.PathLike, max_classes: int = 8) -> 
                  f"every {pred['stride_s']:.3g} s", fontsize=9)
     # the segments (consecutive windows with the same top-1), coloured by body part, labelled by class id
     span = windows[-1]["end_s"] - windows[0]["start_s"]
-    for seg in pred.get("segments") or []:
-        part = ma52.FINE_TO_COARSE[seg["id"]]
-        band.axvspan(seg["start_s"], seg["end_s"], color=PART_COLOURS[part], alpha=0.75, lw=0.5, ec="white")
+    segments = pred.get("segments") or []
+
+    def colour_key(fine: int) -> int:  # what a segment's colour says: its group, or for a flat taxonomy its class
+        return taxonomy.fine_to_coarse[fine] if taxonomy.has_coarse else fine
+
+    for seg in segments:
+        band.axvspan(seg["start_s"], seg["end_s"], color=group_colour(colour_key(seg["id"])), alpha=0.75, lw=0.5,
+                     ec="white")
         if seg["end_s"] - seg["start_s"] < 0.025 * span:  # too narrow for a readable label
             continue
         band.text((seg["start_s"] + seg["end_s"]) / 2, 0.5, str(seg["id"]), ha="center", va="center", fontsize=7,
@@ -202,6 +243,11 @@ def plot_timeline(pred: dict, path: str | os.PathLike, max_classes: int = 8) -> 
     band.set_xlabel("time (s)")
     from matplotlib.patches import Patch
 
-    handles = [Patch(color=c, alpha=0.75, label=name) for c, name in zip(PART_COLOURS, ma52.COARSE_NAMES)]
-    band.legend(handles=handles, fontsize=7, ncol=7, loc="upper center", bbox_to_anchor=(0.5, -0.9), frameon=False)
+    if taxonomy.has_coarse:
+        handles = [Patch(color=group_colour(g), alpha=0.75, label=name) for g, name in enumerate(taxonomy.coarse_names)]
+    else:
+        shown_ids = sorted({seg["id"] for seg in segments})
+        handles = [Patch(color=group_colour(c), alpha=0.75, label=f"{c}: {taxonomy.fine_names[c]}") for c in shown_ids]
+    band.legend(handles=handles, fontsize=7, ncol=min(7, max(1, len(handles))), loc="upper center",
+                bbox_to_anchor=(0.5, -0.9), frameon=False)
     return _save(fig, Path(path))
