@@ -448,6 +448,7 @@ def test_convert_guesses_the_backbone_from_every_shape(tmp_path, capsys):
     assert main(["convert", str(fits), str(tmp_path / "fits.safetensors")]) == 0
     printed = capsys.readouterr().out
     assert "backbone videomae_test (guessed)" in printed and "every shape fits videomae_test" in printed
+    assert "none of the built-in backbones fits" not in printed
     # a wrong --backbone names itself, where it came from and the one that fits
     assert main(["convert", str(fits), str(tmp_path / "x.safetensors"), "--backbone", "videomae_tiny"]) == 2
     err = capsys.readouterr().err

@@ -5,7 +5,6 @@ from here, so the mapping exists exactly once (SEED.md §11).
 """
 from __future__ import annotations
 
-import numpy as np
 
 NUM_FINE = 52
 NUM_COARSE = 7
@@ -53,17 +52,9 @@ assert len(FINE_NAMES) == NUM_FINE and len(FINE_TO_COARSE) == NUM_FINE and len(T
 
 def fine_to_coarse(labels):
     """Map fine ids (int, sequence, numpy array or torch tensor) to body-part ids with g(·)."""
-    table = np.asarray(FINE_TO_COARSE, dtype=np.int64)
-    try:
-        import torch
+    from microact.taxonomy import MA52  # built from this module's tables
 
-        if isinstance(labels, torch.Tensor):
-            return torch.as_tensor(table, device=labels.device)[labels.long()]
-    except ImportError:  # pragma: no cover - torch is a core dependency
-        pass
-    if isinstance(labels, (int, np.integer)):
-        return int(table[int(labels)])
-    return table[np.asarray(labels, dtype=np.int64)]
+    return MA52.coarse_of(labels)
 
 
 def coarse_members(coarse: int) -> range:

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from microact.errors import MicroactError
-from microact.taxonomy import MA52, Taxonomy
+from microact.taxonomy import MA52, Taxonomy, taxonomy_of
 
 DEFAULT_PRESET = "videomae_b_k710_frame_coarse_tsn"
 
@@ -62,7 +62,7 @@ def build_predictor_config(model: Optional[str] = None, config: Optional[str] = 
     from microact.models.presets import get_preset
 
     def preset_keys(name: str) -> list[str]:
-        # a preset that sees optical flow needs data.flow_dir set (prediction computes the flow itself), an RGB one unset
+        # a preset that sees optical flow needs data.flow_dir set (prediction computes the flow itself); RGB: unset
         return [f"model.preset={name}", f"data.flow_dir={'flow' if 'flow' in get_preset(name).streams else 'null'}"]
 
     recorded = recorded_recipe(checkpoint) if checkpoint and config is None else None
@@ -258,19 +258,15 @@ def predict_video(model, cfg, path: str | os.PathLike, device: torch.device, *, 
         "frames_with_person": found,
         "num_frames": int(num_frames),
         "num_views": int(views.shape[0]),
-        **_scores(probs, top_k, _taxonomy_of(model, taxonomy)),
+        **_scores(probs, top_k, taxonomy_of(model, taxonomy)),
     }
-
-
-def _taxonomy_of(model, taxonomy: Optional[Taxonomy]) -> Taxonomy:
-    return taxonomy or getattr(model, "taxonomy", None) or MA52
 
 
 def group_key(taxonomy: Taxonomy) -> Optional[str]:
     """The key of a prediction's coarse entry: ``"body_part"`` (MA-52), ``"group"`` (other groups), ``None`` (flat)."""
     if not taxonomy.has_coarse:
         return None
-    return "body_part" if taxonomy.is_ma52 else "group"
+    return taxonomy.coarse_label.replace(" ", "_")
 
 
 def _scores(probs: np.ndarray, top_k: int, taxonomy: Taxonomy = MA52) -> dict:
@@ -362,8 +358,8 @@ def predict_timeline(model, cfg, path: str | os.PathLike, device: torch.device, 
 
     Models that see optical flow (two-stream, flow alone) get each window's flow as :func:`flow_views` computes it
     for the window cut out as its own video: the window's ``n`` frames have ``n - 1`` flow frames (flow ``i``: frame
-    ``i`` -> ``i + 1``), sampled over that count. Each flow frame any window samples is computed once, when its second frame is decoded, and
-    kept only while an unscored window still needs it.
+    ``i`` -> ``i + 1``), sampled over that count. Each flow frame any window samples is computed once, when its
+    second frame is decoded, and kept only while an unscored window still needs it.
 
     Args:
         window_s: window length in seconds (MA-52's clips last about 1-4 s).
@@ -374,7 +370,8 @@ def predict_timeline(model, cfg, path: str | os.PathLike, device: torch.device, 
         :func:`predict_video`'s fields for the whole video (``top_k`` / ``probs``: the mean over windows) plus
         ``"fps"``, ``"window_s"``, ``"stride_s"`` (as used: whole frames), ``"window_frames"``, ``"stride_frames"``,
         ``"windows": [{"start_s", "end_s", "start_frame", "end_frame",
-        "top_k", "body_part", "probs"}]`` and ``"segments"`` (:func:`segments_of`).
+        "top_k", "body_part" (``"group"`` for other groups, none when flat), "probs"}]`` and ``"segments"``
+        (:func:`segments_of`).
     """
     from microact.data.crop.run import crop_frame
     from microact.data.decode import iter_frames, probe_video
@@ -420,7 +417,7 @@ def predict_timeline(model, cfg, path: str | os.PathLike, device: torch.device, 
 
     first_needed, last_needed = zip(*(span(k) for k in range(len(ranges))))
     transform = TestTransform(cfg.eval, cfg.data.img_size, cfg.aug.resize_backend)
-    taxonomy = _taxonomy_of(model, taxonomy)
+    taxonomy = taxonomy_of(model, taxonomy)
     probs = np.zeros((len(ranges), taxonomy.num_fine))
     # Windows not scored yet. Every window samples the same offsets from its start, so ordering by start orders
     # both their first and their last needed frames.

@@ -105,6 +105,11 @@ class Taxonomy:
         """Whether these are MA-52's 52 classes and 7 body parts."""
         return self == MA52
 
+    @property
+    def coarse_label(self) -> str:
+        """What a coarse class is called in reports and predictions: ``"body part"`` (MA-52) or ``"group"``."""
+        return "body part" if self.is_ma52 else "group"
+
     def describe(self, with_source: bool = True) -> str:
         """A short phrase for logs: ``"MA-52 (52 classes, 7 body parts)"``, ``"3 classes in 2 groups, from FILE"``,
         ``"4 classes without groups, from FILE"`` (a flat taxonomy)."""
@@ -158,6 +163,7 @@ class Taxonomy:
                 "fine_to_coarse": list(self.fine_to_coarse)}
 
     def to_json(self) -> str:
+        """:meth:`to_dict` as one JSON line (what weights and dumps record)."""
         return json.dumps(self.to_dict(), ensure_ascii=False)
 
     @classmethod
@@ -180,6 +186,7 @@ class Taxonomy:
 
     @classmethod
     def from_json(cls, text: str, source: str = "") -> "Taxonomy":
+        """The taxonomy :meth:`to_json` wrote; ``source`` names where the text came from in errors."""
         try:
             data = json.loads(text)
         except ValueError as e:
@@ -357,20 +364,17 @@ def resolve_taxonomy(cfg) -> Taxonomy:
     return taxonomy
 
 
+def taxonomy_of(model, taxonomy: Optional[Taxonomy] = None) -> Taxonomy:
+    """``taxonomy`` when given, else the one a model was built with (``Recognizer.taxonomy``), else MA-52."""
+    return taxonomy or getattr(model, "taxonomy", None) or MA52
+
+
 def read_recorded_taxonomy(path: str | os.PathLike) -> Optional[Taxonomy]:
     """The taxonomy a microact weights file records (:data:`TAXONOMY_METADATA_KEY`), or ``None`` (older runs,
     converted or foreign files). A recorded value that is not a taxonomy raises :class:`TaxonomyError`."""
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            if f.read(9)[8:9] != b"{":  # not a safetensors header
-                return None
-        from safetensors import safe_open
+    from microact.engine.state import weights_metadata
 
-        with safe_open(str(path), "pt") as f:
-            text = (f.metadata() or {}).get(TAXONOMY_METADATA_KEY)
-    except Exception:  # missing, a folder, corrupt: loading the weights reports it
-        return None
+    text = (weights_metadata(path) or {}).get(TAXONOMY_METADATA_KEY)
     if text is None:
         return None
     return Taxonomy.from_json(text, f"{path} (recorded taxonomy)")
@@ -391,4 +395,4 @@ def differences(a: Taxonomy, b: Taxonomy) -> str:
 
 
 __all__ = ["Taxonomy", "TaxonomyError", "MA52", "TAXONOMY_METADATA_KEY", "load_classes", "write_classes",
-           "resolve_taxonomy", "classes_path", "read_recorded_taxonomy", "differences"]
+           "resolve_taxonomy", "classes_path", "read_recorded_taxonomy", "differences", "taxonomy_of"]

@@ -126,26 +126,37 @@ def check_flow_files(cfg: Config, records) -> None:
             "clips)")
 
 
-def build_train_dataset(cfg: Config):
-    """The training :class:`~microact.data.dataset.VideoDataset` over every list of ``data.train_lists``."""
-    from microact.data.annotations import load_lists
-    from microact.data.dataset import VideoDataset
-    from microact.data.transforms import TrainTransform, flow_train_transform
+def load_records(cfg: Config, list_files) -> tuple[list, Path]:
+    """The videos of ``list_files`` and the folder their paths are relative to: the RGB videos, or the flow videos
+    (``data.flow_dir``) for a flow-alone model, which never reads the RGB ones (they need not be there).
 
-    root = Path(cfg.data.root)
+    With ``data.check_files`` a missing video is an annotation error and a missing flow video is reported with the
+    command that writes it (:func:`check_flow_files`).
+    """
+    from microact.data.annotations import load_lists
+
     flow_alone = input_streams(cfg) == ("flow",)
-    # flow alone reads only the flow videos: the RGB videos need not be there (check_flow_files names missing ones)
-    records = load_lists([root / f for f in cfg.data.train_lists], video_dir=flow_dir(cfg) if flow_alone else
-                         video_dir(cfg), num_classes=cfg.data.num_classes,
+    folder = flow_dir(cfg) if flow_alone else video_dir(cfg)
+    records = load_lists(list_files, video_dir=folder, num_classes=cfg.data.num_classes,
                          check_files=cfg.data.check_files and not flow_alone,
                          allow_absolute_paths=cfg.data.allow_absolute_paths)
     check_flow_files(cfg, records)
-    if flow_alone:  # the flow branch's pipeline on the only stream
-        videos, transform, flow = flow_dir(cfg), flow_train_transform(cfg.aug, cfg.data.img_size), {}
+    return records, folder
+
+
+def build_train_dataset(cfg: Config):
+    """The training :class:`~microact.data.dataset.VideoDataset` over every list of ``data.train_lists``."""
+    from microact.data.dataset import VideoDataset
+    from microact.data.transforms import TrainTransform, flow_train_transform
+
+    records, videos = load_records(cfg, [Path(cfg.data.root) / f for f in cfg.data.train_lists])
+    flow = {}
+    if input_streams(cfg) == ("flow",):  # the flow branch's pipeline on the only stream
+        transform = flow_train_transform(cfg.aug, cfg.data.img_size)
     else:
-        videos, transform = video_dir(cfg), TrainTransform(cfg.aug, cfg.data.img_size, rng=cfg.train.seed)
-        flow = {} if cfg.data.flow_dir is None else {
-            "flow_root": flow_dir(cfg), "flow_transform": flow_train_transform(cfg.aug, cfg.data.img_size)}
+        transform = TrainTransform(cfg.aug, cfg.data.img_size, rng=cfg.train.seed)
+        if cfg.data.flow_dir is not None:
+            flow = {"flow_root": flow_dir(cfg), "flow_transform": flow_train_transform(cfg.aug, cfg.data.img_size)}
     return VideoDataset(records, videos, clip_len=cfg.data.clip_len, transform=transform, test_mode=False,
                         decoder=cfg.data.decoder, decode_timeout=cfg.data.decode_timeout,
                         seed=cfg.train.seed, cache_dir=cfg.data.cache_dir,

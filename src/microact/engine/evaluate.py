@@ -93,7 +93,7 @@ def score_views(model, video: torch.Tensor, device: torch.device, *, average: st
             ``None``: the seed's).
 
     Returns:
-        float32 ``[B, K]`` on the CPU; with ``coarse_head`` the pair (fine ``[B, K]``, coarse head ``[B, 7]``).
+        float32 ``[B, K]`` on the CPU; with ``coarse_head`` the pair (fine ``[B, K]``, coarse head ``[B, G]``, G groups).
     """
     from microact.data.transforms import normalize_batch
 
@@ -218,7 +218,9 @@ def evaluate(model, loader, device, *, average: str = "prob", precision: Precisi
     out = np.empty((n, num_classes), dtype=np.float32)
     head_out = None
     if coarse_head:
-        groups = taxonomy.num_coarse if taxonomy is not None and taxonomy.has_coarse else 7
+        from microact.taxonomy import taxonomy_of
+
+        groups = taxonomy_of(model, taxonomy).num_coarse  # coarse_head is refused for flat taxonomies beforehand
         head_out = np.full((n, groups), 1.0 / groups, dtype=np.float32)
     failed = []
     for i, record in enumerate(records):
@@ -301,19 +303,9 @@ def recorded_recipe(path: str | os.PathLike) -> Optional[str]:
     """The recipe YAML a microact weights file records (:data:`microact.engine.state.RECIPE_METADATA_KEY`), or
     ``None``: older runs, converted or foreign files, folders, ``.pth`` files. Reads the header only; a file that
     cannot be read gives ``None`` here and its error when the weights are loaded."""
-    from microact.engine.state import RECIPE_METADATA_KEY
+    from microact.engine.state import RECIPE_METADATA_KEY, weights_metadata
 
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            if f.read(9)[8:9] != b"{":  # not a safetensors header
-                return None
-        from safetensors import safe_open
-
-        with safe_open(str(path), "pt") as f:
-            return (f.metadata() or {}).get(RECIPE_METADATA_KEY)
-    except Exception:  # missing, a folder, corrupt: load_trained_weights reports it
-        return None
+    return (weights_metadata(path) or {}).get(RECIPE_METADATA_KEY)
 
 
 def _show(value) -> str:
@@ -402,22 +394,17 @@ def warn_if_taxonomy_differs(taxonomy, checkpoint: str | os.PathLike, file=None)
 
 def build_test_loader(cfg, list_file: str | os.PathLike, num_clips: int, *, distributed: bool = False):
     """The test-mode loader of a recipe for one list (``eval`` views, uniform test sampling, no shuffling)."""
-    from microact.data.annotations import load_list
     from microact.data.dataset import VideoDataset, build_loader
     from microact.data.transforms import TestTransform
-    from microact.engine.builders import check_flow_files, flow_dir, input_streams
+    from microact.engine.builders import flow_dir, input_streams, load_records
 
-    flow_alone = input_streams(cfg) == ("flow",)
-    # flow alone reads only the flow videos (check_flow_files names missing ones)
-    video_dir = flow_dir(cfg) if flow_alone else Path(cfg.data.root) / cfg.data.video_dir
-    records = load_list(list_file, video_dir=video_dir, num_classes=cfg.data.num_classes,
-                        check_files=cfg.data.check_files and not flow_alone,
-                        allow_absolute_paths=cfg.data.allow_absolute_paths)
-    check_flow_files(cfg, records)
+    records, videos = load_records(cfg, [list_file])
     transform = TestTransform(cfg.eval, cfg.data.img_size, cfg.aug.resize_backend)
-    # the flow videos get the same deterministic views (sampled over their own, one shorter, frame count)
-    flow = {} if cfg.data.flow_dir is None or flow_alone else {"flow_root": flow_dir(cfg), "flow_transform": transform}
-    dataset = VideoDataset(records, video_dir, clip_len=cfg.data.clip_len, transform=transform,
+    # the flow videos of a two-stream model get the same deterministic views (sampled over their own, one shorter,
+    # frame count)
+    two_stream = input_streams(cfg) == ("rgb", "flow")
+    flow = {"flow_root": flow_dir(cfg), "flow_transform": transform} if two_stream else {}
+    dataset = VideoDataset(records, videos, clip_len=cfg.data.clip_len, transform=transform,
                            num_clips=num_clips, test_mode=True, decoder=cfg.data.decoder,
                            decode_timeout=cfg.data.decode_timeout, seed=cfg.train.seed, cache_dir=cfg.data.cache_dir,
                            cache_format=cfg.data.cache_format, cache_jpeg_quality=cfg.data.cache_jpeg_quality,
@@ -496,7 +483,7 @@ def cli_main(args) -> int:
                                extra={"config": str(args.config), "checkpoint": str(args.checkpoint),
                                       "list": str(list_file), "num_clips": num_clips, "view": cfg.eval.view})
         if "per_coarse_class" in metrics:
-            print(format_per_class(metrics["per_coarse_class"], title="body part" if taxonomy.is_ma52 else "group"))
+            print(format_per_class(metrics["per_coarse_class"], title=taxonomy.coarse_label))
         print(format_summary(metrics))
         print(f"wrote {out / 'metrics.json'}, per_class.csv and plots")
     elif taxonomy.is_ma52:

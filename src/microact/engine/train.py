@@ -700,9 +700,9 @@ def validate(model, loader, device, precision: str, cfg: Config, taxonomy=None) 
     from microact.engine.builders import input_statistics
     from microact.engine.evaluate import evaluate
     from microact.metrics import f1_mean, predict_coarse
-    from microact.taxonomy import MA52
+    from microact.taxonomy import taxonomy_of
 
-    taxonomy = taxonomy or getattr(model, "taxonomy", None) or MA52
+    taxonomy = taxonomy_of(model, taxonomy)
 
     rule = cfg.predict.coarse_rule
     results = evaluate(model, loader, device, average=cfg.eval.average, precision=precision, progress=D.is_main(),

@@ -826,6 +826,10 @@ def cli_convert(args) -> int:
           f"{' (guessed)' if name and not args.backbone else ''}, {len(tensors)} tensors written")
     if guess:
         print(f"  backbone: every shape fits {guess}{with_ratio} ({sizes})")
+    elif not name:
+        print(f"  backbone: none of the built-in backbones fits the weights ({sizes}): the tensors were written "
+              f"unchecked (load_pretrained checks them against the model); --backbone NAME checks against one of: "
+              f"{choices}")
     if ratio_text:
         print(f"  MLP ratio {ratio_text}, not the built-in sizes' 4: build the backbone with mlp_ratio={ratio_text} "
               f"(a recipe's model.overrides: {{mlp_ratio: {ratio_text}}}) to load these weights")
@@ -834,10 +838,6 @@ def cli_convert(args) -> int:
     if name and isinstance(heads, int) and heads != arch_config(name)["num_heads"]:
         print(f"  {cfg_path.name}: num_attention_heads {heads}, {name} has {arch_config(name)['num_heads']}: build "
               f"the backbone with num_heads={heads} (a recipe's model.overrides: {{num_heads: {heads}}})")
-    elif not args.backbone:
-        print(f"  backbone: none of the built-in backbones fits the weights ({sizes}): the tensors were written "
-              f"unchecked (load_pretrained checks them against the model); --backbone NAME checks against one of: "
-              f"{choices}")
     for rule, n in sorted(conv.rules.items()):
         print(f"  {n:5d}  {rule}")
     if conv.head and not args.keep_head:

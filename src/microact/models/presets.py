@@ -201,9 +201,9 @@ def create_model(preset, pretrained: Optional[str] = None, taxonomy=None, **over
         MicroactError: unknown preset or override, an impossible head combination, a ``num_classes`` that differs
             from the taxonomy's, or coarse heads for a flat taxonomy.
     """
-    from microact.models.recognizer import Recognizer, TwoStreamBackbone, _flat_coarse_message, build_recognizer_heads
-    from microact.taxonomy import MA52
+    from microact.models.recognizer import Recognizer, TwoStreamBackbone, build_recognizer_heads, flat_coarse_message
     from microact.models.videomae import create_backbone
+    from microact.taxonomy import MA52
 
     p = get_preset(preset)
     unknown = [k for k in overrides if k not in OVERRIDES]
@@ -222,7 +222,7 @@ def create_model(preset, pretrained: Optional[str] = None, taxonomy=None, **over
         raise MicroactError(f"create_model({p.name!r}): num_classes={num_classes} but the taxonomy lists "
                             f"{taxonomy.num_fine} classes ({taxonomy.describe()})")
     if effective.use_coarse and (taxonomy is None or not taxonomy.has_coarse):
-        raise MicroactError(f"model.preset={p.name}: " + _flat_coarse_message(taxonomy))
+        raise MicroactError(f"model.preset={p.name}: " + flat_coarse_message(taxonomy))
     load_final_norm = o.pop("load_final_norm", None)
     input_mode = o.pop("input_mode", "rgb")
 
@@ -283,8 +283,8 @@ def create_model_from_config(cfg, pretrained: bool = True, taxonomy=None):
     m = cfg.model
     # backbone.load_final_norm=false is the seed's behaviour, which depends on the head: the token-map backbone
     # (TSN/I3D rows) loses the pre-trained final norm to the rename, while the stock backbone of the TimeSformer rows
-    # loads it into fc_norm (SEED.md §2.2, VIDEOMAE.md §3.6), and so do the flow rows, two-stream and flow alone (their
-    # tree names the final LN fc_norm). None lets create_model pick per preset; true loads it in every mode.
+    # loads it into fc_norm (SEED.md §2.2, VIDEOMAE.md §3.6), and so do the flow rows, two-stream and flow alone
+    # (their tree names the final LN fc_norm). None lets create_model pick per preset; true loads it in every mode.
     load_final_norm = True if cfg.backbone.load_final_norm else None
     kwargs = dict(
         num_classes=m.num_classes, num_frames=cfg.data.clip_len, img_size=cfg.data.img_size,

@@ -183,7 +183,7 @@ class Recognizer(nn.Module):
             raise MicroactError(f"the lead head has {num_fine} classes but the taxonomy lists {taxonomy.num_fine}")
         if coarse_frame_head is not None:
             if taxonomy is None or not taxonomy.has_coarse:
-                raise MicroactError(_flat_coarse_message(taxonomy))
+                raise MicroactError(flat_coarse_message(taxonomy))
             if coarse_frame_head.num_classes != taxonomy.num_coarse:
                 raise MicroactError(f"the coarse heads have {coarse_frame_head.num_classes} outputs but the taxonomy "
                                     f"has {taxonomy.num_coarse} groups")
@@ -302,11 +302,13 @@ def _average_clips(logits: torch.Tensor, b: int, v: int, average: Average) -> to
     return logits.mean(dim=1).softmax(dim=-1)
 
 
-def _flat_coarse_message(taxonomy: Optional[Taxonomy]) -> str:
+def flat_coarse_message(taxonomy: Optional[Taxonomy]) -> str:
+    """Why coarse heads cannot be built for these classes, and the ways out (recipe keys and the Python API)."""
     what = taxonomy.describe() if taxonomy is not None else "classes without a taxonomy"
     return (f"the model has coarse heads (one output per group) but its classes have no coarse level ({what}): "
             "use a preset without them (e.g. videomae_b_k710_frame_i3d) or add the override "
-            "model.overrides={use_coarse: false}, or give the classes file a group column")
+            "model.overrides={use_coarse: false}, or give the classes file a group column (in Python: "
+            "use_coarse=False, or taxonomy=a microact.taxonomy.Taxonomy with groups)")
 
 
 def _fine_to_coarse_matrix(num_fine: int, taxonomy: Taxonomy, device=None) -> torch.Tensor:

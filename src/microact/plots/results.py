@@ -139,7 +139,7 @@ def write_per_class_csv(rows: Sequence[dict], path: str | os.PathLike, taxonomy:
     such column for a flat one), precision, recall, F1, support, predicted count."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    group_column = ["body_part" if taxonomy.is_ma52 else "group"] if taxonomy.has_coarse else []
+    group_column = [taxonomy.coarse_label.replace(" ", "_")] if taxonomy.has_coarse else []
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["id", "name", *group_column, "precision", "recall", "f1", "support", "predicted"])
@@ -192,7 +192,7 @@ def write_report(results, out_dir: str | os.PathLike, *, macro_labels: str = "pr
         coarse_true = taxonomy.coarse_of(results.labels)
         coarse_pred = predict_coarse(results.scores, coarse_rule, results.coarse_head_scores, taxonomy)
         plot_confusion(coarse_true, coarse_pred, taxonomy.coarse_names, out / "confusion_coarse.png",
-                       normalize=False, title="body parts (counts)" if taxonomy.is_ma52 else "groups (counts)",
+                       normalize=False, title=f"{taxonomy.coarse_label}s (counts)",
                        taxonomy=None)
     shown = [r for r in metrics["per_class"] if r["support"] or r["predicted"]]
     plot_per_class_f1(shown, out / "per_class_f1.png", taxonomy=taxonomy)
