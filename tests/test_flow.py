@@ -591,7 +591,7 @@ def test_flow_alone_items_are_the_flow_videos_through_the_flow_pipeline(two_stre
     assert batch["video"].shape[2] == 3 and np.array_equal(batch["video"][0].numpy(), views)
 
 
-def test_flow_alone_train_test_and_predict_end_to_end(two_stream_root, tmp_path):
+def test_flow_alone_train_test_and_predict_end_to_end(two_stream_root, tmp_path, capsys):
     """microact train / test / predict on the flow-alone recipe; predict computes the video's flow itself and
     scores it normalised with the flow statistics, as an independent forward pass of those views does."""
     from microact.data.transforms import TestTransform
@@ -610,6 +610,7 @@ def test_flow_alone_train_test_and_predict_end_to_end(two_stream_root, tmp_path)
     video = two_stream_root / "v02.mp4"
     assert main(["predict", str(video), "--checkpoint", str(weights), "--detector", "none", "--json", str(out),
                  "--device", "cpu"]) == 0  # the recipe recorded in the weights: flow alone
+    assert "4 frames at 32 px, input optical flow" in capsys.readouterr().err
     pred = json.loads(out.read_text())["predictions"][0]
 
     cfg = build_predictor_config(config=str(recipe))

@@ -186,6 +186,17 @@ def test_timeline_windows_equal_each_window_predicted_on_its_own(carphone_path, 
     assert sum(s["windows"] for s in pred["segments"]) == len(windows)
 
 
+def test_a_window_longer_than_the_video_is_reported_as_the_whole_video(make_video, recipe, tmp_path, capsys):
+    video = make_video("short.mp4", num_frames=12)
+    out = tmp_path / "t.json"
+    assert cli(["predict", str(video), "--config", str(recipe), "--detector", "none", "--window", "100",
+                "--json", str(out), "--device", "cpu"]) == 0
+    pred = json.loads(out.read_text())["predictions"][0]
+    assert len(pred["windows"]) == 1 and pred["window_frames"] == pred["num_frames"] == 12
+    assert pred["window_s"] == pytest.approx(12 / pred["fps"])
+    assert f"1 window, the whole video ({12 / pred['fps']:.3g} s, 12 frames):" in capsys.readouterr().out
+
+
 def test_predict_timeline_cli_writes_json_plot_and_annotation(carphone_path, recipe, tmp_path, capsys):
     out, plot, mp4 = tmp_path / "t.json", tmp_path / "plots" / "t.png", tmp_path / "t.mp4"
     code = cli(["predict", str(carphone_path), "--config", str(recipe), "--detector", "none", "--window", "1",

@@ -337,6 +337,8 @@ def test_cli_submit_with_mmaction2_dump_and_list(tmp_path, capsys):
     _mmaction2_dump(tmp_path / "mma.pkl", r.scores, np.zeros(10))
     lst = _write_list(tmp_path / "test_list_videos.txt", r.names, np.zeros(10))
     assert cli(["submit", str(tmp_path / "mma.pkl"), "--out", str(tmp_path / "sub"), "--list", str(lst)]) == 0
+    # a bare pickle says nothing about its classes: the submission says it takes them as MA-52's
+    assert "records no classes; its 52 columns are taken as MA-52's" in capsys.readouterr().err
     rows = _read_zip_csv(tmp_path / "sub" / "submission_mac2024.zip")
     assert [row[0] for row in rows[1:]] == r.names
     assert (tmp_path / "sub" / "submission_ma52.zip").is_file()

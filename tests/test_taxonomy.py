@@ -104,6 +104,12 @@ def test_every_problem_is_reported_at_once(tmp_path):
     assert [p.split(": ")[0] for p in e.value.problems] == [f"{path}:2", f"{path}:3", f"{path}:4", str(path)]
     with pytest.raises(AnnotationError, match="classes file not found"):
         load_classes(tmp_path / "nope.txt")
+    # an id whose line has another problem is present all the same; the group rule's lines come in line order
+    path.write_bytes(b"0\tsway\tbody\n1\tnod\tupper\n2\tsway\tupper\n3\twave\n4\tclap\thand\n")
+    with pytest.raises(AnnotationError) as e:
+        load_classes(path)
+    assert [p.split(": ")[0] for p in e.value.problems] == [f"{path}:3", f"{path}:4"]
+    assert "ids missing" not in str(e.value)
 
 
 # --------------------------------------------------------------------------------------------
@@ -301,12 +307,16 @@ def test_resolve_taxonomy_takes_the_count_from_the_file(classes_root):
     cfg = load_config(None, [f"data.root={classes_root}", "data.classes=classes.txt", "data.num_classes=3",
                              "model.num_classes=3"])
     assert resolve_taxonomy(cfg).num_fine == 3
+    # one count typed to match the file is enough: the other one, left at 52, follows the file
+    cfg = load_config(None, [f"data.root={classes_root}", "data.classes=classes.txt", "data.num_classes=3"])
+    assert resolve_taxonomy(cfg).num_fine == 3 == cfg.model.num_classes
     cfg = load_config(None, [f"data.root={classes_root}", "data.classes=classes.txt", "data.num_classes=52",
                              "model.num_classes=52"])
     with pytest.raises(ConfigError) as e:
         resolve_taxonomy(cfg)
     assert str(e.value).startswith(f"data.num_classes=52, model.num_classes=52 but data.classes=classes.txt "
-                                   f"({classes_root / 'classes.txt'}) lists 3 classes")
+                                   f"({classes_root / 'classes.txt'}) lists 3 classes: set data.num_classes=3 and "
+                                   "model.num_classes=3, leave them out")
     assert set(e.value.keys) == {"data.num_classes", "model.num_classes", "data.classes"}
 
 
@@ -551,7 +561,7 @@ def test_own_classes_end_to_end(own_dataset, tmp_path, capsys, monkeypatch):
     assert probs.shape == (3,)
     assert pred["group"]["map_top1"]["name"] == taxonomy.group_name(int(probs.argmax()))
     best = pred["top_k"][0]["name"]
-    assert best in captured.out and f"group: {pred['group']['map_top1']['name']} (g(top-1))" in captured.out
+    assert best in captured.out and f"group: {pred['group']['map_top1']['name']} (that of the top-1 class)" in captured.out
 
 
 def _sk_groups(y_true, y_pred, taxonomy):
@@ -577,8 +587,11 @@ def test_flat_classes_train_with_the_override_and_refuse_coarse_heads(own_datase
     assert not run.exists()  # refused before the run folder was made
     assert cli(["train", str(recipe), "model.overrides={use_coarse: false}", "--out", str(run)]) == 0
     out = capsys.readouterr().out
-    assert "classes: 3 classes without groups" in out and "F1_mean = mean of fine macro and fine micro F1" in out
-    val = json.loads((run / "metrics.json").read_text())["val"][0]
+    assert "classes: 3 classes without groups" in out
+    assert "F1_mean averages fine macro F1 and fine micro F1 (flat taxonomy: no coarse level)" in out
+    summary = json.loads((run / "metrics.json").read_text())
+    assert summary["f1_mean_of"] == "fine macro F1 and fine micro F1 (flat taxonomy: no coarse level)"
+    val = summary["val"][0]
     assert set(val) >= {"f1_mean", "fine_macro", "fine_micro"} and "coarse_macro" not in val
     assert val["f1_mean"] == pytest.approx((val["fine_macro"] + val["fine_micro"]) / 2)
 

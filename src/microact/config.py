@@ -343,7 +343,8 @@ class Config:
                 f"{e.view} test crop would be wider than the resized frame; raise eval.resize_short to at least "
                 f"{self.data.img_size}", keys=("data.img_size", "eval.resize_short", "eval.view"))
         self._validate_streams()
-        if self.model.num_classes != self.data.num_classes:
+        # with a classes file, microact.taxonomy.resolve_taxonomy checks each count against the file instead
+        if self.data.classes is None and self.model.num_classes != self.data.num_classes:
             raise ConfigError(
                 f"model.num_classes ({self.model.num_classes}) differs from data.num_classes ({self.data.num_classes})",
                 keys=("model.num_classes", "data.num_classes"))

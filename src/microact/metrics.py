@@ -29,6 +29,9 @@ import numpy as np
 from microact.errors import MicroactError
 from microact.taxonomy import MA52, Taxonomy
 
+# What F1_mean averages for classes without groups (reports and run summaries say it in these words).
+FLAT_F1_MEAN_OF = "fine macro F1 and fine micro F1 (flat taxonomy: no coarse level)"
+
 MacroLabels = Literal["present", "all"]
 CoarseRule = Literal["map_top1", "sum_probs", "coarse_head"]
 
@@ -364,5 +367,5 @@ def evaluate_scores(scores, labels, *, macro_labels: MacroLabels = "present", co
         coarse_pred = taxonomy.coarse_of(pred) if coarse_pred is None else coarse_pred
         out["per_coarse_class"] = per_class_report(taxonomy.coarse_of(y), coarse_pred, taxonomy.coarse_names)
     else:
-        out["f1_mean_of"] = "fine macro F1 and fine micro F1 (flat taxonomy: no coarse level)"
+        out["f1_mean_of"] = FLAT_F1_MEAN_OF
     return out

@@ -80,8 +80,10 @@ def build_predictor_config(model: Optional[str] = None, config: Optional[str] = 
             instead = (f" (--model instead of the recorded {trained.model.preset})"
                        if cfg.model.preset != trained.model.preset else "")
             changed = "".join(f", {k}={v}" for k, v in cfg.model.overrides.items())  # e.g. a smaller backbone
+            streams = " + ".join({"rgb": cfg.model.input_mode, "flow": "optical flow"}[s]
+                                 for s in get_preset(cfg.model.preset).streams)  # "rgb", "rgb_diff", "optical flow"
             print(f"using the recipe recorded in {checkpoint}: {cfg.model.preset}{instead}{changed}, "
-                  f"{cfg.data.clip_len} frames at {cfg.data.img_size} px, input {cfg.model.input_mode} (pass --config "
+                  f"{cfg.data.clip_len} frames at {cfg.data.img_size} px, input {streams} (pass --config "
                   "to use another)", file=sys.stderr)
             return cfg
     extra = list(overrides)
@@ -490,8 +492,9 @@ def predict_timeline(model, cfg, path: str | os.PathLike, device: torch.device, 
     return {
         "video": str(path), "box": list(box), "detector": used, "frames_with_person": found,
         "num_frames": int(info.num_frames), "num_views": num_views,
-        "fps": fps, "window_s": window_frames / fps, "stride_s": stride_frames / fps,
-        "window_frames": window_frames, "stride_frames": stride_frames,
+        # a window longer than the video is the whole video: what is reported is what was used
+        "fps": fps, "window_s": min(window_frames, info.num_frames) / fps, "stride_s": stride_frames / fps,
+        "window_frames": min(window_frames, info.num_frames), "stride_frames": stride_frames,
         **_scores(probs.mean(axis=0), top_k, taxonomy),
         "windows": windows,
         "segments": segments_of(windows),
@@ -510,11 +513,16 @@ def format_prediction(pred: dict, taxonomy: Taxonomy = MA52) -> str:
     key = group_key(taxonomy)
     if key is not None:
         best = pred[key]["sum_probs"][0]
-        lines.append(f"  {'body part' if key == 'body_part' else 'group'}: {pred[key]['map_top1']['name']} "
-                     f"(g(top-1)); by summed probability: {best['name']} {100 * best['prob']:.2f}%")
+        lines.append(f"  {taxonomy.coarse_label}: {pred[key]['map_top1']['name']} (that of the top-1 class); "
+                     f"by summed probability: {best['name']} {100 * best['prob']:.2f}%")
     if "windows" in pred:
-        lines[1:1] = [f"  {len(pred['windows'])} windows of {pred['window_s']:.3g} s ({pred['window_frames']} frames) "
-                      f"every {pred['stride_s']:.3g} s ({pred['stride_frames']} frames); over the whole video:"]
+        n = len(pred["windows"])
+        if n == 1 and pred["window_frames"] >= pred["num_frames"]:
+            layout = f"  1 window, the whole video ({pred['window_s']:.3g} s, {pred['window_frames']} frames):"
+        else:
+            layout = (f"  {n} window{'s' if n != 1 else ''} of {pred['window_s']:.3g} s ({pred['window_frames']} "
+                      f"frames) every {pred['stride_s']:.3g} s ({pred['stride_frames']} frames); over the whole video:")
+        lines[1:1] = [layout]
         lines.append("  segments (consecutive windows with the same top-1):")
         name_width = max(len(seg["name"]) for seg in pred["segments"])
         for seg in pred["segments"]:

@@ -548,6 +548,8 @@ def load_results(path: str | os.PathLike, *, list_file: str | os.PathLike | None
         recorded = _sibling_taxonomy(path, results)
         if recorded is not None:
             results = _with_taxonomy(results, recorded, str(path))
+        elif results.taxonomy is not None:
+            results.meta["taxonomy_from"] = "assumed"  # a bare pickle of 52 columns: MA-52, as they always were
     if taxonomy is not None:
         if recorded is not None and recorded != taxonomy:
             raise ResultsError(f"{path} records other classes than {taxonomy.source or 'the given taxonomy'} "
@@ -858,6 +860,9 @@ def cli_submit(args) -> int:
     """``microact submit DUMP --out DIR [--list] [--format] [--coarse-rule]``."""
     results = load_results(args.dump, list_file=args.list)
     _warn_index_names(results, args.dump)
+    if _implicit_taxonomy(results):  # a bare pickle (or an older dump): nothing says which 52 classes these are
+        print(f"note: {args.dump} records no classes; its 52 columns are taken as MA-52's (a dump of another "
+              "dataset's 52 classes must not be submitted)", file=sys.stderr)
     coarse_rule = args.coarse_rule
     if coarse_rule is None:  # the rule `microact test` scored the dump with, so the submission matches its report
         coarse_rule = _provenance(args.dump, results).get("coarse_rule", "map_top1")

@@ -225,6 +225,7 @@ def load_classes(path: str | os.PathLike) -> Taxonomy:
     data = data.removeprefix(codecs.BOM_UTF8)
     names: dict[int, tuple[str, Optional[str], int]] = {}  # id -> (name, group or None, line)
     name_lines: dict[str, int] = {}
+    ids_present: set[int] = set()  # ids written on some line, also one whose line has another problem
     problems: list[str] = []
     with_group: list[int] = []
     without_group: list[int] = []
@@ -249,6 +250,7 @@ def load_classes(path: str | os.PathLike) -> Taxonomy:
         if class_id < 0:
             problems.append(f"{where}: id {class_id} is negative (ids are 0..K-1)")
             continue
+        ids_present.add(class_id)
         name = parts[1]
         if not name:
             problems.append(f"{where}: class {class_id} has an empty name")
@@ -275,12 +277,18 @@ def load_classes(path: str | os.PathLike) -> Taxonomy:
                             "(third column) or none does")
     if not names and not problems:
         problems.append(f"{path}: no classes (the file is empty); expected {_FORMAT} per line")
-    missing = sorted(set(range(max(names, default=-1) + 1)) - set(names))
+    missing = sorted(set(range(max(ids_present, default=-1) + 1)) - ids_present)
     if missing:
         shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
         problems.append(f"{path}: ids missing: {shown} (ids must be 0..K-1, each once)")
     if problems:
-        raise AnnotationError(problems)
+        line_prefix = f"{path}:"
+
+        def line_of(problem: str) -> float:  # "PATH:LINE: ..." in line order, whole-file problems last
+            number = problem[len(line_prefix):].split(":", 1)[0] if problem.startswith(line_prefix) else ""
+            return int(number) if number.isdigit() else float("inf")
+
+        raise AnnotationError(sorted(problems, key=line_of))
     ordered = [names[i] for i in range(len(names))]
     if not with_group:
         return Taxonomy(tuple(n for n, _, _ in ordered), source=str(path))
@@ -352,8 +360,9 @@ def resolve_taxonomy(cfg) -> Taxonomy:
     wrong = [key for key in user_set if counts[key] != k]
     if wrong:
         values = ", ".join(f"{key}={counts[key]}" for key in wrong)
-        raise ConfigError(f"{values} but data.classes={cfg.data.classes} ({path}) lists {k} classes: remove "
-                          f"{' and '.join(wrong)} (the count is taken from the file) or make the file match",
+        raise ConfigError(f"{values} but data.classes={cfg.data.classes} ({path}) lists {k} classes: set "
+                          f"{' and '.join(f'{key}={k}' for key in wrong)}, leave them out (the count is taken from "
+                          "the file) or make the file match",
                           keys=tuple(wrong) + ("data.classes",))
     cfg.data.num_classes = cfg.model.num_classes = k
     if not taxonomy.has_coarse and cfg.predict.coarse_rule != "map_top1":

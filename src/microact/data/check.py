@@ -119,7 +119,8 @@ def check_dataset(root: str | os.PathLike, lists: Optional[list[str]] = None, vi
     good = [v for v in videos.values() if "error" not in v]
     report = {
         "root": str(root),
-        "classes": taxonomy.describe() if taxonomy is not None else f"unreadable classes file {classes}",
+        "classes": (taxonomy.describe() if taxonomy is not None
+                    else f"classes file {classes} has problems (listed below)"),
         # the names of a classes file, to say which of its classes have no clips (None for MA-52 by default)
         "class_names": list(taxonomy.fine_names) if taxonomy is not None and classes is not None else None,
         "lists": per_list,

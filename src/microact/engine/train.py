@@ -64,6 +64,7 @@ from microact.engine.optim import EMA, build_optimizer, describe_groups, lr_fact
 from microact.engine.state import (check_run_dir, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint,
                                    save_weights, set_rng_state)
 from microact.errors import MicroactError
+from microact.metrics import FLAT_F1_MEAN_OF
 from microact.models.videomae import attention_kernel_of
 
 __all__ = ["build_model", "train", "cli_main", "TrainingDivergedError", "DataLoaderCrashError"]
@@ -271,6 +272,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo, taxonomy)
                           "Launch it with torchrun --nproc_per_node=N (N >= 2), or use train.parallel=ddp")
     seed_everything(t.seed)  # identical initialisation on every rank
     model = build_model(cfg, taxonomy=taxonomy).to(device)
+    f1_mean_of = {} if taxonomy.has_coarse else {"f1_mean_of": FLAT_F1_MEAN_OF}  # run summaries say what F1_mean is
     if cfg.data.val_list:  # validation would fail only after the first epoch
         from microact.engine.evaluate import check_coarse_rule
 
@@ -409,8 +411,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo, taxonomy)
                   "far slower here than the loader's OpenCV (it is for GPU hosts whose loader is the bottleneck)")
         if kernel is not None:
             D.log(f"attention: SDPA's {kernel} kernel (model.sdpa_kernel={cfg.model.sdpa_kernel})")
-        flat_note = "; no coarse level: F1_mean = mean of fine macro and fine micro F1"
-        D.log(f"classes: {taxonomy.describe()}" + ("" if taxonomy.has_coarse else flat_note))
+        D.log(f"classes: {taxonomy.describe()}"
+              + ("" if taxonomy.has_coarse else f"; F1_mean averages {FLAT_F1_MEAN_OF}"))
         D.log(f"model {cfg.model.preset}: {sum(p.numel() for p in raw_model.parameters()):,d} parameters; "
               f"parameter groups:\n{describe_groups(groups)}")
         D.log(f"{len(dataset)} training clips; {info.world_size} process(es) x micro-batch {t.micro_batch} x "
@@ -649,7 +651,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo, taxonomy)
                     if scores["f1_mean"] > best:
                         best = scores["f1_mean"]
                         save_weights(weights, run_dir / "model_best.safetensors", recipe, taxonomy)
-                    (run_dir / "metrics.json").write_text(json.dumps({"val": history, "best_f1_mean": best}, indent=2))
+                    (run_dir / "metrics.json").write_text(json.dumps({"val": history, "best_f1_mean": best,
+                                                                      **f1_mean_of}, indent=2))
             if done or (epoch_done and (epoch % t.checkpoint_every == 0 or epoch == t.epochs)):
                 checkpoint()
 
@@ -671,7 +674,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo, taxonomy)
                        f"the run ended before the first validation: train.val_every={t.val_every} epochs, "
                        f"train.epochs={t.epochs}, train.max_steps={t.max_steps}")
                 D.warn(f"train.select=best_val but there was no validation ({why}): using the last weights")
-        summary = {"val": history, "best_f1_mean": best if history else None, "selected": selected,
+        summary = {"val": history, "best_f1_mean": best if history else None, **f1_mean_of, "selected": selected,
                    "global_step": global_step, "nan_skipped": nan_skipped}
         (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
         if writer is not None:
