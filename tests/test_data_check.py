@@ -45,3 +45,30 @@ def test_broken_folder_exits_1_naming_each_problem(tmp_path, make_video, capsys)
     # list-only mode does not open videos, so only the four list problems remain
     assert main(["data", "check", str(tmp_path), "--no-decode"]) == 1
     assert "4 problem(s)" in capsys.readouterr().out
+
+
+def test_flow_videos_are_checked_against_their_videos(tmp_path, make_video, capsys):
+    """--flow-dir: a missing flow video and one written from another video (a frame count other than its video's
+    minus one) are problems; flow videos `microact flow` wrote from these videos pass."""
+    from microact.data.flow import run_flow
+
+    _dataset(tmp_path, make_video)
+    assert run_flow(tmp_path, tmp_path / "flow", workers=1, progress=False)["done"] == 4
+    report_file = tmp_path / "report.json"
+    assert main(["data", "check", str(tmp_path), "--flow-dir", "flow", "--workers", "1",
+                 "--json", str(report_file)]) == 0
+    out = capsys.readouterr().out
+    assert "flow videos (" in out and "4 of 4 present, 4 checked, 0 bad, 0 with a frame count" in out
+    report = json.loads(report_file.read_text())
+    assert report["videos_checked"] == 4 and report["num_frames"] == {"min": 8, "median": 11, "max": 14}
+
+    (tmp_path / "flow" / "0003_01_0000.mp4").unlink()
+    # the flow of the 14-frame video written where the 12-frame video's belongs
+    (tmp_path / "flow" / "0003_01_0002.mp4").replace(tmp_path / "flow" / "0003_01_0001.mp4")
+    assert main(["data", "check", str(tmp_path), "--flow-dir", "flow", "--workers", "1"]) == 1
+    out = capsys.readouterr().out
+    assert f"train_list_videos.txt:1: flow video not found: {tmp_path / 'flow' / '0003_01_0000.mp4'}" in out
+    assert f"`microact flow {tmp_path} {tmp_path / 'flow'}`" in out
+    assert f"{tmp_path / 'flow' / '0003_01_0001.mp4'}: 13 frames, but its video has 12" in out
+    assert "val_list_videos.txt:1: flow video not found" in out  # 0003_01_0002's flow was moved away
+    assert "2 of 4 present" in out

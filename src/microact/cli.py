@@ -126,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", default=None,
                    help="classes file ('id<TAB>name[<TAB>group]' per line; relative to root or absolute): checked, "
                         "and its count bounds the labels (default: MA-52's 52 classes)")
+    p.add_argument("--flow-dir", default=None,
+                   help="folder of the optical-flow videos (data.flow_dir, relative to root): each listed video "
+                        "needs one, with one frame fewer than the video")
     p.add_argument("--decoder", default="pyav", choices=["pyav", "decord"], help="decoder used to open the videos")
     p.add_argument("--no-decode", action="store_true", help="check list files and file presence only")
     p.add_argument("--workers", type=int, default=0, help="parallel processes (0 = all cores)")

@@ -39,7 +39,8 @@ def _stats(values: list[float]) -> Optional[dict]:
 
 def check_dataset(root: str | os.PathLike, lists: Optional[list[str]] = None, video_dir: str = "",
                   num_classes: Optional[int] = None, decoder: str = "pyav", decode: bool = True, workers: int = 0,
-                  progress: bool = True, classes: Optional[str | os.PathLike] = None) -> dict:
+                  progress: bool = True, classes: Optional[str | os.PathLike] = None,
+                  flow_dir: Optional[str] = None) -> dict:
     """Scan a dataset folder and return the report as a dict (``report["problems"]`` empty when all is well).
 
     Args:
@@ -53,6 +54,9 @@ def check_dataset(root: str | os.PathLike, lists: Optional[list[str]] = None, vi
         progress: show a progress bar.
         classes: classes file (``id<TAB>name[<TAB>group]``, relative to ``root`` or absolute); its problems are
             reported with the others, and its count bounds the labels.
+        flow_dir: folder of the optical-flow videos (``data.flow_dir``, relative to ``root``): every listed video
+            needs one, and with ``decode`` it must open and have one frame fewer than its video (``microact flow``
+            writes flow frame i from frames i and i + 1), which catches flow written from other videos.
     """
     from tqdm import tqdm
 
@@ -93,9 +97,15 @@ def check_dataset(root: str | os.PathLike, lists: Optional[list[str]] = None, vi
         records += [r for r in recs if (videos_root / r.path).is_file()]
         per_list[lf.name] = {"lines": len(recs), "missing_videos": len(missing), "problems": len(probs),
                              "class_counts": dict(sorted(Counter(r.label for r in recs).items()))}
+    flow_root = None if flow_dir is None else root / flow_dir
+    flow_missing = [] if flow_root is None else [r for r in records if not (flow_root / r.path).is_file()]
+    problems += [f"{r.source}: flow video not found: {flow_root / r.path} (write the flow videos with "
+                 f"`microact flow {videos_root} {flow_root}`)" for r in flow_missing]
+    flow_jobs = set() if flow_root is None else {str(flow_root / r.path) for r in records} - {
+        str(flow_root / r.path) for r in flow_missing}
     videos = {}
     if decode and records:
-        jobs = sorted({str(videos_root / r.path) for r in records})
+        jobs = sorted({str(videos_root / r.path) for r in records} | flow_jobs)
         n_workers = workers or os.cpu_count() or 1
         bar = tqdm(total=len(jobs), desc="probing videos", unit="video", disable=not progress)
         if n_workers == 1 or len(jobs) < 4:
@@ -116,6 +126,16 @@ def check_dataset(root: str | os.PathLike, lists: Optional[list[str]] = None, vi
             videos[res["path"]] = res
             if "error" in res:
                 problems.append(f"{res['path']}: {res['error']}")
+    flows = {path: videos.pop(path) for path in flow_jobs if path in videos}  # reported apart from the videos
+    flow_mismatched = 0
+    for r in records if flows else []:
+        video, flow = videos.get(str(videos_root / r.path)), flows.get(str(flow_root / r.path))
+        if video and flow and "error" not in video and "error" not in flow \
+                and flow["num_frames"] != video["num_frames"] - 1:
+            flow_mismatched += 1
+            problems.append(f"{flow['path']}: {flow['num_frames']} frames, but its video has {video['num_frames']}: "
+                            "a flow video has one frame fewer than its video; write it again with `microact flow` "
+                            "from these videos")
     good = [v for v in videos.values() if "error" not in v]
     report = {
         "root": str(root),
@@ -133,6 +153,10 @@ def check_dataset(root: str | os.PathLike, lists: Optional[list[str]] = None, vi
         "rotated": sum(1 for v in good if v["rotation"]),
         "problems": problems,
     }
+    if flow_root is not None:
+        report["flow"] = {"dir": str(flow_root), "listed": len(records), "missing": len(flow_missing),
+                          "checked": len(flows), "bad": sum(1 for f in flows.values() if "error" in f),
+                          "frame_count_mismatch": flow_mismatched}
     return report
 
 
@@ -163,6 +187,11 @@ def format_report(report: dict, max_problems: int = 50) -> str:
         out.append(f"  resolutions {shown}")
         if report["rotated"]:
             out.append(f"  {report['rotated']} video(s) carry a rotation")
+    if "flow" in report:
+        f = report["flow"]
+        out.append(f"flow videos ({f['dir']}): {f['listed'] - f['missing']} of {f['listed']} present"
+                   + (f", {f['checked']} checked, {f['bad']} bad, {f['frame_count_mismatch']} with a frame count "
+                      "other than their video's minus one" if f["checked"] else ""))
     problems = report["problems"]
     if problems:
         out.append(f"{len(problems)} problem(s):")
@@ -178,7 +207,7 @@ def cli_main(args) -> int:
     """Handler of ``microact data check``; exit code 1 when any problem is found."""
     report = check_dataset(args.root, lists=args.lists, video_dir=args.video_dir, num_classes=args.num_classes,
                            decoder=args.decoder, decode=not args.no_decode, workers=args.workers,
-                           classes=getattr(args, "classes", None))
+                           classes=getattr(args, "classes", None), flow_dir=getattr(args, "flow_dir", None))
     print(format_report(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
