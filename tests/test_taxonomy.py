@@ -601,3 +601,63 @@ def test_plots_colour_by_the_taxonomys_groups(tmp_path):
             "segments": [{"start_s": float(i), "end_s": i + 1.0, "id": w["top_k"][0]["id"]}
                          for i, w in enumerate(windows)]}
     assert plot_timeline(pred, tmp_path / "timeline.png", taxonomy=flat).stat().st_size > 0
+
+
+# --------------------------------------------------------------------------------------------
+# A classes file edited after training: predict warns (the weights' classes win), resume refuses
+# --------------------------------------------------------------------------------------------
+
+PREDICT_TINY = ["model.preset=videomae_test_frame_coarse_tsn", "data.clip_len=4", "data.img_size=32",
+                "eval.resize_short=40", "eval.crop_height=48", "eval.test_clips=1"]
+
+
+def test_predict_with_an_edited_classes_file_warns_and_uses_the_recorded_classes(tmp_path, make_video, capsys):
+    from microact.cli import main as cli
+    from microact.engine.state import save_weights
+    from microact.models.presets import create_model_from_config
+    from microact.predict import predict_video
+
+    classes = tmp_path / "classes.txt"
+    classes.write_text("0\tnod\thead\n1\twave\thand\n2\tpoint\thand\n")
+    cfg = load_config(None, PREDICT_TINY + [f"data.root={tmp_path}", "data.classes=classes.txt"])
+    trained = resolve_taxonomy(cfg)
+    torch.manual_seed(3)
+    model = create_model_from_config(cfg, pretrained=False, taxonomy=trained).eval()
+    weights = tmp_path / "model_final.safetensors"
+    save_weights(model, weights, cfg.to_yaml(), trained)  # as a run writes it: the recipe says num_classes: 3
+    video = make_video("clip.mp4", num_frames=12, height=64, width=48)
+    expected = predict_video(model, cfg, video, torch.device("cpu"), detector="none", taxonomy=trained)["probs"]
+
+    def predict():
+        out = tmp_path / "pred.json"
+        code = cli(["predict", str(video), "--checkpoint", str(weights), "--detector", "none", "--device", "cpu",
+                    "--top-k", "3", "--json", str(out)])
+        err = capsys.readouterr().err
+        assert code == 0, err
+        return json.loads(out.read_text()), err
+
+    # a fourth class added to the file since: the weights' 3 classes, a warning naming the file and the difference
+    classes.write_text("0\tnod\thead\n1\twave\thand\n2\tpoint\thand\n3\tshrug\tbody\n")
+    doc, err = predict()
+    assert doc["taxonomy"] == trained.to_dict()
+    pred = doc["predictions"][0]
+    assert [r["name"] for r in pred["top_k"]] == [trained.fine_names[i] for i in np.argsort(expected)[::-1]]
+    np.testing.assert_allclose(pred["probs"], expected, rtol=1e-5, atol=1e-7)
+    assert (f"WARNING: {weights}: the weights were trained on other classes than {classes} now lists (3 classes "
+            "vs 4;") in err
+    assert "using the 3 classes recorded in the weights" in err
+    # the same count, a class renamed: named too
+    classes.write_text("0\tnod\thead\n1\twave hello\thand\n2\tpoint\thand\n")
+    doc, err = predict()
+    assert doc["taxonomy"] == trained.to_dict()
+    assert f"{classes} now lists (class 1 is 'wave' vs 'wave hello';" in err
+    # a broken file: a warning naming it, the recorded classes still predict
+    classes.write_text("0 nod\n")
+    doc, err = predict()
+    assert doc["taxonomy"] == trained.to_dict()
+    assert f"WARNING: {classes}:1: expected" in err and "using the 3 classes recorded in" in err
+    # the file as it was: no warning
+    write_classes(trained, classes)
+    doc, err = predict()
+    assert doc["taxonomy"] == trained.to_dict() and "WARNING" not in err
+
