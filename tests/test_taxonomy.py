@@ -661,3 +661,56 @@ def test_predict_with_an_edited_classes_file_warns_and_uses_the_recorded_classes
     doc, err = predict()
     assert doc["taxonomy"] == trained.to_dict() and "WARNING" not in err
 
+
+def test_resume_refuses_a_checkpoint_trained_on_other_classes(own_dataset, tmp_path, capsys):
+    """data.classes is a path: the recipe comparison cannot see the file edited since the checkpoint. The resumed
+    run would train on label ids that mean other classes and record the new ones for the old weights."""
+    from safetensors.torch import load_file
+
+    from microact.cli import main as cli
+    from microact.engine.evaluate import recorded_recipe
+    from microact.engine.state import latest_checkpoint, save_weights
+
+    classes = own_dataset / "resume_classes.txt"
+    classes.write_text(MY_CLASSES)
+    trained = load_classes(classes)
+    recipe = tmp_path / "own.yaml"
+    recipe.write_text(RECIPE.replace("DATA", str(own_dataset)).replace("my_classes.txt", "resume_classes.txt"))
+    run = tmp_path / "run"
+
+    def train(steps: int, *flags):
+        code = cli(["train", str(recipe), "data.val_list=null", f"train.max_steps={steps}", "--out", str(run), *flags])
+        return code, capsys.readouterr()
+
+    code, _ = train(1)
+    assert code == 0
+    weights, state = latest_checkpoint(run)
+    assert read_recorded_taxonomy(weights) == trained
+    before = weights.read_bytes()
+
+    # the same count, a class renamed: refused, naming the checkpoint, the file, the difference and what to do
+    classes.write_text(MY_CLASSES.replace("\tnod\t", "\tshake head\t"))
+    code, captured = train(2, "--resume")
+    assert code == 2
+    err = captured.err
+    assert (f"{weights}: the run was trained on other classes than data.classes=resume_classes.txt ({classes}) now "
+            "lists: class 1 is 'nod' vs 'shake head'") in err
+    assert f"restore {classes} as it was when the run started" in err and "start a new run (another --out)" in err
+    assert latest_checkpoint(run) == (weights, state) and weights.read_bytes() == before  # nothing moved on
+    # another count: the same message, not the weights' shape mismatch
+    classes.write_text(MY_CLASSES + "3\tshrug\tbody\n")
+    code, captured = train(2, "--resume")
+    assert code == 2 and "now lists: 3 classes vs 4 (checkpoint: 3 classes in 2 groups; now: 4 classes" in captured.err
+    # the file restored: the run continues
+    classes.write_text(MY_CLASSES)
+    code, captured = train(2, "--resume")
+    assert code == 0 and "resumed from" in captured.out
+    assert read_recorded_taxonomy(run / "model_final.safetensors") == trained
+
+    # a checkpoint written before weights recorded their classes resumes as before, edited file or not
+    weights, _ = latest_checkpoint(run)
+    save_weights(load_file(str(weights)), weights, recorded_recipe(weights))
+    assert read_recorded_taxonomy(weights) is None
+    classes.write_text(MY_CLASSES.replace("\tnod\t", "\tshake head\t"))
+    code, captured = train(3, "--resume")
+    assert code == 0 and "resumed from" in captured.out, captured.err
