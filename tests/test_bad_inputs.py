@@ -352,6 +352,31 @@ def _train_with_classes(classes: bytes | None, *overrides: str) -> Callable[[Pat
     return _creates_nothing(run)
 
 
+def _resume_with_edited_classes(d: Path) -> Outcome:
+    """``microact train ... --resume`` of a run whose checkpoint records 3 classes, after class 1 of its classes file
+    was renamed (the same count: the weights would load)."""
+    from microact.config import load_config
+    from microact.engine.state import save_checkpoint
+    from microact.models.presets import create_model_from_config
+    from microact.taxonomy import resolve_taxonomy
+
+    recipe = _recipe(d)
+    data = d / "data"
+    data.mkdir()
+    for name in ("a.mp4", "b.mp4"):
+        _write(data / name)
+    (data / "train_list_videos.txt").write_text("a.mp4 0\nb.mp4 2\n")
+    (data / "classes.txt").write_bytes(b"0\tnod\thead\n1\twave\thand\n2\tpoint\thand\n")
+    args = [*TINY, f"data.root={data}", "data.classes=classes.txt", "data.train_lists=[train_list_videos.txt]",
+            "data.val_list=null"]
+    cfg = load_config(recipe, args)
+    taxonomy = resolve_taxonomy(cfg)
+    save_checkpoint(d / "run", 4, create_model_from_config(cfg, pretrained=False, taxonomy=taxonomy), {}, keep=1,
+                    recipe=cfg.to_yaml(), taxonomy=taxonomy)
+    (data / "classes.txt").write_bytes(b"0\tnod\thead\n1\tshake head\thead\n2\tpoint\thand\n")
+    return cli(["train", recipe, *args, "--out", d / "run", "--resume"])
+
+
 def _classes_check(classes: bytes, labels: str) -> Callable[[Path], Outcome]:
     """``microact data check --no-decode --classes classes.txt`` on a list with ``labels``."""
 
@@ -798,6 +823,10 @@ def _cases() -> list[Case]:
         Case("classes-flat-coarse-rule", "classes file", "predict.coarse_rule=sum_probs with a flat classes file",
              "microact train data.classes=...", _train_with_classes(flat, "predict.coarse_rule=sum_probs"), "exit 2",
              ("predict.coarse_rule=sum_probs", "names none", "map_top1")),
+        Case("classes-edited-before-resume", "classes file", "a class renamed in the classes file of a run, then "
+             "--resume", "microact train --resume", _resume_with_edited_classes, "exit 2",
+             ("model_00000004.safetensors", "data.classes=classes.txt", "class 1 is 'wave' vs 'shake head'",
+              "restore", "start a new run")),
         Case("classes-label-range", "classes file", "a label beyond the classes file's 3 classes",
              "microact data check --classes", _classes_check(three, "0 2 3"), "exit 1",
              ("train_list_videos.txt:3", "outside [0, 3)")),

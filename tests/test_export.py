@@ -79,6 +79,7 @@ def test_tsn_frame_coarse_rgb_diff_dynamic_batch_metadata(tmp_path, capsys):
     out = tmp_path / "onnx" / "model.onnx"
     text = _export(capsys, weights, out, "--time", "--repeats", "1")
     assert "torchscript exporter, opset 17" in text and "check: onnxruntime vs PyTorch" in text and "time:" in text
+    assert "output fine_probs [batch, 52], coarse_head_probs [batch, 7] (MA-52 (52 classes, 7 body parts))" in text
 
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     (inp,) = session.get_inputs()
@@ -102,6 +103,9 @@ def test_tsn_frame_coarse_rgb_diff_dynamic_batch_metadata(tmp_path, capsys):
     meta = _metadata(out)
     assert json.loads(meta["microact.class_names"]) == list(ma52.FINE_NAMES)
     assert json.loads(meta["microact.coarse_class_names"]) == list(ma52.COARSE_NAMES)
+    assert json.loads(meta["microact.taxonomy"]) == {"fine_names": list(ma52.FINE_NAMES),
+                                                     "coarse_names": list(ma52.COARSE_NAMES),
+                                                     "fine_to_coarse": list(ma52.FINE_TO_COARSE)}
     assert (meta["microact.frames"], meta["microact.img_size"], meta["microact.channels"]) == ("4", "32", "3")
     assert meta["microact.input_mode"] == "rgb_diff" and meta["microact.input_dtype"] == "uint8"
     assert json.loads(meta["microact.mean"]) == IMAGENET_MEAN and json.loads(meta["microact.std"]) == IMAGENET_STD
@@ -251,3 +255,78 @@ def test_weights_beside_the_graph_for_large_models(tmp_path, monkeypatch):
     session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
     for got, want in zip(session.run(None, {"clip": clip}), _reference(model, clip, IMAGENET_MEAN, IMAGENET_STD)):
         np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+
+
+# --------------------------------------------------------------------------------------------
+# A dataset's own classes (data.classes): the names, groups and shapes are the weights' taxonomy's
+# --------------------------------------------------------------------------------------------
+
+THREE = "0\tsway torso\tbody\n1\tnod\thead\n2\tlean back\tbody\n"  # 3 classes, 2 groups (not MA-52's 7)
+
+
+def _own_class_weights(tmp_path, classes: str, *overrides):
+    """Weights as a run on a dataset with its own classes writes them: the recipe (num_classes from the file) and
+    the taxonomy recorded in the file."""
+    from microact.engine.state import save_weights
+    from microact.models.presets import create_model_from_config
+    from microact.taxonomy import resolve_taxonomy
+
+    (tmp_path / "classes.txt").write_text(classes)
+    cfg = load_config(None, TINY + [f"data.root={tmp_path}", "data.classes=classes.txt", *overrides])
+    taxonomy = resolve_taxonomy(cfg)
+    torch.manual_seed(0)
+    model = create_model_from_config(cfg, pretrained=False, taxonomy=taxonomy).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    path = tmp_path / "own.safetensors"
+    save_weights(model, path, cfg.to_yaml(), taxonomy)
+    return path, model, taxonomy
+
+
+def test_own_classes_names_groups_and_shapes_come_from_the_weights(tmp_path, capsys):
+    weights, model, taxonomy = _own_class_weights(tmp_path, THREE)
+    assert (taxonomy.num_fine, taxonomy.num_coarse) == (3, 2)
+    out = tmp_path / "own.onnx"
+    text = _export(capsys, weights, out)
+    assert "output fine_probs [batch, 3], coarse_head_probs [batch, 2] (3 classes in 2 groups)" in text
+
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    clip = _clip(3, seed=5)
+    fine, coarse = session.run(None, {"clip": clip})
+    want_fine, want_coarse = _reference(model, clip, IMAGENET_MEAN, IMAGENET_STD)
+    assert fine.shape == (3, 3) and coarse.shape == (3, 2)
+    np.testing.assert_allclose(fine, want_fine, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(coarse, want_coarse, atol=1e-4, rtol=0)
+    meta = _metadata(out)
+    assert json.loads(meta["microact.class_names"]) == ["sway torso", "nod", "lean back"]
+    assert json.loads(meta["microact.coarse_class_names"]) == ["body", "head"]
+    assert json.loads(meta["microact.taxonomy"]) == {"fine_names": ["sway torso", "nod", "lean back"],
+                                                     "coarse_names": ["body", "head"], "fine_to_coarse": [0, 1, 0]}
+    outputs = json.loads(meta["microact.outputs"])
+    assert "[batch, 3]" in outputs["fine_probs"] and "[batch, 2]" in outputs["coarse_head_probs"]
+    assert "7" not in meta["microact.outputs"] and "7" not in onnx.load(str(out)).doc_string
+
+    # the weights record the classes: the recipe's classes file need not be on this machine (predict's rule)
+    (tmp_path / "classes.txt").unlink()
+    again = tmp_path / "again.onnx"
+    text = _export(capsys, weights, again, "--no-check")
+    assert "using the classes recorded in" in text and "data.classes=classes.txt is not on this machine" in text
+    assert _metadata(again)["microact.class_names"] == meta["microact.class_names"]
+    assert _metadata(again)["microact.coarse_class_names"] == meta["microact.coarse_class_names"]
+
+
+def test_flat_own_classes_have_no_coarse_output_or_names(tmp_path, capsys):
+    weights, model, taxonomy = _own_class_weights(tmp_path, "0\tsit\n1\tstand\n2\twave\n3\tclap\n",
+                                                  "model.overrides={use_coarse: false}")
+    assert not taxonomy.has_coarse and not model.has_coarse
+    out = tmp_path / "flat.onnx"
+    text = _export(capsys, weights, out)
+    assert "output fine_probs [batch, 4] (4 classes without groups)\n" in text
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["fine_probs"]
+    meta = _metadata(out)
+    assert json.loads(meta["microact.class_names"]) == ["sit", "stand", "wave", "clap"]
+    assert "microact.coarse_class_names" not in meta
+    assert json.loads(meta["microact.taxonomy"])["coarse_names"] == []
+    assert set(json.loads(meta["microact.outputs"])) == {"fine_probs"}

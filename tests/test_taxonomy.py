@@ -614,3 +614,116 @@ def test_plots_colour_by_the_taxonomys_groups(tmp_path):
             "segments": [{"start_s": float(i), "end_s": i + 1.0, "id": w["top_k"][0]["id"]}
                          for i, w in enumerate(windows)]}
     assert plot_timeline(pred, tmp_path / "timeline.png", taxonomy=flat).stat().st_size > 0
+
+
+# --------------------------------------------------------------------------------------------
+# A classes file edited after training: predict warns (the weights' classes win), resume refuses
+# --------------------------------------------------------------------------------------------
+
+PREDICT_TINY = ["model.preset=videomae_test_frame_coarse_tsn", "data.clip_len=4", "data.img_size=32",
+                "eval.resize_short=40", "eval.crop_height=48", "eval.test_clips=1"]
+
+
+def test_predict_with_an_edited_classes_file_warns_and_uses_the_recorded_classes(tmp_path, make_video, capsys):
+    from microact.cli import main as cli
+    from microact.engine.state import save_weights
+    from microact.models.presets import create_model_from_config
+    from microact.predict import predict_video
+
+    classes = tmp_path / "classes.txt"
+    classes.write_text("0\tnod\thead\n1\twave\thand\n2\tpoint\thand\n")
+    cfg = load_config(None, PREDICT_TINY + [f"data.root={tmp_path}", "data.classes=classes.txt"])
+    trained = resolve_taxonomy(cfg)
+    torch.manual_seed(3)
+    model = create_model_from_config(cfg, pretrained=False, taxonomy=trained).eval()
+    weights = tmp_path / "model_final.safetensors"
+    save_weights(model, weights, cfg.to_yaml(), trained)  # as a run writes it: the recipe says num_classes: 3
+    video = make_video("clip.mp4", num_frames=12, height=64, width=48)
+    expected = predict_video(model, cfg, video, torch.device("cpu"), detector="none", taxonomy=trained)["probs"]
+
+    def predict():
+        out = tmp_path / "pred.json"
+        code = cli(["predict", str(video), "--checkpoint", str(weights), "--detector", "none", "--device", "cpu",
+                    "--top-k", "3", "--json", str(out)])
+        err = capsys.readouterr().err
+        assert code == 0, err
+        return json.loads(out.read_text()), err
+
+    # a fourth class added to the file since: the weights' 3 classes, a warning naming the file and the difference
+    classes.write_text("0\tnod\thead\n1\twave\thand\n2\tpoint\thand\n3\tshrug\tbody\n")
+    doc, err = predict()
+    assert doc["taxonomy"] == trained.to_dict()
+    pred = doc["predictions"][0]
+    assert [r["name"] for r in pred["top_k"]] == [trained.fine_names[i] for i in np.argsort(expected)[::-1]]
+    np.testing.assert_allclose(pred["probs"], expected, rtol=1e-5, atol=1e-7)
+    assert (f"WARNING: {weights}: the weights were trained on other classes than {classes} now lists (3 classes "
+            "vs 4;") in err
+    assert "using the 3 classes recorded in the weights" in err
+    # the same count, a class renamed: named too
+    classes.write_text("0\tnod\thead\n1\twave hello\thand\n2\tpoint\thand\n")
+    doc, err = predict()
+    assert doc["taxonomy"] == trained.to_dict()
+    assert f"{classes} now lists (class 1 is 'wave' vs 'wave hello';" in err
+    # a broken file: a warning naming it, the recorded classes still predict
+    classes.write_text("0 nod\n")
+    doc, err = predict()
+    assert doc["taxonomy"] == trained.to_dict()
+    assert f"WARNING: {classes}:1: expected" in err and "using the 3 classes recorded in" in err
+    # the file as it was: no warning
+    write_classes(trained, classes)
+    doc, err = predict()
+    assert doc["taxonomy"] == trained.to_dict() and "WARNING" not in err
+
+
+def test_resume_refuses_a_checkpoint_trained_on_other_classes(own_dataset, tmp_path, capsys):
+    """data.classes is a path: the recipe comparison cannot see the file edited since the checkpoint. The resumed
+    run would train on label ids that mean other classes and record the new ones for the old weights."""
+    from safetensors.torch import load_file
+
+    from microact.cli import main as cli
+    from microact.engine.evaluate import recorded_recipe
+    from microact.engine.state import latest_checkpoint, save_weights
+
+    classes = own_dataset / "resume_classes.txt"
+    classes.write_text(MY_CLASSES)
+    trained = load_classes(classes)
+    recipe = tmp_path / "own.yaml"
+    recipe.write_text(RECIPE.replace("DATA", str(own_dataset)).replace("my_classes.txt", "resume_classes.txt"))
+    run = tmp_path / "run"
+
+    def train(steps: int, *flags):
+        code = cli(["train", str(recipe), "data.val_list=null", f"train.max_steps={steps}", "--out", str(run), *flags])
+        return code, capsys.readouterr()
+
+    code, _ = train(1)
+    assert code == 0
+    weights, state = latest_checkpoint(run)
+    assert read_recorded_taxonomy(weights) == trained
+    before = weights.read_bytes()
+
+    # the same count, a class renamed: refused, naming the checkpoint, the file, the difference and what to do
+    classes.write_text(MY_CLASSES.replace("\tnod\t", "\tshake head\t"))
+    code, captured = train(2, "--resume")
+    assert code == 2
+    err = captured.err
+    assert (f"{weights}: the run was trained on other classes than data.classes=resume_classes.txt ({classes}) now "
+            "lists: class 1 is 'nod' vs 'shake head'") in err
+    assert f"restore {classes} as it was when the run started" in err and "start a new run (another --out)" in err
+    assert latest_checkpoint(run) == (weights, state) and weights.read_bytes() == before  # nothing moved on
+    # another count: the same message, not the weights' shape mismatch
+    classes.write_text(MY_CLASSES + "3\tshrug\tbody\n")
+    code, captured = train(2, "--resume")
+    assert code == 2 and "now lists: 3 classes vs 4 (checkpoint: 3 classes in 2 groups; now: 4 classes" in captured.err
+    # the file restored: the run continues
+    classes.write_text(MY_CLASSES)
+    code, captured = train(2, "--resume")
+    assert code == 0 and "resumed from" in captured.out
+    assert read_recorded_taxonomy(run / "model_final.safetensors") == trained
+
+    # a checkpoint written before weights recorded their classes resumes as before, edited file or not
+    weights, _ = latest_checkpoint(run)
+    save_weights(load_file(str(weights)), weights, recorded_recipe(weights))
+    assert read_recorded_taxonomy(weights) is None
+    classes.write_text(MY_CLASSES.replace("\tnod\t", "\tshake head\t"))
+    code, captured = train(3, "--resume")
+    assert code == 0 and "resumed from" in captured.out, captured.err

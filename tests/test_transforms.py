@@ -191,3 +191,22 @@ def test_normalize_batch():
     assert normalize_batch(x[:, None].expand(2, 2, 3, 3, 4, 4)).shape == (2, 2, 3, 3, 4, 4)
     with pytest.raises(ValueError):
         normalize_batch(x[:, :2])
+
+
+def test_channel_statistics_per_stream():
+    """The per-channel statistics normalize_batch applies: RGB (ImageNet's unless given), then the flow stream's for
+    6 channels; flow-alone clips pass the flow statistics as mean/std."""
+    from microact.data.transforms import channel_statistics
+
+    imagenet = ([123.675, 116.28, 103.53], [58.395, 57.12, 57.375])
+    assert channel_statistics({}, 3) == imagenet
+    flow = {"flow_mean": (100, 110, 120), "flow_std": (30, 40, 50)}
+    assert channel_statistics(flow, 3) == imagenet
+    assert channel_statistics(flow, 6) == (imagenet[0] + [100.0, 110.0, 120.0], imagenet[1] + [30.0, 40.0, 50.0])
+    assert channel_statistics({"mean": (1, 2, 3), "std": (4, 5, 6)}, 3) == ([1.0, 2.0, 3.0], [4.0, 5.0, 6.0])
+    assert all(isinstance(v, float) for v in channel_statistics(flow, 6)[0])
+    # normalize_batch uses them: a 6-channel clip against the numbers written out
+    x = torch.full((1, 6, 1, 1, 1), 200, dtype=torch.uint8)
+    got = normalize_batch(x, flow_mean=(100, 110, 120), flow_std=(30, 40, 50)).flatten().tolist()
+    want = [(200 - m) / s for m, s in zip(imagenet[0] + [100, 110, 120], imagenet[1] + [30, 40, 50])]
+    assert got == pytest.approx(want, rel=1e-6)

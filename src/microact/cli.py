@@ -215,8 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = _sub(sub, "export", "export trained weights as an ONNX graph over pixels, checked with onnxruntime",
              "The graph takes pixels 0..255 [batch, C, T, H, W] (uint8; C = 3 RGB, 6 = RGB then flow for two-stream "
              "models), normalises them and applies the input mode inside, and outputs fine_probs [batch, K] (plus "
-             "coarse_head_probs [batch, 7] for models with a coarse head). Class names, frames, size, mean/std and "
-             "the recipe are in the file's metadata (microact.*). Needs the onnx extra: "
+             "coarse_head_probs [batch, G] for models with a coarse head: one column per group, MA-52's 7 body "
+             "parts or the groups of the classes the weights record). Class names and groups, frames, size, "
+             "mean/std and the recipe are in the file's metadata (microact.*). Needs the onnx extra: "
              'pip install -c constraints.txt "microact[onnx]".\n'
              "Examples:\n  microact export runs/best/model_final.safetensors best.onnx\n"
              "  microact export model.safetensors model.onnx --config configs/tiny_synth.yaml --opset 17 --time")

@@ -9,7 +9,12 @@ The graph takes what the loader gives the model, before the device: pixels ``0..
 
 - ``fine_probs`` ``[batch, K]``: softmax of the lead fine logits, what ``Recognizer.predict_proba`` gives for one
   clip per row;
-- ``coarse_head_probs`` ``[batch, 7]``: softmax of the coarse lead head (``*_frame_coarse_*`` presets only).
+- ``coarse_head_probs`` ``[batch, G]``: softmax of the coarse lead head, one column per group of the model's classes
+  (MA-52: 7 body parts; ``*_frame_coarse_*`` presets only, so never for a flat taxonomy).
+
+The classes are the :class:`~microact.taxonomy.Taxonomy` the weights record (what they were trained on), else the
+recipe's ``data.classes`` file, else MA-52's, chosen as ``microact predict`` chooses them
+(:func:`~microact.predict.predictor_taxonomy`); their names and groups go into the metadata.
 
 Averaging over a video's views (``eval.test_clips`` x crops, ``eval.average``) stays with the caller, as in
 ``microact test``: run the views as rows of one batch and average the rows. The batch axis is dynamic unless
@@ -47,8 +52,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from microact import ma52
 from microact.errors import MicroactError
+from microact.taxonomy import Taxonomy
 
 INPUT_NAME = "clip"
 FINE_OUTPUT = "fine_probs"
@@ -98,21 +103,6 @@ def _require(module: str):
 # --------------------------------------------------------------------------------------------
 
 
-def channel_statistics(cfg, channels: int) -> tuple[list[float], list[float]]:
-    """Per-channel ``(mean, std)`` in pixel units the graph normalises with (RGB, then the recipe's flow
-    statistics for 6-channel clips; the flow statistics alone for flow-alone models), as
-    :func:`~microact.data.transforms.normalize_batch` applies them."""
-    from microact.data.transforms import MEAN, STD
-    from microact.engine.builders import input_statistics
-
-    stats = input_statistics(cfg)
-    mean, std = list(stats.get("mean", MEAN)), list(stats.get("std", STD))
-    if channels == 6:
-        mean += list(cfg.data.flow_mean)
-        std += list(cfg.data.flow_std)
-    return [float(v) for v in mean], [float(v) for v in std]
-
-
 class PixelClassifier(nn.Module):
     """Pixels ``0..255`` ``[B, C, T, H, W]`` -> lead-head probabilities: the module that is exported.
 
@@ -125,7 +115,7 @@ class PixelClassifier(nn.Module):
         super().__init__()
         self.model = model
         self.flow_stats = dict(flow_stats or {})
-        self.has_coarse = getattr(model.cls_head, "fc_coarse_cls", None) is not None
+        self.has_coarse = model.has_coarse
 
     def forward(self, clip: torch.Tensor):
         from microact.data.transforms import normalize_batch
@@ -135,7 +125,7 @@ class PixelClassifier(nn.Module):
         fine = out.fine.float().softmax(dim=-1)  # [B, K]
         if not self.has_coarse:
             return fine
-        return fine, out.coarse.float().softmax(dim=-1)  # [B, K], [B, 7]
+        return fine, out.coarse.float().softmax(dim=-1)  # [B, K], [B, G]: G groups of the model's taxonomy
 
 
 @contextlib.contextmanager
@@ -163,9 +153,34 @@ def export_mode(model: nn.Module, attention: str):
         model.train(before[2])
 
 
-def class_names(num_classes: int) -> list[str]:
-    """Names of the fine ids ``0..K-1``: labels are MA-52 fine ids in every dataset (also the synthetic one)."""
-    return [ma52.FINE_NAMES[i] if i < len(ma52.FINE_NAMES) else f"class_{i}" for i in range(num_classes)]
+def model_taxonomy(model: nn.Module, taxonomy: Optional[Taxonomy] = None) -> Taxonomy:
+    """The classes of an exported model: ``taxonomy`` when given, else the model's own (``Recognizer.taxonomy``);
+    a model built without one (only possible from the library, with a count other than MA-52's) gets the flat
+    names ``class_0 .. class_{K-1}``.
+
+    Raises:
+        ExportError: ``taxonomy`` has another class or group count than the model's heads.
+    """
+    taxonomy = taxonomy or getattr(model, "taxonomy", None)
+    if taxonomy is None:
+        return Taxonomy(tuple(f"class_{i}" for i in range(model.num_classes)), source="the model (no class names)")
+    if taxonomy.num_fine != model.num_classes:
+        raise ExportError(f"the model has {model.num_classes} classes but the taxonomy "
+                          f"{taxonomy.describe()} lists {taxonomy.num_fine}")
+    if model.has_coarse and not taxonomy.has_coarse:
+        raise ExportError(f"the model has coarse heads but the taxonomy {taxonomy.describe()} has no groups")
+    return taxonomy
+
+
+def output_columns(taxonomy: Taxonomy, has_coarse: bool) -> dict[str, tuple[int, str]]:
+    """``{output name: (column count, what it holds)}`` of the graph of a model with ``taxonomy``'s classes (and a
+    coarse head when ``has_coarse``)."""
+    k, g = taxonomy.num_fine, taxonomy.num_coarse
+    columns = {FINE_OUTPUT: (k, f"softmax of the lead fine head [batch, {k}], a column per microact.class_names")}
+    if has_coarse:
+        columns[COARSE_OUTPUT] = (g, f"softmax of the coarse lead head [batch, {g}], a column per "
+                                     "microact.coarse_class_names")
+    return columns
 
 
 # --------------------------------------------------------------------------------------------
@@ -257,7 +272,8 @@ def _check_options(exporter: str, opset: Optional[int], attention: str, batch: i
 
 def export_onnx(model: nn.Module, cfg, out: str | os.PathLike, *, batch: int = 1, opset: Optional[int] = None,
                 attention: str = "math", exporter: str = "auto", input_dtype: str = "uint8",
-                dynamic_batch: bool = True, weights: Optional[str] = None) -> ExportResult:
+                dynamic_batch: bool = True, weights: Optional[str] = None,
+                taxonomy: Optional[Taxonomy] = None) -> ExportResult:
     """Export a recognizer as an ONNX graph over pixels (see the module docstring for its inputs and outputs).
 
     Args:
@@ -272,14 +288,17 @@ def export_onnx(model: nn.Module, cfg, out: str | os.PathLike, *, batch: int = 1
         input_dtype: ``"uint8"`` or ``"float32"`` pixels (``0..255`` either way).
         dynamic_batch: a dynamic batch axis (``"batch"``) instead of ``batch``.
         weights: the weights file, named in the metadata.
+        taxonomy: the model's classes (names, groups) for the metadata; ``None``: ``model.taxonomy``.
 
     Returns:
         :class:`ExportResult`.
 
     Raises:
-        ExportError: options that do not fit together, a missing package of the onnx extra, both exporters failing.
+        ExportError: options that do not fit together, a missing package of the onnx extra, both exporters failing,
+            a taxonomy that does not fit the model.
     """
     from microact import __version__
+    from microact.data.transforms import channel_statistics
     from microact.engine.builders import input_statistics, input_streams
 
     onnx = _require("onnx")
@@ -287,6 +306,7 @@ def export_onnx(model: nn.Module, cfg, out: str | os.PathLike, *, batch: int = 1
     if out.suffix.lower() != ".onnx":
         raise ExportError(f"{out}: the output file name must end in .onnx")
     _check_options(exporter, opset, attention, batch, input_dtype)
+    taxonomy = model_taxonomy(model, taxonomy)
     channels = int(getattr(model.backbone, "in_chans", 3))
     frames, size = int(model.backbone.num_frames), int(cfg.data.img_size)
     module = PixelClassifier(model, input_statistics(cfg)).eval()
@@ -333,7 +353,7 @@ def export_onnx(model: nn.Module, cfg, out: str | os.PathLike, *, batch: int = 1
 
     opset_written = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
     shape = ["batch" if dynamic_batch else batch, channels, frames, size, size]
-    mean, std = channel_statistics(cfg, channels)
+    mean, std = channel_statistics(input_statistics(cfg), channels)
     streams = {("rgb",): "RGB", ("flow",): "optical flow (microact flow's colour images)",
                ("rgb", "flow"): "RGB then optical flow (microact flow's colour images)"}[input_streams(cfg)]
     views_note = "one view per row; a video's answer is the mean of its rows' probabilities"
@@ -354,18 +374,18 @@ def export_onnx(model: nn.Module, cfg, out: str | os.PathLike, *, batch: int = 1
         "microact.input_mode": cfg.model.input_mode,
         "microact.mean": json.dumps(mean),
         "microact.std": json.dumps(std),
-        "microact.outputs": json.dumps({FINE_OUTPUT: "softmax of the lead fine head [batch, K]",
-                                        **({COARSE_OUTPUT: "softmax of the coarse lead head [batch, 7]"}
-                                           if module.has_coarse else {})}),
-        "microact.class_names": json.dumps(class_names(model.num_classes)),
+        "microact.outputs": json.dumps({name: what for name, (_, what) in
+                                        output_columns(taxonomy, module.has_coarse).items()}),
+        "microact.class_names": json.dumps(list(taxonomy.fine_names), ensure_ascii=False),
+        "microact.taxonomy": taxonomy.to_json(),
         "microact.views": json.dumps({"test_clips": cfg.eval.test_clips, "view": cfg.eval.view,
                                       "average": cfg.eval.average, "note": views_note}),
         "microact.attention": attention,
         "microact.exporter": used,
         "microact.recipe": cfg.to_yaml(),
     }
-    if module.has_coarse:
-        metadata["microact.coarse_class_names"] = json.dumps(list(ma52.COARSE_NAMES))
+    if module.has_coarse:  # the columns of coarse_head_probs (a flat taxonomy has no coarse output)
+        metadata["microact.coarse_class_names"] = json.dumps(list(taxonomy.coarse_names), ensure_ascii=False)
     onnx.helper.set_model_props(proto, metadata)
     proto.producer_name, proto.producer_version = "microact", __version__
     proto.doc_string = (f"microact {cfg.model.preset}: {metadata['microact.input']}. Outputs: "
@@ -405,7 +425,7 @@ def reference_outputs(model: nn.Module, cfg, clip: torch.Tensor) -> list[np.ndar
         x = normalize_batch(clip, **input_statistics(cfg))
         fine = model.predict_proba(x)
         outs = [fine]
-        if getattr(model.cls_head, "fc_coarse_cls", None) is not None:
+        if model.has_coarse:
             outs.append(model(x).coarse.float().softmax(dim=-1))
     return [o.numpy() for o in outs]
 
@@ -499,7 +519,7 @@ def cli_main(args) -> int:
     """``microact export WEIGHTS OUT.onnx [--config CFG] [overrides] [--batch N] [--opset N]
     [--attention math|sdpa] [--exporter auto|torchscript|dynamo] [--check/--no-check] [--time]``."""
     from microact.models.checkpoints import read_checkpoint
-    from microact.predict import build_predictor_config, load_model
+    from microact.predict import build_predictor_config, load_model, predictor_taxonomy
 
     weights, out = Path(args.weights), Path(args.out)
     if out.suffix.lower() != ".onnx":
@@ -513,11 +533,13 @@ def cli_main(args) -> int:
     if args.check or args.time:
         _require("onnxruntime")
     cfg = build_predictor_config(args.model, args.config, args.overrides, checkpoint=str(weights))
-    model = load_model(cfg, str(weights), torch.device("cpu"))
+    # the classes the weights record win over the recipe's file, which need not be on this machine (as in predict)
+    taxonomy = predictor_taxonomy(cfg, str(weights))
+    model = load_model(cfg, str(weights), torch.device("cpu"), taxonomy)
     start = time.perf_counter()
     result = export_onnx(model, cfg, out, batch=args.batch, opset=args.opset, attention=args.attention,
                          exporter=args.exporter, input_dtype=args.input_dtype, dynamic_batch=not args.static_batch,
-                         weights=str(weights))
+                         weights=str(weights), taxonomy=taxonomy)
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
     shape = ", ".join(map(str, result.input_shape))
@@ -526,9 +548,10 @@ def cli_main(args) -> int:
           f"{time.perf_counter() - start:.1f} s")
     print(f"  input  {INPUT_NAME}: {args.input_dtype} [{shape}] pixels 0..255 (B, C, T, H, W), "
           f"input mode {cfg.model.input_mode}, normalised inside")
-    print("  output " + ", ".join(f"{name} [{'batch' if not args.static_batch else args.batch}, "
-                                  f"{model.num_classes if name == FINE_OUTPUT else ma52.NUM_COARSE}]"
-                                  for name in result.outputs))
+    columns = output_columns(taxonomy, model.has_coarse)
+    print("  output " + ", ".join(f"{name} [{'batch' if not args.static_batch else args.batch}, {columns[name][0]}]"
+                                  for name in result.outputs)
+          + f" ({taxonomy.describe(False)})")
     if args.check:
         batches = [args.batch] if args.static_batch else [args.batch, args.batch + 1]
         try:

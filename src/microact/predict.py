@@ -100,22 +100,38 @@ def predictor_taxonomy(cfg, checkpoint: Optional[str]) -> Taxonomy:
     """The classes of a prediction: those the weights record (they were trained on them), else the recipe's
     ``data.classes`` file, else MA-52. ``cfg``'s class counts are set to match.
 
-    When both exist and differ, a warning says so and the weights' classes win (the recipe's file may have changed
-    since training; the weights' head was trained on the recorded names). A ``data.classes`` file that is not on
-    this machine is fine when the weights record the classes.
+    When the weights record their classes, the recipe's classes file is only compared with them: when it lists
+    other classes (e.g. it was edited since training, even to another count) or cannot be read, a warning names
+    the file and the difference and the weights' classes win (the head was trained on the recorded names). A
+    ``data.classes`` file that is not on this machine is fine then.
 
     Raises:
         microact.config.ConfigError: no recorded classes and the recipe's classes file is missing or does not fit.
+        microact.data.annotations.AnnotationError: no recorded classes and the recipe's classes file is broken.
     """
-    from microact.engine.evaluate import warn_if_taxonomy_differs
-    from microact.taxonomy import classes_path, read_recorded_taxonomy, resolve_taxonomy
+    from microact.taxonomy import classes_path, differences, load_classes, read_recorded_taxonomy, resolve_taxonomy
 
     recorded = read_recorded_taxonomy(checkpoint) if checkpoint else None
     path = classes_path(cfg)
     if recorded is None:
         return resolve_taxonomy(cfg)
+    use = f"using the {recorded.num_fine} classes recorded in the weights"
     if path is not None and path.is_file():
-        warn_if_taxonomy_differs(resolve_taxonomy(cfg), checkpoint)
+        # load_classes, not resolve_taxonomy: the recipe (often the one recorded in the weights) states the trained
+        # count in data.num_classes, which resolve_taxonomy would hold against an edited file as the user's mistake
+        try:
+            current = load_classes(path)
+        except MicroactError as e:
+            problems = getattr(e, "problems", None) or [str(e)]
+            more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+            print(f"WARNING: {problems[0]}{more}: data.classes={cfg.data.classes} cannot be read; {use} "
+                  f"({checkpoint}: {recorded.describe(False)})", file=sys.stderr)
+        else:
+            if current != recorded:
+                print(f"WARNING: {checkpoint}: the weights were trained on other classes than {path} now lists "
+                      f"({differences(recorded, current)}; trained: {recorded.describe(False)}, file: "
+                      f"{current.describe(False)}); {use} (restore data.classes={cfg.data.classes} as it was "
+                      "when training to silence this)", file=sys.stderr)
     elif path is not None:  # e.g. the recorded recipe of a run made on another machine
         print(f"using the classes recorded in {checkpoint}: {recorded.describe(False)} "
               f"(data.classes={cfg.data.classes} is not on this machine)", file=sys.stderr)

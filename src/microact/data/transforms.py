@@ -367,12 +367,28 @@ def normalize_batch(x, mean: Sequence[float] = MEAN, std: Sequence[float] = STD,
     if x.ndim not in (5, 6) or x.shape[-4] not in (3, 6):
         raise ValueError(f"expected [B, C, T, H, W] or [B, V, C, T, H, W] with C = 3 (RGB) or 6 (RGB + flow), "
                          f"got {tuple(x.shape)}")
-    if x.shape[-4] == 6:
-        mean, std = tuple(mean) + tuple(flow_mean), tuple(std) + tuple(flow_std)
     channels = x.shape[-4]
+    mean, std = channel_statistics({"mean": mean, "std": std, "flow_mean": flow_mean, "flow_std": flow_std},
+                                   channels)
     m = torch.tensor(mean, dtype=dtype, device=x.device).view(channels, 1, 1, 1)
     s = torch.tensor(std, dtype=dtype, device=x.device).view(channels, 1, 1, 1)
     return (x.to(dtype) - m) / s
+
+
+def channel_statistics(stats: dict, channels: int) -> tuple[list[float], list[float]]:
+    """Per-channel ``(mean, std)`` lists in pixel units that :func:`normalize_batch` applies to ``channels`` channels.
+
+    Args:
+        stats: :func:`normalize_batch`'s statistics keywords (``mean``, ``std``, ``flow_mean``, ``flow_std``; those
+            left out take its defaults), e.g. :func:`stream_statistics`' answer.
+        channels: 3 (the RGB statistics, or the flow ones passed as ``mean``/``std`` for flow-alone clips) or 6
+            (RGB then the flow stream's).
+    """
+    mean, std = list(stats.get("mean", MEAN)), list(stats.get("std", STD))
+    if channels == 6:
+        mean += list(stats.get("flow_mean", FLOW_MEAN))
+        std += list(stats.get("flow_std", FLOW_STD))
+    return [float(v) for v in mean], [float(v) for v in std]
 
 
 def stream_statistics(data, streams: Sequence[str] = ("rgb", "flow")) -> dict:

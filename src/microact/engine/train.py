@@ -219,6 +219,34 @@ def _changed_keys(saved_yaml: Optional[str], cfg: Config) -> list[str]:
     return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
 
 
+def _check_resumed_taxonomy(weights: Path, taxonomy, cfg: Config) -> None:
+    """Refuse to resume a checkpoint whose weights record other classes than the run's recipe now resolves to.
+
+    ``data.classes`` is a path, so the recipe comparison cannot see a classes file edited since the checkpoint; the
+    resumed run would go on training the head on the new meaning of the label ids and ``model_final`` would record
+    the new classes for weights mostly trained on the old ones. Checkpoints that record no classes (written before
+    they did) resume as before.
+
+    Raises:
+        MicroactError: naming the checkpoint, the classes file, the difference and what to do.
+    """
+    from microact.taxonomy import classes_path, differences, read_recorded_taxonomy
+
+    recorded = read_recorded_taxonomy(weights)
+    if recorded is None or recorded == taxonomy:
+        return
+    path = classes_path(cfg)
+    now = (f"data.classes={cfg.data.classes} ({path}) now lists" if path is not None
+           else "this recipe has (data.classes is unset: MA-52's)")
+    restore = (f"restore {path} as it was when the run started" if path is not None
+               else "set data.classes to the classes file the run was trained with")
+    raise MicroactError(
+        f"{weights}: the run was trained on other classes than {now}: {differences(recorded, taxonomy)} (checkpoint: "
+        f"{recorded.describe(False)}; now: {taxonomy.describe(False)}). Resuming would go on training these weights "
+        f"with the label ids meaning other classes. To continue the run, {restore}; to train on the new classes, "
+        "start a new run (another --out)")
+
+
 def _loader_crash(error: Exception, loader, epoch: int, batch_no: int) -> DataLoaderCrashError:
     """Name the clips a dead worker may have been loading: the next batch due (workers prefetch a few more)."""
     ids = loader.batch_sampler.batch_indices(epoch, batch_no)
@@ -348,6 +376,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo, taxonomy)
         if found is None:
             D.log(f"--resume: no checkpoint in {run_dir / 'checkpoints'}; starting from scratch")
         else:
+            _check_resumed_taxonomy(found[0], taxonomy, cfg)  # before the weights: another count would not even load
             load_weights = (lambda sd: sharding.load_full_state_dict(raw_model, sd)) if fsdp else None
             state = load_checkpoint(*found, raw_model, load_weights=load_weights)
             saved_parallel = state.get("parallel", "ddp")
