@@ -233,7 +233,7 @@ def test_views_of_a_real_video_averaged_equal_score_views(tmp_path, make_video):
     session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
     fine, coarse = session.run(None, {"clip": np.ascontiguousarray(views)})
     want_fine, want_coarse = score_views(model, torch.from_numpy(views)[None], torch.device("cpu"),
-                                         average="prob", coarse_head=True, flow_stats=stream_statistics(cfg.data))
+                                         average="prob", coarse_head=True, input_stats=stream_statistics(cfg.data))
     assert fine.shape[0] == views.shape[0] == clips
     np.testing.assert_allclose(fine.mean(axis=0), want_fine[0].numpy(), atol=1e-5, rtol=0)
     np.testing.assert_allclose(coarse.mean(axis=0), want_coarse[0].numpy(), atol=1e-5, rtol=0)

@@ -308,7 +308,7 @@ def test_score_views_normalises_flow_with_the_given_statistics():
             return torch.zeros(x.shape[0], 5)
 
     video = torch.full((1, 2, 6, 2, 4, 4), 10, dtype=torch.uint8)
-    score_views(Probe(), video, torch.device("cpu"), flow_stats={"flow_mean": (2, 2, 2), "flow_std": (4, 4, 4)})
+    score_views(Probe(), video, torch.device("cpu"), input_stats={"flow_mean": (2, 2, 2), "flow_std": (4, 4, 4)})
     assert torch.allclose(seen[0][:, 3:], torch.full((2, 3, 2, 4, 4), 2.0))
     assert torch.allclose(seen[0][:, 0], torch.full((2, 2, 4, 4), (10 - 123.675) / 58.395))
 

@@ -561,7 +561,8 @@ def test_own_classes_end_to_end(own_dataset, tmp_path, capsys, monkeypatch):
     assert probs.shape == (3,)
     assert pred["group"]["map_top1"]["name"] == taxonomy.group_name(int(probs.argmax()))
     best = pred["top_k"][0]["name"]
-    assert best in captured.out and f"group: {pred['group']['map_top1']['name']} (that of the top-1 class)" in captured.out
+    assert best in captured.out
+    assert f"group: {pred['group']['map_top1']['name']} (that of the top-1 class)" in captured.out
 
 
 def _sk_groups(y_true, y_pred, taxonomy):

@@ -108,19 +108,19 @@ class PixelClassifier(nn.Module):
 
     Args:
         model: a :class:`~microact.models.recognizer.Recognizer` (in eval mode).
-        flow_stats: :func:`~microact.engine.builders.input_statistics` of the recipe (flow models).
+        input_stats: :func:`~microact.engine.builders.input_statistics` of the recipe.
     """
 
-    def __init__(self, model: nn.Module, flow_stats: Optional[dict] = None):
+    def __init__(self, model: nn.Module, input_stats: Optional[dict] = None):
         super().__init__()
         self.model = model
-        self.flow_stats = dict(flow_stats or {})
+        self.input_stats = dict(input_stats or {})
         self.has_coarse = model.has_coarse
 
     def forward(self, clip: torch.Tensor):
         from microact.data.transforms import normalize_batch
 
-        x = normalize_batch(clip, **self.flow_stats)  # float32 [B, C, T, H, W]; rgb_diff is in the model's forward
+        x = normalize_batch(clip, **self.input_stats)  # float32 [B, C, T, H, W]; rgb_diff is in the model's forward
         out = self.model(x)
         fine = out.fine.float().softmax(dim=-1)  # [B, K]
         if not self.has_coarse:

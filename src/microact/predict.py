@@ -268,7 +268,7 @@ def predict_video(model, cfg, path: str | os.PathLike, device: torch.device, *, 
     views = np.concatenate(streams, axis=1)
     video = torch.from_numpy(views)[None]  # [V, C, T, S, S] -> [1, V, C, T, S, S]
     probs = score_views(model, video, device, average=cfg.eval.average,
-                        flow_stats=input_statistics(cfg))[0].numpy().astype(np.float64)
+                        input_stats=input_statistics(cfg))[0].numpy().astype(np.float64)
     return {
         "video": str(path),
         "box": list(box),
@@ -451,7 +451,7 @@ def predict_timeline(model, cfg, path: str | os.PathLike, device: torch.device, 
         if batch:
             video = torch.from_numpy(np.stack(views))  # [B, V, C, T, S, S]
             probs[batch] = score_views(model, video, device, average=cfg.eval.average,
-                                       flow_stats=input_statistics(cfg)).numpy()
+                                       input_stats=input_statistics(cfg)).numpy()
             batch.clear()
             views.clear()
 

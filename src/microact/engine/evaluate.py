@@ -77,7 +77,7 @@ def _average_views(logits: torch.Tensor, b: int, v: int, average: str) -> torch.
 @torch.no_grad()
 def score_views(model, video: torch.Tensor, device: torch.device, *, average: str = "prob",
                 precision: Precision = "fp32", max_clips: Optional[int] = None, coarse_head: bool = False,
-                flow_stats: Optional[dict] = None):
+                input_stats: Optional[dict] = None):
     """Clip-averaged fine probabilities of a batch of videos.
 
     Args:
@@ -88,12 +88,13 @@ def score_views(model, video: torch.Tensor, device: torch.device, *, average: st
         precision: autocast precision of the forward pass; logits are turned into float32 before the softmax.
         max_clips: at most this many views per forward pass (``None``: the whole batch at once).
         coarse_head: also average the coarse lead head's logits the same way (``predict.coarse_rule=coarse_head``).
-        flow_stats: the statistics keywords of the recipe's clips for
+        input_stats: the statistics keywords of the recipe's clips for
             :func:`~microact.data.transforms.normalize_batch` (:func:`~microact.engine.builders.input_statistics`;
             ``None``: the seed's).
 
     Returns:
-        float32 ``[B, K]`` on the CPU; with ``coarse_head`` the pair (fine ``[B, K]``, coarse head ``[B, G]``, G groups).
+        float32 ``[B, K]`` on the CPU; with ``coarse_head`` the pair (fine ``[B, K]``, coarse head ``[B, G]``, G
+        groups).
     """
     from microact.data.transforms import normalize_batch
 
@@ -107,7 +108,7 @@ def score_views(model, video: torch.Tensor, device: torch.device, *, average: st
     fine, coarse = [], []
     for start in range(0, flat.shape[0], step):
         # normalise per chunk on the device, so only one chunk exists as floats at a time
-        x = normalize_batch(flat[start:start + step].to(device, non_blocking=True), **(flow_stats or {}))
+        x = normalize_batch(flat[start:start + step].to(device, non_blocking=True), **(input_stats or {}))
         with autocast(device, precision):
             out = _lead_logits(model, x, coarse_head)
         if coarse_head:
@@ -143,7 +144,7 @@ def _gather(obj):
 @torch.no_grad()
 def evaluate(model, loader, device, *, average: str = "prob", precision: Precision = "fp32",
              num_views: Optional[int] = None, max_clips: Optional[int] = None, progress: bool = True,
-             coarse_head: bool = False, flow_stats: Optional[dict] = None, taxonomy=None) -> Results:
+             coarse_head: bool = False, input_stats: Optional[dict] = None, taxonomy=None) -> Results:
     """Score every video of a test-mode loader.
 
     Args:
@@ -159,7 +160,7 @@ def evaluate(model, loader, device, *, average: str = "prob", precision: Precisi
         progress: show a progress bar (rank 0).
         coarse_head: also keep the coarse lead head's clip-averaged probabilities (``Results.coarse_head_scores``;
             ``predict.coarse_rule=coarse_head``).
-        flow_stats: the flow channels' statistics for two-stream clips (:func:`score_views`).
+        input_stats: the statistics keywords of the recipe's clips (:func:`score_views`).
         taxonomy: the classes of the scores (default: ``model.taxonomy``); recorded in the results.
 
     Returns:
@@ -186,7 +187,7 @@ def evaluate(model, loader, device, *, average: str = "prob", precision: Precisi
             raise MicroactError(f"expected {num_views} views per video, the loader gives {video.shape[1]}")
         views_seen, img_shape = video.shape[1], tuple(video.shape[-2:])
         scored = score_views(model, video, device, average=average, precision=precision, max_clips=max_clips,
-                             coarse_head=coarse_head, flow_stats=flow_stats)
+                             coarse_head=coarse_head, input_stats=input_stats)
         if coarse_head:
             scored, head = scored
             head_rows.append(head)
@@ -458,7 +459,7 @@ def cli_main(args) -> int:
               f"{precision}, {world} process(es), device {device})")
     coarse_rule = cfg.predict.coarse_rule
     results = evaluate(model, loader, device, average=cfg.eval.average, precision=precision,
-                       coarse_head=coarse_rule == "coarse_head", flow_stats=input_statistics(cfg),
+                       coarse_head=coarse_rule == "coarse_head", input_stats=input_statistics(cfg),
                        taxonomy=taxonomy)
     results.meta.update(config=str(args.config), checkpoint=str(Path(args.checkpoint).resolve()), list=str(list_file),
                         split=args.split, num_clips=num_clips, view=cfg.eval.view, coarse_rule=coarse_rule)

@@ -483,7 +483,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo, taxonomy)
     from microact.data.transforms import normalize_batch
     from microact.engine.builders import input_statistics
 
-    flow_stats = input_statistics(cfg)  # flow channels: the flow's statistics (SEED.md §2.9)
+    input_stats = input_statistics(cfg)  # flow channels get the flow's statistics (SEED.md §2.9)
 
     model.train()
     stop = None
@@ -544,7 +544,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo, taxonomy)
                         video = batch["video"].to(device, non_blocking=True)
                         if "augment" in batch:  # aug.jitter_erasing_on=device: the loader sent the parameters
                             video = apply_deferred(video, batch["augment"])
-                        x = normalize_batch(video, **flow_stats)
+                        x = normalize_batch(video, **input_stats)
                         labels = batch["label"].to(device, non_blocking=True)
                         last = m == n_micro - 1
                         # DDP: all-reduce gradients once, on the last micro-batch. FSDP reduce-scatters every
@@ -738,7 +738,7 @@ def validate(model, loader, device, precision: str, cfg: Config, taxonomy=None) 
 
     rule = cfg.predict.coarse_rule
     results = evaluate(model, loader, device, average=cfg.eval.average, precision=precision, progress=D.is_main(),
-                       coarse_head=rule == "coarse_head", flow_stats=input_statistics(cfg))
+                       coarse_head=rule == "coarse_head", input_stats=input_statistics(cfg))
     model.train()
     if results.labels is None:
         raise MicroactError(f"data.val_list={cfg.data.val_list}: every label is 0; a validation list needs labels")
