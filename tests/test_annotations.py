@@ -108,7 +108,7 @@ def test_label_names_errors(tmp_path):
     with pytest.raises(AnnotationError) as info:
         load_label_names(bad)
     msg = str(info.value)
-    assert f"{bad}:2: id 0 appears twice" in msg and f"{bad}:3: id 'x'" in msg and "ids missing: [1, 2]" in msg
+    assert f"{bad}:2: id 0 appears twice" in msg and f"{bad}:3: id 'x'" in msg and "ids missing: 1, 2" in msg
 
 
 def test_utf8_byte_order_mark_is_not_part_of_the_first_line(tmp_path):

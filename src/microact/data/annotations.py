@@ -167,7 +167,8 @@ def load_lists(list_files: Iterable[str | os.PathLike], *, video_dir: str | os.P
 
 
 def load_label_names(path: str | os.PathLike) -> list[str]:
-    """Read ``label_name.txt`` (``<id><TAB><name>`` per line, ids 0..K-1 in any order, CRLF accepted).
+    """Read ``label_name.txt`` (``<id><TAB><name>`` per line, ids 0..K-1 in any order, CRLF accepted): the names of
+    a classes file (:func:`microact.taxonomy.load_classes`, which also reads a third, group column).
 
     Returns:
         Names indexed by class id.
@@ -175,41 +176,6 @@ def load_label_names(path: str | os.PathLike) -> list[str]:
     Raises:
         AnnotationError: for unreadable files, bad lines, duplicate or missing ids.
     """
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise AnnotationError([f"{path}: cannot read label file ({e.strerror or e})"]) from None
-    names: dict[int, str] = {}
-    problems: list[str] = []
-    data = data.removeprefix(codecs.BOM_UTF8)
-    for number, raw in enumerate(data.split(b"\n"), start=1):
-        where = f"{path}:{number}"
-        try:
-            line = raw.decode("utf-8").strip()
-        except UnicodeDecodeError as e:
-            problems.append(f"{where}: not valid UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1})")
-            continue
-        if not line:
-            continue
-        parts = line.split("\t", 1) if "\t" in line else line.split(None, 1)
-        if len(parts) != 2 or not parts[1].strip():
-            problems.append(f"{where}: expected '<id><TAB><name>', got {line[:80]!r}")
-            continue
-        try:
-            class_id = int(parts[0])
-        except ValueError:
-            problems.append(f"{where}: id {parts[0]!r} is not an integer")
-            continue
-        if class_id < 0:
-            problems.append(f"{where}: id {class_id} is negative")
-        elif class_id in names:
-            problems.append(f"{where}: id {class_id} appears twice")
-        else:
-            names[class_id] = parts[1].strip()
-    missing = sorted(set(range(max(names, default=-1) + 1)) - set(names))
-    if missing:
-        problems.append(f"{path}: ids missing: {missing[:10]}{' ...' if len(missing) > 10 else ''}")
-    if problems:
-        raise AnnotationError(problems)
-    return [names[i] for i in range(len(names))]
+    from microact.taxonomy import load_classes
+
+    return list(load_classes(path).fine_names)
