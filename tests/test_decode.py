@@ -284,36 +284,6 @@ def test_skipping_unsampled_frames_changes_no_pixel(tmp_path, name, codec, optio
             np.testing.assert_array_equal(skipped, expected)
 
 
-def test_variable_frame_rate_frames_are_indexed_by_display_order(tmp_path):
-    import fractions
-
-    import microact.data.decode as decode
-
-    frames = moving_square_frames(30, 64, 80)
-    path = tmp_path / "vfr.mp4"
-    gaps = np.random.default_rng(0).integers(1, 4, size=30)  # 1-3 ticks between frames
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("libx264", rate=30)
-        s.height, s.width, s.pix_fmt = 64, 80, "yuv420p"
-        s.codec_context.time_base = fractions.Fraction(1, 30)
-        for f, pts in zip(frames, np.cumsum(gaps)):
-            vf = av.VideoFrame.from_ndarray(f, format="rgb24")
-            vf.pts, vf.time_base = int(pts), fractions.Fraction(1, 30)
-            for p in s.encode(vf):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    ref = all_frames(path)
-    assert len(ref) == 30
-    index = decode._frame_index(path, lambda: None)
-    assert index.count == 30 and not isinstance(index.timestamps, range)  # uneven: the timestamps are listed
-    idx = [0, 7, 8, 29, 15, 15]
-    skipped = decode._read_pyav_skipping(path, np.array(idx), lambda: None, threads=1)
-    assert skipped is not None
-    np.testing.assert_array_equal(skipped, ref[idx])
-    np.testing.assert_array_equal(read_frames(path, idx), ref[idx])
-
-
 def _vfr_mp4(path, num_frames=30, seed=0):
     """An H.264 mp4 with B-frames whose frames are 1-3 ticks of 1/30 s apart (a variable frame rate)."""
     import fractions
@@ -331,6 +301,22 @@ def _vfr_mp4(path, num_frames=30, seed=0):
         for p in s.encode():
             c.mux(p)
     return path
+
+
+def test_variable_frame_rate_frames_are_indexed_by_display_order(tmp_path):
+    import microact.data.decode as decode
+
+    path = _vfr_mp4(tmp_path / "vfr.mp4")
+    ref = all_frames(path)
+    assert len(ref) == 30
+    index = decode._frame_index(path, lambda: None)
+    assert index.count == 30 and not isinstance(index.timestamps, range)  # uneven: the timestamps are listed
+    idx = [0, 7, 8, 29, 15, 15]
+    skipped = decode._read_pyav_skipping(path, np.array(idx), lambda: None, threads=1)
+    assert skipped is not None
+    np.testing.assert_array_equal(skipped, ref[idx])
+    np.testing.assert_array_equal(read_frames(path, idx), ref[idx])
+
 
 
 @pytest.mark.parametrize("name", ["vfr.mp4", "pyramid.mp4", "pyramid.mkv", "elementary_stream.h264"])
