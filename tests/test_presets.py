@@ -288,18 +288,23 @@ def test_weight_sharing_two_stream_runs_one_backbone_on_both_streams():
     assert shared(x).fine.shape == (2, 52)
 
 
-def test_pretrained_backbone_is_loaded(tmp_path):
+def _random_backbone_file(path, name: str, output: str, seed: int):
+    """A backbone with every weight drawn from N(0, 1), saved as safetensors: a checkpoint whose loading shows."""
     from safetensors.torch import save_file
 
     from microact.models import create_backbone
 
-    torch.manual_seed(6)
-    source = create_backbone("videomae_test", output="map", **TINY)
+    torch.manual_seed(seed)
+    source = create_backbone(name, output=output, **TINY)
     with torch.no_grad():
         for p in source.parameters():
             p.normal_()
-    path = tmp_path / "backbone.safetensors"
     save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    return source, path
+
+
+def test_pretrained_backbone_is_loaded(tmp_path):
+    source, path = _random_backbone_file(tmp_path / "backbone.safetensors", "videomae_test", "map", 6)
 
     model = create_model("videomae_test_frame_coarse_tsn", pretrained=str(path), **TINY)
     for name, p in source.state_dict().items():
@@ -316,17 +321,8 @@ def test_config_default_final_norm_follows_the_seed_per_head(tmp_path):
     """backbone.load_final_norm=false (the default) is the seed: TSN/I3D rows keep a fresh final ``norm`` (lost to
     the rename), while the TimeSformer rows' stock backbone loads the checkpoint's final LN into ``fc_norm``
     (SEED.md §2.2, VIDEOMAE.md §3.6). The config path must agree with create_model(pretrained=...)."""
-    from safetensors.torch import save_file
-
-    from microact.models import create_backbone
-
-    torch.manual_seed(7)
-    source = create_backbone("videomae_tiny", output="pooled", **TINY)  # fine-tuned layout: fc_norm
-    with torch.no_grad():
-        for p in source.parameters():
-            p.normal_()
-    path = tmp_path / "ft.safetensors"
-    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    # a fine-tuned layout (pooled: the final LN is fc_norm)
+    source, path = _random_backbone_file(tmp_path / "ft.safetensors", "videomae_tiny", "pooled", 7)
     base = [f"model.pretrained={path}", "data.clip_len=4", "data.img_size=32"]
 
     tsn = create_model_from_config(load_config(None, base + ["model.preset=videomae_tiny_frame_coarse_tsn"]))
@@ -349,17 +345,7 @@ def test_two_stream_streams_load_the_pretrained_final_norm(tmp_path):
     """The seed's two-stream row lives in its optical-flow tree, whose token-map backbone calls the final LayerNorm
     fc_norm, so both streams load the converted checkpoint's final norm (SEED.md §2.2), unlike the one-stream
     token-map rows; model.overrides={load_final_norm: false} keeps them fresh."""
-    from safetensors.torch import save_file
-
-    from microact.models import create_backbone
-
-    torch.manual_seed(11)
-    source = create_backbone("videomae_test", output="pooled", **TINY)
-    with torch.no_grad():
-        for p in source.parameters():
-            p.normal_()
-    path = tmp_path / "ft.safetensors"
-    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    source, path = _random_backbone_file(tmp_path / "ft.safetensors", "videomae_test", "pooled", 11)
     base = [f"model.pretrained={path}", "data.clip_len=4", "data.img_size=32", "data.flow_dir=flow",
             "model.preset=videomae_b_k710_twostream_i3d", "model.overrides={backbone: videomae_test}"]
 
