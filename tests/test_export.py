@@ -156,7 +156,7 @@ def test_flow_alone_normalises_with_the_flow_statistics(tmp_path, capsys):
                                  "model.overrides={backbone: videomae_test}", "data.flow_dir=flow",
                                  "data.flow_mean=[100, 110, 120]", "data.flow_std=[30, 40, 50]")
     out = tmp_path / "flow.onnx"
-    _export(capsys, weights, out, "--opset", "13")
+    assert ", input optical flow, normalised inside" in _export(capsys, weights, out, "--opset", "13")
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     assert session.get_inputs()[0].shape == ["batch", 3, 4, 32, 32]
     clip = _clip(2, seed=4)

@@ -518,6 +518,7 @@ def time_forward(result: ExportResult, model: nn.Module, cfg, batch: int = 1, re
 def cli_main(args) -> int:
     """``microact export WEIGHTS OUT.onnx [--config CFG] [overrides] [--batch N] [--opset N]
     [--attention math|sdpa] [--exporter auto|torchscript|dynamo] [--check/--no-check] [--time]``."""
+    from microact.engine.builders import describe_input
     from microact.models.checkpoints import read_checkpoint
     from microact.predict import build_predictor_config, load_model, predictor_taxonomy
 
@@ -547,7 +548,7 @@ def cli_main(args) -> int:
           + f": {cfg.model.preset}, {result.exporter} exporter, opset {result.opset}, attention {args.attention}, "
           f"{time.perf_counter() - start:.1f} s")
     print(f"  input  {INPUT_NAME}: {args.input_dtype} [{shape}] pixels 0..255 (B, C, T, H, W), "
-          f"input mode {cfg.model.input_mode}, normalised inside")
+          f"input {describe_input(cfg)}, normalised inside")
     columns = output_columns(taxonomy, model.has_coarse)
     print("  output " + ", ".join(f"{name} [{'batch' if not args.static_batch else args.batch}, {columns[name][0]}]"
                                   for name in result.outputs)

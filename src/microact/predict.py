@@ -58,6 +58,7 @@ def build_predictor_config(model: Optional[str] = None, config: Optional[str] = 
         checkpoint: trained weights; a recipe recorded in them is used when ``config`` is not given.
     """
     from microact.config import ConfigError, config_from_yaml, load_config
+    from microact.engine.builders import describe_input
     from microact.engine.evaluate import recorded_recipe
     from microact.models.presets import get_preset
 
@@ -80,11 +81,9 @@ def build_predictor_config(model: Optional[str] = None, config: Optional[str] = 
             instead = (f" (--model instead of the recorded {trained.model.preset})"
                        if cfg.model.preset != trained.model.preset else "")
             changed = "".join(f", {k}={v}" for k, v in cfg.model.overrides.items())  # e.g. a smaller backbone
-            streams = " + ".join({"rgb": cfg.model.input_mode, "flow": "optical flow"}[s]
-                                 for s in get_preset(cfg.model.preset).streams)  # "rgb", "rgb_diff", "optical flow"
             print(f"using the recipe recorded in {checkpoint}: {cfg.model.preset}{instead}{changed}, "
-                  f"{cfg.data.clip_len} frames at {cfg.data.img_size} px, input {streams} (pass --config "
-                  "to use another)", file=sys.stderr)
+                  f"{cfg.data.clip_len} frames at {cfg.data.img_size} px, input {describe_input(cfg)} (pass "
+                  "--config to use another)", file=sys.stderr)
             return cfg
     extra = list(overrides)
     if config is None:

@@ -59,6 +59,12 @@ def input_streams(cfg: Config) -> tuple[str, ...]:
     return get_preset(cfg.model.preset).streams
 
 
+def describe_input(cfg: Config) -> str:
+    """What the model sees, for logs: ``"rgb"``, ``"rgb_diff"``, ``"optical flow"`` or ``"rgb + optical flow"``."""
+    names = {"rgb": cfg.model.input_mode, "flow": "optical flow"}
+    return " + ".join(names[stream] for stream in input_streams(cfg))
+
+
 def input_statistics(cfg: Config) -> dict:
     """:func:`~microact.data.transforms.normalize_batch`'s statistics keywords for the recipe's clips."""
     from microact.data.transforms import stream_statistics
