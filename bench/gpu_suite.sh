@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU figure the README's benchmark section asks for, plus the CUDA correctness checks, in one run.
+# Every GPU figure docs/BENCHMARKS.md asks for, plus the CUDA correctness checks, in one run.
 #
 #   bash bench/gpu_suite.sh OUT_DIR [BUDGET_S]   # needs microact installed (or PYTHONPATH=src) and a CUDA GPU
 #
@@ -47,7 +47,7 @@ nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,power.limit --f
 here=$(dirname "$0")
 best=videomae_b_k710_frame_coarse_tsn
 step checks 150 "$py" "$here/gpu_checks.py"
-# The questions still open first (README, "What the GPU figures leave open"): is training still data-bound with
+# The questions still open first (docs/BENCHMARKS.md, "What the GPU figures leave open"): is training still data-bound with
 # the loader's remedies, and where the step's time goes; then the figures a run on 2026-11-30 already has.
 bench e2e 90 e2e --preset $best --workers 15 --batch 24 --steps 60 --device cuda
 bench e2e_jitter_on_device 90 e2e --preset $best --workers 15 --batch 24 --steps 60 --device cuda --jitter-on-device

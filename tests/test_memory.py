@@ -49,7 +49,7 @@ def test_static_parts_follow_from_the_parameter_count():
     assert est.peak == est.weights + est.gradients + est.optimizer + est.activations
     half = _step(2, world_size=2, fsdp=True)
     assert half.optimizer == -(-est.optimizer // 2) and half.activations == est.activations
-    # the CUDA figure scales the activation part only (the factor measured on an H200, README "Training memory")
+    # the CUDA figure scales the activation part only (the factor measured on an H200, docs/BENCHMARKS.md "Training memory")
     from microact.engine.memory import CUDA_ACTIVATION_FACTOR
     static = est.weights + est.gradients + est.optimizer
     assert est.cuda_peak == pytest.approx(static + CUDA_ACTIVATION_FACTOR * est.activations, abs=1)

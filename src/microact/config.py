@@ -295,7 +295,7 @@ class CropConfig:
     sample_frames: int = 8  # frames per video given to the detector
     short_side: Optional[int] = 320  # downscale cropped videos so training decodes fast (None = keep)
     crf: int = 18  # x264 quality of the cropped videos (lower = better and larger)
-    fast_decode: bool = True  # x264 tune=fastdecode and unreferenced B-frames the loader can skip (README, Data pipeline)
+    fast_decode: bool = True  # x264 tune=fastdecode, unreferenced B-frames the loader skips (docs/BENCHMARKS.md)
     weights: Optional[str] = None  # YOLO (.pt) or ONNX weights, when the detector needs them
 
     def validate(self):

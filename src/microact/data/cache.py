@@ -8,7 +8,7 @@ Two formats:
   a clip reads and decodes only its sampled frames. On the benchmark's 320x534 crops 10-20x smaller than ``npy``;
   reading a clip from it costs about as much as decoding a crop written by ``microact crop`` (which skips most
   frames), so it pays off for videos that decode slowly. The price is JPEG's loss on top of the video's own (at
-  quality 95, 34-44 dB PSNR to the decoded frames; README "Data pipeline" has the figures).
+  quality 95, 34-44 dB PSNR to the decoded frames; docs/BENCHMARKS.md, "Data pipeline", has the figures).
 
 Entries are keyed by the video's resolved path, size and mtime, the decoder, what was cached (every frame or
 a test clip's sampled indices) and the format, so an edited video is decoded again. Files are written under a

@@ -1,6 +1,6 @@
 """ColorJitter and RandomErasing on the training device instead of in the loader workers (``aug.jitter_erasing_on``).
 
-On a GPU host the loader, not the GPU, bounds training speed (README, "Data into the step"), and ColorJitter is
+On a GPU host the loader, not the GPU, bounds training speed (docs/BENCHMARKS.md, "Data into the step"), and ColorJitter is
 about a sixth of a cropped clip's CPU cost. With ``aug.jitter_erasing_on: device`` the worker still makes every
 random draw of the seed's pipeline in the same order (so the run's random stream, crops and flips are unchanged),
 but instead of applying ColorJitter and RandomErasing it sends their parameters with the clip: 49 float64 values,

@@ -37,7 +37,7 @@ __all__ = ["MemoryEstimate", "checkpointing_decision", "estimate_preset", "estim
            "cli_main"]
 
 GIB = 2 ** 30
-# Measured CUDA peak / estimate, activation part only (H200, torch 2.11, bf16; README "Training memory").
+# Measured CUDA peak / estimate, activation part only (H200, torch 2.11, bf16; docs/BENCHMARKS.md "Training memory").
 CUDA_ACTIVATION_FACTOR = 1.15
 
 

@@ -112,7 +112,7 @@ def crop_encoding(cfg: CropConfig) -> dict:
     speed: x264's ``tune=fastdecode`` drops CABAC and the deblocking filter, and B-frames that no other frame
     references (no B-pyramid, up to 8 in a row) are not decoded by the loader unless it samples them
     (:func:`microact.data.decode.read_frames`); on static footage about 9 frames in 10 are such B-frames. A clip
-    decodes 2-5x faster than from x264's default encoding, in files no larger (README, "Data pipeline").
+    decodes 2-5x faster than from x264's default encoding, in files no larger (docs/BENCHMARKS.md, "Data pipeline").
     """
     options = {"tune": "fastdecode", "x264-params": FAST_DECODE_X264_PARAMS} if cfg.fast_decode else None
     return {"crf": cfg.crf, "preset": "veryfast", "options": options}
