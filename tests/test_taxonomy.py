@@ -118,10 +118,15 @@ def test_every_problem_is_reported_at_once(tmp_path):
 
 
 def test_taxonomy_maps_like_ma52s_fine_to_coarse():
-    for labels in (9, [0, 51, 24], np.array([11, 38]), torch.tensor([5, 47, 48])):
-        ours, theirs = MA52.coarse_of(labels), ma52.fine_to_coarse(labels)
-        assert type(ours) is type(theirs)
-        assert np.array_equal(np.asarray(ours), np.asarray(theirs))
+    # the body-part id ranges as SEED.md §11.3 lists them, independent of ma52.FINE_TO_COARSE
+    ranges = [range(0, 5), range(5, 11), range(11, 24), range(24, 32), range(32, 38), range(38, 48), range(48, 52)]
+    part = {fine: g for g, ids in enumerate(ranges) for fine in ids}
+    for labels, kind in ((9, int), ([0, 51, 24], np.ndarray), (np.array([11, 38]), np.ndarray),
+                         (torch.tensor([5, 47, 48]), torch.Tensor)):
+        expected = part[labels] if kind is int else [part[int(f)] for f in labels]
+        for ours in (MA52.coarse_of(labels), ma52.fine_to_coarse(labels)):
+            assert isinstance(ours, kind)
+            assert (ours if kind is int else np.asarray(ours).tolist()) == expected
     for g in range(7):
         assert MA52.members(g) == tuple(ma52.coarse_members(g))
     assert SIX.coarse_of([0, 1, 2, 3, 4, 5]).tolist() == [0, 1, 1, 1, 2, 0]
@@ -130,6 +135,26 @@ def test_taxonomy_maps_like_ma52s_fine_to_coarse():
     assert flat.group_name(1) is None
     with pytest.raises(TaxonomyError, match="flat"):
         flat.coarse_of([0])
+
+
+def test_coarse_of_keeps_one_table_per_device_and_pickles_without_it():
+    import copy
+    import pickle
+
+    six = Taxonomy(SIX.fine_names, SIX.coarse_names, SIX.fine_to_coarse, source="six.txt")
+    labels = torch.tensor([5, 0, 3])
+    first = six.coarse_of(labels)
+    table = six._device_tables[labels.device]
+    second = six.coarse_of(torch.tensor([4, 1]))
+    assert six._device_tables[labels.device] is table  # made once, not on every training step
+    assert first.tolist() == [0, 0, 1] and second.tolist() == [2, 1]
+    # a tensor result must not be a view into the cached table (a caller writing into it would corrupt the map)
+    first.fill_(9)
+    assert six.coarse_of(torch.tensor([5, 0, 3])).tolist() == [0, 0, 1]
+    for clone in (pickle.loads(pickle.dumps(six)), copy.deepcopy(six)):
+        assert clone == six and clone.source == "six.txt" and clone._device_tables == {}
+        assert clone.coarse_of(torch.tensor([2, 4])).tolist() == [1, 2]
+    assert hash(six) == hash(SIX) and "_device_tables" not in repr(six)
 
 
 def test_taxonomy_round_trip_and_equality():

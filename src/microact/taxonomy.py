@@ -54,6 +54,16 @@ class Taxonomy:
     coarse_names: tuple[str, ...] = ()
     fine_to_coarse: tuple[int, ...] = ()
     source: str = field(default="", compare=False)
+    # the map as a tensor per device: coarse_of runs on every training step, and building the table there would
+    # copy it host-to-device each time (a pageable copy that waits for the GPU). Not compared, not pickled.
+    _device_tables: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "_device_tables"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        object.__setattr__(self, "_device_tables", {})
 
     def __post_init__(self):
         object.__setattr__(self, "fine_names", tuple(str(n) for n in self.fine_names))
@@ -137,7 +147,10 @@ class Taxonomy:
             import torch
 
             if isinstance(labels, torch.Tensor):
-                return torch.as_tensor(table, device=labels.device)[labels.long()]
+                device_table = self._device_tables.get(labels.device)
+                if device_table is None:
+                    device_table = self._device_tables[labels.device] = torch.as_tensor(table, device=labels.device)
+                return device_table[labels.long()]
         except ImportError:  # pragma: no cover - torch is a core dependency
             pass
         if isinstance(labels, (int, np.integer)):
