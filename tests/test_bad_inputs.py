@@ -687,6 +687,16 @@ def _ensemble(second: Callable[[Path], Path], extra: tuple[str, ...] = ()) -> Ca
     return run
 
 
+def _compare_unlabelled(d: Path) -> Outcome:
+    from microact.results import Results, save_results
+
+    d.mkdir(parents=True, exist_ok=True)
+    for name in ("a", "b"):
+        scores = np.random.default_rng(len(name)).random((2, 52)).astype(np.float32)
+        save_results(Results(["v1.mp4", "v2.mp4"], scores / scores.sum(1, keepdims=True)), d / f"{name}.pkl")
+    return cli(["compare", d / "a.npz", d / "b.npz"])
+
+
 def _evil_dump(d: Path) -> Path:
     with open(d / "evil.pkl", "wb") as f:
         pickle.dump([{"pred_score": _RunsCode(d / "PWNED")}], f, protocol=2)
@@ -983,6 +993,12 @@ def _cases() -> list[Case]:
                       "microact ensemble", lambda d: (d.mkdir(parents=True), cli(["ensemble", _bare_pickle(d), "--out",
                                                                                   d / "out"]))[1], "exit 2",
                       ("six.pkl", "6 classes and no recorded taxonomy", "--classes FILE")))
+    cases.append(Case("dump-compare-one", "result dump", "one dump given to compare", "microact compare",
+                      lambda d: (d.mkdir(parents=True), cli(["compare", _dump(d / "a.pkl", ["v1.mp4", "v2.mp4"])]))[1],
+                      "exit 2", ("at least two result dumps", "baseline")))
+    cases.append(Case("dump-compare-unlabelled", "result dump", "test-list dumps (no labels) given to compare",
+                      "microact compare", _compare_unlabelled, "exit 2",
+                      ("a.npz", "no labels", "labelled list")))
     cases.append(Case("dump-submit-other-52", "result dump", "a dump of 52 classes that are not MA-52's",
                       "microact submit", _submit(lambda d: _dump(d / "dump.pkl", ["v1.mp4", "v2.mp4"],
                                                                  taxonomy=_own_classes(52))), "exit 2",

@@ -24,6 +24,7 @@ _HANDLERS = {
     "test": "microact.engine.evaluate:cli_main",
     "ensemble": "microact.results:cli_ensemble",
     "submit": "microact.results:cli_submit",
+    "compare": "microact.compare:cli_main",
     "predict": "microact.predict:cli_main",
     "convert": "microact.models.checkpoints:cli_convert",
     "export": "microact.export:cli_main",
@@ -169,6 +170,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="classes file the models were trained with (data.classes), for dumps that do not record "
                         "their classes (pickles without their .npz); default: MA-52 for 52 classes")
     p.add_argument("--out", required=True, help="output folder: dump, metrics, submission")
+
+    # compare --------------------------------------------------------------------------------
+    p = _sub(sub, "compare", "is one model better than another, or is the difference noise?",
+             "Score result dumps of one labelled list (validation) and compare each with the first: F1_mean and its "
+             "parts, each difference with a paired bootstrap 95 % interval over the videos, McNemar's exact test on "
+             "top-1, and the classes whose F1 moved most.")
+    p.add_argument("dumps", nargs="+", help="result dumps of one list (.pkl from microact or mmaction2, or .npz); the "
+                                            "first is the baseline")
+    p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (0: no intervals)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed: the same seed draws the same resamples")
+    p.add_argument("--macro-labels", choices=["present", "all"], default="present",
+                   help="label set of the macro F1 terms (metric.macro_labels; present = the seed's)")
+    p.add_argument("--coarse-rule", choices=["map_top1", "sum_probs", "coarse_head"], default=None,
+                   help="body-part (group) rule for every dump (default: the rule each dump was scored with, else "
+                        "map_top1, the seed's)")
+    p.add_argument("--list", default=None, help="the list file the dumps were computed on (names and labels for "
+                                                "mmaction2 dumps, which carry neither names nor, for test, labels)")
+    p.add_argument("--classes", default=None,
+                   help="classes file the models were trained with, for dumps that do not record their classes")
+    p.add_argument("--top-classes", type=int, default=5, help="per-class F1 changes to print per model")
+    p.add_argument("--out", default=None, help="folder for compare.json, per_class_delta.csv and the plots")
 
     # submit ---------------------------------------------------------------------------------
     p = _sub(sub, "submit", "write challenge submission files from a result dump")

@@ -865,7 +865,7 @@ def cli_submit(args) -> int:
               "dataset's 52 classes must not be submitted)", file=sys.stderr)
     coarse_rule = args.coarse_rule
     if coarse_rule is None:  # the rule `microact test` scored the dump with, so the submission matches its report
-        coarse_rule = _provenance(args.dump, results).get("coarse_rule", "map_top1")
+        coarse_rule = dump_provenance(args.dump, results).get("coarse_rule", "map_top1")
         if coarse_rule != "map_top1":
             print(f"body parts by predict.coarse_rule={coarse_rule}, as the dump was scored (--coarse-rule to change)")
     out = Path(args.out)
@@ -880,7 +880,7 @@ def cli_submit(args) -> int:
     return 0
 
 
-def _provenance(path: str | os.PathLike, results: Results) -> dict:
+def dump_provenance(path: str | os.PathLike, results: Results) -> dict:
     """What `microact test` recorded about a dump (checkpoint, split, coarse rule): in its meta, or for a ``.pkl``
     in the ``.npz`` written beside it (the pickle keeps mmaction2's schema, which has no room for it)."""
     meta = dict(results.meta)
@@ -900,7 +900,7 @@ def _check_search_pairs(dump_paths, dumps, val_paths, val) -> None:
     another are silently wrong. Checked where `microact test` recorded the checkpoints."""
     unverified = []
     for i, (tp, t, vp, v) in enumerate(zip(dump_paths, dumps, val_paths, val)):
-        test_info, val_info = _provenance(tp, t), _provenance(vp, v)
+        test_info, val_info = dump_provenance(tp, t), dump_provenance(vp, v)
         if not (test_info.get("checkpoint") and val_info.get("checkpoint")):
             unverified.append(str(i + 1))
         if val_info.get("split") == "test":
@@ -964,7 +964,7 @@ def cli_ensemble(args) -> int:
     combined = ensemble(dumps, weights)
     combined.require_taxonomy()
     # body parts by the rule the dumps were scored with, when they agree (and the coarse heads' scores came along)
-    rules = {_provenance(p, r).get("coarse_rule", "map_top1") for p, r in zip(args.dumps, dumps)}
+    rules = {dump_provenance(p, r).get("coarse_rule", "map_top1") for p, r in zip(args.dumps, dumps)}
     coarse_rule = rules.pop() if len(rules) == 1 else "map_top1"
     if coarse_rule == "coarse_head" and combined.coarse_head_scores is None:
         coarse_rule = "map_top1"

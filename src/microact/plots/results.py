@@ -134,6 +134,32 @@ def plot_per_class_f1(rows: Sequence[dict], path: str | os.PathLike, title: str 
     return _save(fig, Path(path))
 
 
+def plot_per_class_f1_delta(rows: Sequence[dict], path: str | os.PathLike, *, title: str = "per-class F1 change",
+                            taxonomy: Taxonomy = MA52) -> Path:
+    """Bar chart of per-class F1 differences between two models (rows of ``microact.compare``'s ``per_class``:
+    ``id``, ``name``, ``support``, ``diff``), in class order, coloured by group; bars above zero are gains."""
+    from matplotlib.patches import Patch
+
+    rows = list(rows)
+    k = len(rows)
+    fig = _figure(max(6.0, 0.22 * k + 2.0), 4.5)
+    ax = fig.add_subplot(1, 1, 1)
+    grouped = taxonomy.has_coarse
+    colours = [group_colour(taxonomy.fine_to_coarse[r["id"]]) if grouped else FLAT_COLOUR for r in rows]
+    ax.bar(range(k), [100 * r["diff"] for r in rows], color=colours)
+    ax.axhline(0.0, color="black", lw=0.8)
+    ax.set_xticks(range(k), [f"{r['id']} {r['name']} ({r['support']})" for r in rows], rotation=90,
+                  fontsize=7 if k > 12 else 9)
+    ax.set_ylabel("F1 change (points)")
+    ax.set_title(title + "  (support in brackets)", fontsize=9)
+    if grouped:
+        parts = sorted({taxonomy.fine_to_coarse[r["id"]] for r in rows})
+        ax.legend(handles=[Patch(color=group_colour(c), label=taxonomy.coarse_names[c]) for c in parts], fontsize=8,
+                  loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, Path(path))
+
+
 def write_per_class_csv(rows: Sequence[dict], path: str | os.PathLike, taxonomy: Taxonomy = MA52) -> Path:
     """``per_class.csv``: id, name, group (``body_part`` for MA-52, ``group`` for other taxonomies with groups, no
     such column for a flat one), precision, recall, F1, support, predicted count."""
