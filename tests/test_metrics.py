@@ -186,3 +186,38 @@ def test_coarse_head_rule_agrees_with_the_recognizer_rule():
         predict_coarse(fine, "coarse_head")
     with pytest.raises(MetricError, match="expected shape"):
         predict_coarse(fine, "coarse_head", head[:, :6])
+
+
+def test_f1_mean_interval_is_the_percentile_of_f1_mean_on_resampled_videos():
+    # independent of the weighted counts: index the videos of each resample and call sklearn's f1_score
+    rng = np.random.default_rng(8)
+    labels = rng.integers(0, 52, 150)
+    pred = np.where(rng.random(150) < 0.6, labels, rng.integers(0, 52, 150))
+    for macro_labels in ("present", "all"):
+        got = metrics.f1_mean_interval(labels, pred, macro_labels=macro_labels, resamples=300, seed=4)
+        weights = np.concatenate(list(metrics.bootstrap_weights(labels.size, 300, seed=4)))
+        values = [_sk_f1_mean(np.repeat(labels, w.astype(int)), np.repeat(pred, w.astype(int)), macro_labels)["f1_mean"]
+                  for w in weights]
+        low, high = np.percentile(values, [2.5, 97.5])
+        assert (got["low"], got["high"]) == pytest.approx((low, high), abs=1e-12)
+        assert got["low"] < metrics.f1_mean(labels, pred, macro_labels)["f1_mean"] < got["high"]
+    # the resamples: each draws as many videos as there are, and the seed fixes them
+    blocks = list(metrics.bootstrap_weights(40, 600, seed=1))
+    assert [b.shape for b in blocks] == [(250, 40), (250, 40), (100, 40)]
+    assert all(np.all(b.sum(axis=1) == 40) for b in blocks)
+    again = np.concatenate(list(metrics.bootstrap_weights(40, 600, seed=1)))
+    assert np.array_equal(np.concatenate(blocks), again)
+    # about 1 - 1/e of the videos appear in a resample
+    assert np.mean(again > 0) == pytest.approx(1 - np.exp(-1), abs=0.01)
+
+
+def test_resampled_f1_mean_with_unit_weights_is_f1_mean():
+    rng = np.random.default_rng(9)
+    labels, pred = rng.integers(0, 52, 90), rng.integers(0, 52, 90)
+    coarse_pred = rng.integers(0, 7, 90)
+    for macro_labels in ("present", "all"):
+        got = metrics.resampled_f1_mean(labels, pred, np.ones(90), coarse_pred=coarse_pred, macro_labels=macro_labels)
+        expected = metrics.f1_mean(labels, pred, macro_labels, coarse_pred=coarse_pred)
+        assert {k: float(v[0]) for k, v in got.items()} == pytest.approx(expected, abs=1e-12)
+    with pytest.raises(metrics.MetricError, match="89 columns"):
+        metrics.resampled_f1_mean(labels, pred, np.ones(89))

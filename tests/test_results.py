@@ -323,6 +323,14 @@ def test_write_report_files(tmp_path):
     m = write_report(r, tmp_path)
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["f1_mean"] == pytest.approx(m["f1_mean"]) and saved["failed"] == r.meta["failed"]
+    from microact.metrics import f1_mean_interval, format_summary, predict_coarse
+
+    assert saved["f1_mean_interval"] == f1_mean_interval(r.labels, r.predictions)
+    assert saved["f1_mean_interval"]["low"] <= saved["f1_mean"] <= saved["f1_mean_interval"]["high"]
+    assert "95 % bootstrap interval over the videos" in format_summary(saved)
+    # the interval follows the body-part rule the report is scored with
+    summed = write_report(r, tmp_path / "sum", coarse_rule="sum_probs")["f1_mean_interval"]
+    assert summed == f1_mean_interval(r.labels, r.predictions, coarse_pred=predict_coarse(r.scores, "sum_probs"))
     for name in ("confusion_fine.png", "confusion_coarse.png", "per_class_f1.png"):
         data = (tmp_path / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000

@@ -13,8 +13,7 @@ several dumps of one labelled list and puts each difference to the first dump (t
   is (a two-sided binomial test against a fair coin);
 - the per-class F1 changes, largest first, as a table and a plot.
 
-A bootstrap resample is stored as how often it drew each video, so one resample is a weight vector and each model's
-per-class counts are weighted sums, computed for a block of resamples at once.
+The resampling itself is :func:`microact.metrics.bootstrap_weights` and :func:`microact.metrics.resampled_f1_mean`.
 """
 from __future__ import annotations
 
@@ -28,7 +27,8 @@ from typing import Sequence
 
 import numpy as np
 
-from microact.metrics import MacroLabels, f1_mean, per_class_f1, predict_coarse
+from microact.metrics import (MacroLabels, bootstrap_weights, f1_mean, per_class_f1, predict_coarse,
+                              resampled_f1_mean)
 from microact.results import Results, ResultsError, check_compatible, load_results
 from microact.taxonomy import Taxonomy
 
@@ -59,66 +59,28 @@ class Predictions:
         return cls(results.labels, pred, taxonomy.coarse_of(results.labels), np.asarray(coarse_pred))
 
 
-def _weighted_counts(weights: np.ndarray, true: np.ndarray, pred: np.ndarray, size: int):
-    """Per-class true positives, predicted and true counts under each row of ``weights`` ``[R, N]`` -> ``[R, size]``."""
-    def per_class(ids: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-        onehot = np.zeros((ids.size, size), dtype=np.float64)
-        onehot[np.arange(ids.size), ids] = 1.0 if mask is None else mask
-        return weights @ onehot
-
-    return per_class(true, (true == pred).astype(np.float64)), per_class(pred), per_class(true)
-
-
-def _f1_terms(weights: np.ndarray, true: np.ndarray, pred: np.ndarray, size: int, macro_labels: str):
-    """Macro and micro F1 ``[R]`` of each weighted resample, with :func:`microact.metrics.f1_mean`'s label sets."""
-    tp, predicted, actual = _weighted_counts(weights, true, pred, size)
-    den = predicted + actual
-    f1 = np.divide(2.0 * tp, den, out=np.zeros_like(den), where=den > 0)
-    # "present": sklearn's union of the labels in truth and prediction, i.e. the classes with any weight in either
-    counted = den > 0 if macro_labels == "present" else np.ones_like(den, dtype=bool)
-    macro = (f1 * counted).sum(axis=1) / np.maximum(counted.sum(axis=1), 1)
-    # single-label micro F1 is accuracy: 2·ΣTP / (Σpredicted + Σtrue) with both sums equal to the resample size
-    micro = 2.0 * tp.sum(axis=1) / np.maximum(den.sum(axis=1), 1e-12)
-    return macro, micro
-
-
 def resample_scores(predictions: Predictions, weights: np.ndarray, taxonomy: Taxonomy,
                     macro_labels: MacroLabels = "present") -> dict[str, np.ndarray]:
     """F1_mean and its parts on each resample (a row of video weights ``[R, N]``, e.g. bootstrap counts)."""
-    w = np.asarray(weights, dtype=np.float64)
-    out = {}
-    out["fine_macro"], out["fine_micro"] = _f1_terms(w, predictions.true_fine, predictions.pred_fine,
-                                                     taxonomy.num_fine, macro_labels)
-    if taxonomy.has_coarse:
-        out["coarse_macro"], out["coarse_micro"] = _f1_terms(w, predictions.true_coarse, predictions.pred_coarse,
-                                                             taxonomy.num_coarse, macro_labels)
-    parts = [out[k] for k in PARTS[1:] if k in out]
-    out["f1_mean"] = sum(parts) / len(parts)
-    return out
+    return resampled_f1_mean(predictions.true_fine, predictions.pred_fine, weights,
+                             coarse_true=predictions.true_coarse, coarse_pred=predictions.pred_coarse,
+                             macro_labels=macro_labels, taxonomy=taxonomy)
 
 
 def bootstrap_differences(base: Predictions, others: Sequence[Predictions], taxonomy: Taxonomy, *,
-                          resamples: int = 2000, seed: int = 0, macro_labels: MacroLabels = "present",
-                          block: int = 250) -> list[dict[str, np.ndarray]]:
+                          resamples: int = 2000, seed: int = 0, macro_labels: MacroLabels = "present"
+                          ) -> list[dict[str, np.ndarray]]:
     """Paired bootstrap: for each of ``others``, its metric minus the baseline's on the same ``resamples`` draws.
 
     Returns:
         One dict per other model: metric name -> ``[resamples]`` differences (fractions, not points).
     """
-    n = base.true_fine.size
-    rng = np.random.default_rng(seed)
     diffs: list[dict[str, list]] = [{} for _ in others]
-    done = 0
-    while done < resamples:
-        count = min(block, resamples - done)
-        # each resample draws n videos with replacement; its weights are how often each video was drawn
-        drawn = rng.integers(0, n, size=(count, n)) + n * np.arange(count)[:, None]
-        weights = np.bincount(drawn.ravel(), minlength=count * n).reshape(count, n).astype(np.float64)
+    for weights in bootstrap_weights(base.true_fine.size, resamples, seed):
         ref = resample_scores(base, weights, taxonomy, macro_labels)
         for d, other in zip(diffs, others):
             for key, values in resample_scores(other, weights, taxonomy, macro_labels).items():
                 d.setdefault(key, []).append(values - ref[key])
-        done += count
     return [{k: np.concatenate(v) for k, v in d.items()} for d in diffs]
 
 

@@ -22,7 +22,7 @@ All returned values are fractions in [0, 1]; multiply by 100 for the percentages
 """
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from typing import Iterator, Literal, Sequence
 
 import numpy as np
 
@@ -173,6 +173,81 @@ def f1_mean(y_true, y_pred, macro_labels: MacroLabels = "present", *, coarse_pre
 
 
 # --------------------------------------------------------------------------------------------
+# Bootstrap: F1_mean on resampled videos
+# --------------------------------------------------------------------------------------------
+# F1_mean is no mean over videos (its macro terms average per-class F1), so its uncertainty has no closed form; the
+# bootstrap re-runs the whole metric on videos drawn with replacement. A resample is stored as how often it drew
+# each video, so the per-class counts of a block of resamples are one matrix product.
+
+
+def bootstrap_weights(n: int, resamples: int, seed: int = 0, block: int = 250) -> Iterator[np.ndarray]:
+    """Bootstrap resamples of ``n`` items, in blocks of rows ``[R, n]``: how often each resample drew each item.
+
+    The same ``seed`` draws the same resamples, so models scored on them are compared on the same videos.
+    """
+    rng = np.random.default_rng(seed)
+    done = 0
+    while done < resamples:
+        count = min(block, resamples - done)
+        drawn = rng.integers(0, n, size=(count, n)) + n * np.arange(count)[:, None]
+        yield np.bincount(drawn.ravel(), minlength=count * n).reshape(count, n).astype(np.float64)
+        done += count
+
+
+def _weighted_f1_terms(weights: np.ndarray, true: np.ndarray, pred: np.ndarray, size: int, macro_labels: str):
+    """Macro and micro F1 ``[R]`` of each weighted resample, with :func:`f1_mean`'s label sets."""
+    def per_class(ids: np.ndarray, values: np.ndarray | float = 1.0) -> np.ndarray:
+        onehot = np.zeros((ids.size, size), dtype=np.float64)
+        onehot[np.arange(ids.size), ids] = values
+        return weights @ onehot
+
+    tp = per_class(true, (true == pred).astype(np.float64))
+    den = per_class(pred) + per_class(true)  # predicted + true counts = 2TP + FP + FN
+    f1 = np.divide(2.0 * tp, den, out=np.zeros_like(den), where=den > 0)
+    # "present": sklearn's union of the labels in truth and prediction, i.e. the classes with any weight in either
+    counted = den > 0 if macro_labels == "present" else np.ones_like(den, dtype=bool)
+    macro = (f1 * counted).sum(axis=1) / np.maximum(counted.sum(axis=1), 1)
+    micro = 2.0 * tp.sum(axis=1) / np.maximum(den.sum(axis=1), 1e-12)  # single-label micro F1: accuracy
+    return macro, micro
+
+
+def resampled_f1_mean(y_true, y_pred, weights, *, coarse_true=None, coarse_pred=None,
+                      macro_labels: MacroLabels = "present", taxonomy: Taxonomy = MA52) -> dict[str, np.ndarray]:
+    """:func:`f1_mean` and its parts on each resample, a row of video weights ``[R, N]`` (:func:`bootstrap_weights`).
+
+    ``coarse_true`` / ``coarse_pred`` default to the groups of ``y_true`` / ``y_pred`` (the seed's rule); a flat
+    taxonomy has no coarse terms. Returns metric name -> ``[R]`` values.
+    """
+    t, p = _check_pair(y_true, y_pred)
+    w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+    if w.shape[1] != t.size:
+        raise MetricError(f"weights have {w.shape[1]} columns but there are {t.size} labels")
+    out = {}
+    out["fine_macro"], out["fine_micro"] = _weighted_f1_terms(w, t, p, taxonomy.num_fine, macro_labels)
+    if taxonomy.has_coarse:
+        ct = taxonomy.coarse_of(t) if coarse_true is None else _as_labels(coarse_true, "coarse_true")
+        cp = taxonomy.coarse_of(p) if coarse_pred is None else _as_labels(coarse_pred, "coarse_pred")
+        out["coarse_macro"], out["coarse_micro"] = _weighted_f1_terms(w, ct, cp, taxonomy.num_coarse, macro_labels)
+    parts = list(out.values())
+    return {"f1_mean": sum(parts) / len(parts), **out}
+
+
+def f1_mean_interval(y_true, y_pred, *, coarse_pred=None, macro_labels: MacroLabels = "present",
+                     taxonomy: Taxonomy = MA52, resamples: int = 1000, seed: int = 0) -> dict:
+    """Bootstrap 95 % percentile interval of F1_mean over the videos: ``{"low", "high", "resamples", "seed"}``.
+
+    It says how much F1_mean would move on another draw of as many videos like these; two models on the same videos
+    are compared with a paired bootstrap instead (``microact compare``), which is much tighter.
+    """
+    t = _as_labels(y_true, "y_true")
+    values = np.concatenate([resampled_f1_mean(t, y_pred, w, coarse_pred=coarse_pred, macro_labels=macro_labels,
+                                               taxonomy=taxonomy)["f1_mean"]
+                             for w in bootstrap_weights(t.size, resamples, seed)])
+    low, high = np.percentile(values, [2.5, 97.5])
+    return {"low": float(low), "high": float(high), "resamples": int(resamples), "seed": int(seed)}
+
+
+# --------------------------------------------------------------------------------------------
 # Scores
 # --------------------------------------------------------------------------------------------
 
@@ -312,15 +387,18 @@ def format_summary(metrics: dict) -> str:
 
     Without a coarse level (a flat taxonomy) it says that F1_mean is the mean of the fine macro and micro F1.
     """
+    interval = metrics.get("f1_mean_interval")
     lines = [
-        f"F1_mean       {100 * metrics['f1_mean']:6.2f}",
+        f"F1_mean       {100 * metrics['f1_mean']:6.2f}" + (
+            f"   (95 % bootstrap interval over the videos: {100 * interval['low']:.2f}-{100 * interval['high']:.2f})"
+            if interval else ""),
         f"  fine macro  {100 * metrics['fine_macro']:6.2f}   fine micro   {100 * metrics['fine_micro']:6.2f}",
     ]
     if "coarse_macro" in metrics:
         lines.append(f"  coarse macro{100 * metrics['coarse_macro']:6.2f}   coarse micro "
                      f"{100 * metrics['coarse_micro']:6.2f}")
     else:
-        lines[0] += "   (flat taxonomy, no coarse level: F1_mean = mean of fine macro and fine micro F1)"
+        lines.insert(1, "  (flat taxonomy, no coarse level: F1_mean = mean of fine macro and fine micro F1)")
     lines.append(f"top-1 {100 * metrics['top1']:6.2f}   top-5 {100 * metrics['top5']:6.2f}   "
                  f"mean class acc {100 * metrics['mean_class_accuracy']:6.2f}   ({metrics['num_videos']} videos)")
     return "\n".join(lines)

@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from microact.metrics import confusion_matrix, evaluate_scores, predict_coarse
+from microact.metrics import confusion_matrix, evaluate_scores, f1_mean_interval, predict_coarse
 from microact.taxonomy import MA52, Taxonomy
 
 # One colour per body part (tab10 entries), shared by every plot that colours by part.
@@ -180,8 +180,8 @@ def write_report(results, out_dir: str | os.PathLike, *, macro_labels: str = "pr
                  coarse_rule: str = "map_top1", extra: dict | None = None) -> dict:
     """Score labelled results and write ``metrics.json``, ``per_class.csv`` and the plots into ``out_dir``.
 
-    Files: ``metrics.json`` (F1_mean, its four parts, top-1/5, mean class accuracy, per-class rows, failed videos,
-    the taxonomy), ``per_class.csv``, ``confusion_fine.png`` (row-normalised, classes present in truth or
+    Files: ``metrics.json`` (F1_mean with its bootstrap 95 % interval over the videos, its four parts, top-1/5,
+    mean class accuracy, per-class rows, failed videos, the taxonomy), ``per_class.csv``, ``confusion_fine.png`` (row-normalised, classes present in truth or
     prediction), ``confusion_coarse.png`` (groups x groups counts: MA-52's 7x7 body parts; not for a flat
     taxonomy, which has no coarse level) and ``per_class_f1.png``.
 
@@ -204,6 +204,11 @@ def write_report(results, out_dir: str | os.PathLike, *, macro_labels: str = "pr
     out.mkdir(parents=True, exist_ok=True)
     metrics = evaluate_scores(results.scores, results.labels, macro_labels=macro_labels, coarse_rule=coarse_rule,
                               coarse_head_scores=results.coarse_head_scores, taxonomy=taxonomy)
+    coarse_pred = (predict_coarse(results.scores, coarse_rule, results.coarse_head_scores, taxonomy)
+                   if taxonomy.has_coarse else None)
+    # how far F1_mean would move on another draw of as many videos: what a reported score should be read with
+    metrics["f1_mean_interval"] = f1_mean_interval(results.labels, results.predictions, coarse_pred=coarse_pred,
+                                                   macro_labels=macro_labels, taxonomy=taxonomy)
     metrics["failed"] = results.meta.get("failed", [])
     if not taxonomy.is_ma52:  # MA-52's reports stay as they were; other classes are named in the report itself
         metrics["taxonomy"] = taxonomy.to_dict()
@@ -216,7 +221,6 @@ def write_report(results, out_dir: str | os.PathLike, *, macro_labels: str = "pr
                    title=f"fine classes, row-normalised (F1_mean {100 * metrics['f1_mean']:.2f})", taxonomy=taxonomy)
     if taxonomy.has_coarse:
         coarse_true = taxonomy.coarse_of(results.labels)
-        coarse_pred = predict_coarse(results.scores, coarse_rule, results.coarse_head_scores, taxonomy)
         plot_confusion(coarse_true, coarse_pred, taxonomy.coarse_names, out / "confusion_coarse.png",
                        normalize=False, title=f"{taxonomy.coarse_label}s (counts)",
                        taxonomy=None)
