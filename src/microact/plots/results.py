@@ -108,10 +108,10 @@ def plot_confusion(y_true, y_pred, names: Sequence[str], path: str | os.PathLike
     return _save(fig, Path(path))
 
 
-def plot_per_class_f1(rows: Sequence[dict], path: str | os.PathLike, title: str = "per-class F1",
-                      taxonomy: Taxonomy = MA52) -> Path:
-    """Bar chart of per-class F1 (rows of :func:`microact.metrics.per_class_report`), coloured by group (MA-52:
-    body part); one colour for a flat taxonomy."""
+def _class_bars(rows: Sequence[dict], values: Sequence[float], path: str | os.PathLike, *, ylabel: str, title: str,
+                taxonomy: Taxonomy, ylim: tuple[float, float] | None = None) -> Path:
+    """One bar per class row (``id``, ``name``, ``support``), labelled with its support, coloured by group (MA-52:
+    body part; one colour for a flat taxonomy)."""
     from matplotlib.patches import Patch
 
     rows = list(rows)
@@ -120,44 +120,39 @@ def plot_per_class_f1(rows: Sequence[dict], path: str | os.PathLike, title: str 
     ax = fig.add_subplot(1, 1, 1)
     grouped = taxonomy.has_coarse
     colours = [group_colour(taxonomy.fine_to_coarse[r["id"]]) if grouped else FLAT_COLOUR for r in rows]
-    ax.bar(range(k), [100 * r["f1"] for r in rows], color=colours)
+    ax.bar(range(k), list(values), color=colours)
+    if ylim is None:
+        ax.axhline(0.0, color="black", lw=0.8)  # signed values: gains above, losses below
+    else:
+        ax.set_ylim(*ylim)
     ax.set_xticks(range(k), [f"{r['id']} {r['name']} ({r['support']})" for r in rows], rotation=90,
                   fontsize=7 if k > 12 else 9)
-    ax.set_ylim(0, 100)
-    ax.set_ylabel("F1 (%)")
-    ax.set_title(title + "  (support in brackets)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title + "  (support in brackets)", fontsize=9 if len(title) > 60 else None)
     if grouped:
         parts = sorted({taxonomy.fine_to_coarse[r["id"]] for r in rows})
         ax.legend(handles=[Patch(color=group_colour(c), label=taxonomy.coarse_names[c]) for c in parts], fontsize=8,
-                  loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside the axes: bars reach 100
+                  loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside the axes: bars reach the top
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, Path(path))
+
+
+def plot_per_class_f1(rows: Sequence[dict], path: str | os.PathLike, title: str = "per-class F1",
+                      taxonomy: Taxonomy = MA52) -> Path:
+    """Bar chart of per-class F1 (rows of :func:`microact.metrics.per_class_report`), coloured by group (MA-52:
+    body part); one colour for a flat taxonomy."""
+    rows = list(rows)
+    return _class_bars(rows, [100 * r["f1"] for r in rows], path, ylabel="F1 (%)", title=title, taxonomy=taxonomy,
+                       ylim=(0, 100))
 
 
 def plot_per_class_f1_delta(rows: Sequence[dict], path: str | os.PathLike, *, title: str = "per-class F1 change",
                             taxonomy: Taxonomy = MA52) -> Path:
     """Bar chart of per-class F1 differences between two models (rows of ``microact.compare``'s ``per_class``:
     ``id``, ``name``, ``support``, ``diff``), in class order, coloured by group; bars above zero are gains."""
-    from matplotlib.patches import Patch
-
     rows = list(rows)
-    k = len(rows)
-    fig = _figure(max(6.0, 0.22 * k + 2.0), 4.5)
-    ax = fig.add_subplot(1, 1, 1)
-    grouped = taxonomy.has_coarse
-    colours = [group_colour(taxonomy.fine_to_coarse[r["id"]]) if grouped else FLAT_COLOUR for r in rows]
-    ax.bar(range(k), [100 * r["diff"] for r in rows], color=colours)
-    ax.axhline(0.0, color="black", lw=0.8)
-    ax.set_xticks(range(k), [f"{r['id']} {r['name']} ({r['support']})" for r in rows], rotation=90,
-                  fontsize=7 if k > 12 else 9)
-    ax.set_ylabel("F1 change (points)")
-    ax.set_title(title + "  (support in brackets)", fontsize=9)
-    if grouped:
-        parts = sorted({taxonomy.fine_to_coarse[r["id"]] for r in rows})
-        ax.legend(handles=[Patch(color=group_colour(c), label=taxonomy.coarse_names[c]) for c in parts], fontsize=8,
-                  loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    ax.grid(axis="y", alpha=0.3)
-    return _save(fig, Path(path))
+    return _class_bars(rows, [100 * r["diff"] for r in rows], path, ylabel="F1 change (points)", title=title,
+                       taxonomy=taxonomy)
 
 
 def write_per_class_csv(rows: Sequence[dict], path: str | os.PathLike, taxonomy: Taxonomy = MA52) -> Path:
