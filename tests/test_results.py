@@ -16,8 +16,8 @@ from sklearn.metrics import f1_score
 
 from microact import ma52
 from microact.cli import main as cli
-from microact.results import (Results, ResultsError, ensemble, load_results, save_results, search_weights,
-                              write_ma52_top5_csv, write_mac2024_submission)
+from microact.results import (Results, ResultsError, cross_validate_search, ensemble, load_results, save_results,
+                              search_weights, write_ma52_top5_csv, write_mac2024_submission)
 
 
 def _random_results(n=30, seed=0, labels=True, names=None, sharp=1.0):
@@ -305,6 +305,45 @@ def test_search_weights_never_worse_than_equal(max_exhaustive):
     assert weights[2] < max(weights[0], weights[1])
 
 
+def test_cross_validated_search_scores_each_fold_with_weights_from_the_others():
+    models = _noisy_models()
+    y = models[0].labels
+    cv = cross_validate_search(models, (0.0, 0.5, 1.0), folds=4, resamples=400)
+    assert cv["folds"] == 4 and len(cv["fold_weights"]) == 4
+    # each fold's weights are the search's on the other folds' videos (the folds: a seeded permutation, 4 slices)
+    fold_of = np.random.default_rng(0).permutation(len(y)) % 4
+    searched = np.empty(len(y), dtype=np.int64)
+    for f, weights in enumerate(cv["fold_weights"]):
+        train, held_out = np.flatnonzero(fold_of != f), np.flatnonzero(fold_of == f)
+        subsets = [Results([m.names[i] for i in train], m.scores[train], y[train]) for m in models]
+        assert weights == search_weights(subsets, (0.0, 0.5, 1.0))[0]
+        assert weights[2] < max(weights[0], weights[1])  # the useless confident model is down-weighted in every fold
+        searched[held_out] = ensemble([Results([m.names[i] for i in held_out], m.scores[held_out], y[held_out])
+                                       for m in models], weights).predictions
+    assert cv["searched"] == pytest.approx(_sk_f1_mean(y, searched))
+    assert cv["equal"] == pytest.approx(ensemble(models).metrics()["f1_mean"])
+    gain = cv["gain"]
+    assert gain["diff"] == pytest.approx(cv["searched"] - cv["equal"])
+    assert 0 < gain["low"] < gain["diff"] < gain["high"] and gain["p_better"] == 1.0  # a real gain, seen out of fold
+    # identical models: nothing to gain, in any resample
+    same = cross_validate_search([models[0], models[0]], (0.0, 0.5, 1.0), folds=3, resamples=100)["gain"]
+    assert (same["diff"], same["low"], same["high"], same["p_better"]) == (0.0, 0.0, 0.0, 0.0)
+    with pytest.raises(ResultsError, match="5 videos, 3 folds"):
+        cross_validate_search([_subset_of(m, 5) for m in models], folds=3)
+
+
+def _subset_of(r, n):
+    return Results(r.names[:n], r.scores[:n], r.labels[:n])
+
+
+def _sk_f1_mean(y, pred):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        g = np.asarray(ma52.FINE_TO_COARSE)
+        return (f1_score(y, pred, average="macro") + f1_score(y, pred, average="micro")
+                + f1_score(g[y], g[pred], average="macro") + f1_score(g[y], g[pred], average="micro")) / 4
+
+
 def test_search_needs_labels():
     with pytest.raises(ResultsError, match="labels"):
         search_weights([_random_results(labels=False)], (0.5, 1.0))
@@ -373,11 +412,19 @@ def test_cli_ensemble_with_search(tmp_path, capsys):
     assert "weights:" in printed and "equal weights" in printed
     info = json.loads((out / "ensemble.json").read_text())
     assert info["val_f1_mean"] >= info["val_f1_mean_equal"]
+    # the search is cross-validated on the validation videos by default, and said so
+    cv = info["cross_validation"]
+    assert cv == cross_validate_search(models, (0.0, 0.5, 1.0), folds=5)
+    assert "5-fold cross-validated on val" in printed and f"gain {100 * cv['gain']['diff']:+.2f}" in printed
     combined = load_results(out / "ensemble.npz")
     np.testing.assert_allclose(combined.scores, sum(w * m.scores for w, m in zip(info["weights"], models)), rtol=1e-5)
     assert json.loads((out / "metrics.json").read_text())["f1_mean"] == pytest.approx(combined.metrics()["f1_mean"])
     assert (out / "submission_mac2024.zip").is_file() and (out / "ensemble.pkl").is_file()
     assert cli(["ensemble", *test_paths, "--weights", "1", "2", "--out", str(out)]) == 2
+    capsys.readouterr()
+    assert cli(["ensemble", *test_paths, "--search-on", *val_paths, "--cv-folds", "0", "--out", str(out)]) == 0
+    assert "cross-validated" not in capsys.readouterr().out
+    assert "cross_validation" not in json.loads((out / "ensemble.json").read_text())
 
 
 def test_cli_ensemble_of_mmaction2_dumps_takes_names_from_the_list(tmp_path, capsys):

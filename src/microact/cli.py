@@ -163,6 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", type=float, nargs="*", default=None, help="one weight per dump (default: equal)")
     p.add_argument("--search-on", nargs="*", default=None, help="validation dumps (same models, same order) to search weights on")
     p.add_argument("--grid", type=float, nargs="*", default=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0], help="weight values tried by the search")
+    p.add_argument("--cv-folds", type=int, default=5,
+                   help="with --search-on: also cross-validate the search on the validation videos (weights searched "
+                        "on the other folds predict each fold), to tell a real gain over equal weights from one that "
+                        "suits these videos only; 0 skips it")
     p.add_argument("--list", default=None,
                    help="test list file the dumps were computed on: gives the submission its video names when the "
                         "dumps have none (mmaction2's), and checks the order of those that have")

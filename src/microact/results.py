@@ -836,6 +836,65 @@ def search_weights(val_results_list: Sequence[Results], grid: Sequence[float] = 
     return best_w, best
 
 
+def _subset(r: Results, index: np.ndarray) -> Results:
+    """The results of the videos at ``index`` (same classes)."""
+    head = None if r.coarse_head_scores is None else r.coarse_head_scores[index]
+    return Results([r.names[i] for i in index], r.scores[index], None if r.labels is None else r.labels[index],
+                   r.num_classes, r.img_shape, dict(r.meta), head, r.taxonomy)
+
+
+def cross_validate_search(val_results_list: Sequence[Results], grid: Sequence[float] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
+                          folds: int = 5, seed: int = 0, resamples: int = 1000, macro_labels: str = "present") -> dict:
+    """How much the weight search gains on videos it did not see: ``folds``-fold cross-validation on validation.
+
+    The score of :func:`search_weights` on the videos it searched on is optimistic (it picked the weights that
+    happen to suit them). Here each fold's videos are predicted with weights searched on the other folds, and
+    these out-of-fold predictions are scored against equal weights on the same videos, with a paired bootstrap
+    95 % interval of the gain.
+
+    Returns:
+        ``{"folds", "equal", "searched", "gain": {"diff", "low", "high", "p_better"}, "fold_weights"}`` (F1_mean
+        as fractions).
+
+    Raises:
+        ResultsError: as :func:`search_weights`, or fewer than two videos per fold.
+    """
+    from microact.metrics import bootstrap_weights, resampled_f1_mean
+
+    check_compatible(val_results_list)
+    ref = val_results_list[0]
+    labels = next((r.labels for r in val_results_list if r.labels is not None), None)
+    if labels is None:
+        raise ResultsError("weight search needs labelled validation results; these dumps have no labels")
+    n = len(ref)
+    if folds < 2 or n < 2 * folds:
+        raise ResultsError(f"cross-validating the weight search needs at least 2 folds of 2 videos each "
+                           f"({n} videos, {folds} folds); use fewer folds, or 0 to skip it")
+    taxonomy = next((r.taxonomy for r in val_results_list if r.taxonomy is not None), None) or ref.require_taxonomy()
+    stack = np.stack([r.scores.astype(np.float64) for r in val_results_list])  # [M, N, K]
+    fold_of = np.random.default_rng(seed).permutation(n) % folds
+    searched = np.empty(n, dtype=np.int64)
+    fold_weights = []
+    for f in range(folds):
+        held_out = np.flatnonzero(fold_of == f)
+        train = np.flatnonzero(fold_of != f)
+        weights, _ = search_weights([_subset(r, train) for r in val_results_list], grid, macro_labels=macro_labels)
+        fold_weights.append(weights)
+        searched[held_out] = np.argmax(np.tensordot(np.asarray(weights), stack[:, held_out], axes=1), axis=1)
+    equal = np.argmax(stack.sum(axis=0), axis=1)
+    scores = {name: f1_mean(labels, pred, macro_labels, taxonomy=taxonomy)["f1_mean"]
+              for name, pred in (("equal", equal), ("searched", searched))}
+    gains = np.concatenate([
+        resampled_f1_mean(labels, searched, w, macro_labels=macro_labels, taxonomy=taxonomy)["f1_mean"]
+        - resampled_f1_mean(labels, equal, w, macro_labels=macro_labels, taxonomy=taxonomy)["f1_mean"]
+        for w in bootstrap_weights(n, resamples, seed)])
+    low, high = np.percentile(gains, [2.5, 97.5])
+    return {"folds": folds, **scores,
+            "gain": {"diff": scores["searched"] - scores["equal"], "low": float(low), "high": float(high),
+                     "p_better": float(np.mean(gains > 0))},
+            "fold_weights": fold_weights}
+
+
 # --------------------------------------------------------------------------------------------
 # CLI handlers
 # --------------------------------------------------------------------------------------------
@@ -955,8 +1014,19 @@ def cli_ensemble(args) -> int:
             print(f"val {p}: F1_mean {100 * r.metrics()['f1_mean']:.2f}")
         equal = ensemble(val).metrics()["f1_mean"]
         weights, best = search_weights(val, args.grid)
-        print(f"val ensemble: equal weights F1_mean {100 * equal:.2f}, searched weights F1_mean {100 * best:.2f}")
+        print(f"val ensemble: equal weights F1_mean {100 * equal:.2f}, searched weights F1_mean {100 * best:.2f} "
+              "(on the videos the weights were chosen on)")
         info.update(search_on=list(args.search_on), grid=list(args.grid), val_f1_mean_equal=equal, val_f1_mean=best)
+        if args.cv_folds:
+            cv = cross_validate_search(val, args.grid, folds=args.cv_folds)
+            g = cv["gain"]
+            verdict = ("beyond the noise" if g["low"] > 0 or g["high"] < 0 else "within the noise: equal weights may "
+                       "do as well on the test videos")
+            print(f"weight search, {cv['folds']}-fold cross-validated on val (each fold's videos predicted with weights "
+                  f"searched on the others): equal {100 * cv['equal']:.2f}, searched {100 * cv['searched']:.2f}, gain "
+                  f"{100 * g['diff']:+.2f} [{100 * g['low']:+.2f}, {100 * g['high']:+.2f}] (paired bootstrap 95 %), "
+                  f"{verdict}")
+            info["cross_validation"] = cv
     else:
         weights = [1.0] * len(dumps)
     info["weights"] = weights
