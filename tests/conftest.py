@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import multiprocessing
 import os
 from pathlib import Path
 
@@ -10,6 +11,14 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+# Loader workers (and the synth / data-check pools) start from this process's forkserver, which imports only
+# __main__ by default, so every worker of every loader paid its own import of torch (~2-4 s on 2 busy cores; dozens of
+# loaders in the suite). The forkserver imports these once and forks each worker from them. Importing (not
+# running) OpenCV there is safe: the hang build_loader avoids needs OpenCV's thread pool to have run before the
+# fork. Subprocesses that the tests start (python -m microact.cli, torchrun) keep the default.
+multiprocessing.set_forkserver_preload(["__main__", "torch", "cv2", "av", "microact.data.dataset",
+                                        "microact.data.transforms", "microact.data.synth", "microact.data.check"])
 
 
 def moving_square_frames(num_frames: int = 16, height: int = 64, width: int = 48, seed: int = 0) -> np.ndarray:

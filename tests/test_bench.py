@@ -6,8 +6,10 @@ from microact.bench.backbone import format_table, run_benchmark
 
 
 def test_bench_backbone_figures_are_consistent():
+    # a small clip: the bookkeeping checked here does not depend on its size
     res = run_benchmark("videomae_test", batches=[1], precisions=["fp32", "bf16"], repeats=2,
-                        device=torch.device("cpu"), progress=False)
+                        device=torch.device("cpu"), progress=False, num_frames=4, img_size=64)
+    assert res["clip"] == "4x64"
     assert res["parity_max_abs_diff_fp32"] < 1e-5  # same function as HF VideoMAE on the same weights
     assert len(res["cells"]) == 4  # forward / forward+backward x fp32 / bf16
     for c in res["cells"]:
@@ -22,7 +24,7 @@ def test_bench_backbone_figures_are_consistent():
     assert table.count("\n| forward") == 4 and "best of 2" in table
     assert "n/a (< 3 runs)" in table and "paired_speedup_vs_hf_sdpa" not in res["cells"][0]
     res3 = run_benchmark("videomae_test", batches=[1], precisions=["fp32"], repeats=3, device=torch.device("cpu"),
-                         progress=False)
+                         progress=False, num_frames=4, img_size=64)
     for c in res3["cells"]:
         paired = c["paired_speedup_vs_hf_sdpa"]
         ratios = [p / o for p, o in zip(c["ms_all"]["hf_sdpa"], c["ms_all"]["ours"])]
@@ -198,7 +200,7 @@ def test_bench_backbone_no_pass_reuses_weights_cast_by_an_earlier_pass(monkeypat
 
     monkeypatch.setattr(bb, "_time", counting_time)
     bb.run_benchmark("videomae_test", batches=[1], precisions=["bf16"], repeats=1, device=torch.device("cpu"),
-                     progress=False)
+                     progress=False, num_frames=4, img_size=64)
     assert len(casts) == 2 * 2 * len(bb.IMPLS)  # (warm-up + 1 timed pass) x 3 models x (forward, forward+backward)
     assert all(n > 0 for n in casts), casts
 

@@ -4,7 +4,9 @@ The model is the test-size ViT with a plain TSN head and cross-entropy (``use_fr
 off, no dropout): with the seed's soft-F1 terms the per-process statistics of a 2x2 split differ from one
 micro-batch of 4 by design (``loss.f1_sync=local``, SEED.md §12 row 7), so only CE gives the same gradients.
 """
+import contextlib
 import csv
+import io
 import json
 import re
 import os
@@ -17,6 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import write_labelled_clips
+from microact.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -44,26 +47,64 @@ def _losses(run_dir):
         return [float(r["loss"]) for r in csv.DictReader(f)]
 
 
-def test_two_processes_match_one(data_root, tmp_path):
-    one, two = tmp_path / "one", tmp_path / "two"
-    p = subprocess.run([sys.executable, "-m", "microact.cli", *_args(data_root, 2), "--out", str(one)], env=ENV,
-                       capture_output=True, text=True, timeout=240)
+# One recipe for the plain, DDP and FSDP runs: EMA and validation on (the unsharding of the EMA weights and the
+# evaluation replica are exercised too) and a checkpoint every step (FSDP's resume starts from one).
+EXTRA = ["train.ema_decay=0.9", "data.val_list=train.txt", "eval.val_clips=1", "train.checkpoint_every_steps=1"]
+WEIGHTS = ("model_final.safetensors", "model_ema_final.safetensors", "model_best.safetensors")
+
+
+def _torchrun(args, out, timeout=240):
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "microact.cli", *args, "--out", str(out)], env=ENV, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def one_process(data_root, tmp_path_factory):
+    """The reference: one plain process, run in this one (the runs it is compared with match it to a tolerance,
+    not bit for bit, so this process's thread count does not matter); returns the run folder and its stdout."""
+    out = tmp_path_factory.mktemp("one")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main([*_args(data_root, 2), *EXTRA, "--out", str(out)])
+    assert code == 0, printed.getvalue()[-3000:]
+    return out, printed.getvalue()
+
+
+@pytest.fixture(scope="module")
+def fsdp_run(data_root, tmp_path_factory):
+    """train.parallel=fsdp under torchrun, 2 ranks: shared by the match-one and the exact-resume tests."""
+    out = tmp_path_factory.mktemp("fsdp")
+    p = _torchrun([*_args(data_root, 2), *EXTRA, "train.parallel=fsdp"], out)
     assert p.returncode == 0, p.stderr[-3000:]
-    assert "2 accumulation step(s)" in p.stdout
-    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                        "-m", "microact.cli", *_args(data_root, 2), "--out", str(two)], env=ENV,
-                       capture_output=True, text=True, timeout=240)
-    assert p.returncode == 0, p.stderr[-3000:]
-    assert "2 process(es) x micro-batch 2 x 1 accumulation step(s)" in p.stdout
-    l1, l2 = _losses(one), _losses(two)
-    assert len(l1) == len(l2) == 4
-    assert l1 == pytest.approx(l2, rel=1e-4, abs=1e-5)
-    w1, w2 = load_file(str(one / "model_final.safetensors")), load_file(str(two / "model_final.safetensors"))
-    assert w1.keys() == w2.keys()
+    return out, p.stdout
+
+
+def _assert_same_runs(one, two):
+    """Losses, the three weights files and the validation history of two runs agree."""
+    assert _losses(one) == pytest.approx(_losses(two), rel=1e-4, abs=1e-5)
     # Summation order differs (one process adds 2 micro-batch gradients, DDP averages 2 ranks); Adam divides by
     # sqrt(v), which turns ~1e-7 gradient noise on tiny-gradient weights into up to ~1e-5: far below one update.
-    for k in w1:
-        torch.testing.assert_close(w1[k], w2[k], rtol=1e-3, atol=1e-4, msg=k)
+    for name in WEIGHTS:
+        w1, w2 = load_file(str(one / name)), load_file(str(two / name))
+        assert w1.keys() == w2.keys(), name  # full, unsharded names and shapes (no FSDP wrappers in the file)
+        for k in w1:
+            assert w1[k].shape == w2[k].shape, k
+            torch.testing.assert_close(w1[k], w2[k], rtol=1e-3, atol=1e-4, msg=f"{name}: {k}")
+    val1 = json.loads((one / "metrics.json").read_text())["val"]
+    val2 = json.loads((two / "metrics.json").read_text())["val"]
+    assert [v["f1_mean"] for v in val1] == pytest.approx([v["f1_mean"] for v in val2], abs=1e-6)
+
+
+def test_two_processes_match_one(one_process, data_root, tmp_path):
+    one, printed = one_process
+    assert "2 accumulation step(s)" in printed
+    p = _torchrun([*_args(data_root, 2), *EXTRA], tmp_path / "two")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "2 process(es) x micro-batch 2 x 1 accumulation step(s)" in p.stdout
+    l1, l2 = _losses(one), _losses(tmp_path / "two")
+    assert len(l1) == len(l2) == 4
+    _assert_same_runs(one, tmp_path / "two")
     assert len(set(l1)) > 1  # the runs did train
 
 
@@ -91,61 +132,33 @@ def test_rank_with_only_unreadable_clips_does_not_hang(data_root, tmp_path):
     assert (tmp_path / "run" / "model_final.safetensors").is_file()
 
 
-def _torchrun(args, out, timeout=240):
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           "-m", "microact.cli", *args, "--out", str(out)], env=ENV, capture_output=True, text=True,
-                          timeout=timeout)
-
-
-def test_fsdp_two_processes_match_one(data_root, tmp_path):
-    """train.parallel=fsdp shards weights, gradients and AdamW state over 2 ranks; the run equals 1 plain process.
-
-    With EMA and validation on, so the unsharding of the EMA weights and the evaluation replica are exercised too.
-    """
-    one, two = tmp_path / "one", tmp_path / "two"
-    extra = ["train.ema_decay=0.9", "data.val_list=train.txt", "eval.val_clips=1"]
-    p = subprocess.run([sys.executable, "-m", "microact.cli", *_args(data_root, 2), *extra, "--out", str(one)],
-                       env=ENV, capture_output=True, text=True, timeout=240)
-    assert p.returncode == 0, p.stderr[-3000:]
-    p = _torchrun([*_args(data_root, 2), *extra, "train.parallel=fsdp"], two)
-    assert p.returncode == 0, p.stderr[-3000:]
+def test_fsdp_two_processes_match_one(one_process, fsdp_run):
+    """train.parallel=fsdp shards weights, gradients and AdamW state over 2 ranks; the run equals 1 plain process."""
+    (one, _), (two, printed) = one_process, fsdp_run
     held, total = (int(v.replace(",", "")) for v in
-                   re.search(r"this process holds ([\d,]+) of the ([\d,]+) parameters", p.stdout).groups())
+                   re.search(r"this process holds ([\d,]+) of the ([\d,]+) parameters", printed).groups())
     assert total / 2 <= held < 0.6 * total  # rank 0's shards: about half (dim-0 shards round up)
-    assert _losses(one) == pytest.approx(_losses(two), rel=1e-4, abs=1e-5)
-    for name in ("model_final.safetensors", "model_ema_final.safetensors", "model_best.safetensors"):
-        w1, w2 = load_file(str(one / name)), load_file(str(two / name))
-        assert w1.keys() == w2.keys(), name  # full, unsharded names and shapes (no FSDP wrappers in the file)
-        for k in w1:
-            assert w1[k].shape == w2[k].shape, k
-            torch.testing.assert_close(w1[k], w2[k], rtol=1e-3, atol=1e-4, msg=f"{name}: {k}")
-    val1 = json.loads((one / "metrics.json").read_text())["val"]
-    val2 = json.loads((two / "metrics.json").read_text())["val"]
-    assert [v["f1_mean"] for v in val1] == pytest.approx([v["f1_mean"] for v in val2], abs=1e-6)
+    _assert_same_runs(one, two)
 
 
-def test_fsdp_resume_continues_exactly(data_root, tmp_path):
+def test_fsdp_resume_continues_exactly(data_root, fsdp_run, tmp_path):
     """Stop an FSDP run after 2 of 4 steps, resume it: the weights equal those of an uninterrupted FSDP run."""
-    args = [*_args(data_root, 2), "train.parallel=fsdp", "train.checkpoint_every_steps=1"]
-    full, part = tmp_path / "full", tmp_path / "part"
-    p = _torchrun(args, full)
-    assert p.returncode == 0, p.stderr[-3000:]
+    args = [*_args(data_root, 2), *EXTRA, "train.parallel=fsdp"]
+    full, part = fsdp_run[0], tmp_path / "part"
     p = _torchrun([*args, "train.max_steps=2"], part)
     assert p.returncode == 0, p.stderr[-3000:]
     state = torch.load(part / "checkpoints" / "state_00000002.pt", weights_only=True)
     assert state["parallel"] == "fsdp" and isinstance(next(iter(state["optimizer"]["state"])), str)  # by name
-    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                        "-m", "microact.cli", *args, "--out", str(part), "--resume"], env=ENV, capture_output=True,
-                       text=True, timeout=240)
+    p = _torchrun([*args, "--resume"], part)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "resumed from" in p.stdout
-    w1, w2 = load_file(str(full / "model_final.safetensors")), load_file(str(part / "model_final.safetensors"))
-    for k in w1:
-        torch.testing.assert_close(w1[k], w2[k], rtol=0, atol=0, msg=k)
+    for name in ("model_final.safetensors", "model_ema_final.safetensors"):
+        w1, w2 = load_file(str(full / name)), load_file(str(part / name))
+        for k in w1:
+            torch.testing.assert_close(w1[k], w2[k], rtol=0, atol=0, msg=f"{name}: {k}")
 
 
-def test_fsdp_needs_torchrun(data_root, tmp_path):
-    p = subprocess.run([sys.executable, "-m", "microact.cli", *_args(data_root, 2), "train.parallel=fsdp",
-                        "--out", str(tmp_path / "run")], env=ENV, capture_output=True, text=True, timeout=120)
-    assert p.returncode != 0
-    assert "train.parallel=fsdp" in p.stderr and "torchrun" in p.stderr
+def test_fsdp_needs_torchrun(data_root, tmp_path, capsys):
+    assert main([*_args(data_root, 2), "train.parallel=fsdp", "--out", str(tmp_path / "run")]) != 0
+    err = capsys.readouterr().err
+    assert "train.parallel=fsdp" in err and "torchrun" in err

@@ -198,7 +198,8 @@ def test_evaluate_under_two_processes_gathers_in_list_order(dataset_dir, tmp_pat
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = tmp_path / "dist.npz"
-    mp.spawn(_dist_worker, args=(2, port, dataset_dir, out), nprocs=2, join=True)
+    # forkserver: the workers fork from a process that has imported torch already (tests/conftest.py)
+    mp.start_processes(_dist_worker, args=(2, port, dataset_dir, out), nprocs=2, join=True, start_method="forkserver")
     merged = load_results(out)
     cfg = _cfg(dataset_dir)
     with pytest.warns(RuntimeWarning):

@@ -239,7 +239,10 @@ def test_global_f1_sync_equals_full_batch(tmp_path):
     y = torch.tensor([0, 1, 2, 3, 0, 5, 5, 1])
     manager = mp.Manager()
     out = manager.dict()
-    mp.spawn(_global_worker, args=(world, str(tmp_path / "pg"), z, y, out), nprocs=world, join=True)
+    # forkserver: the workers fork from a process that has imported torch already (tests/conftest.py), spawn
+    # would import it afresh in each
+    mp.start_processes(_global_worker, args=(world, str(tmp_path / "pg"), z, y, out), nprocs=world, join=True,
+                       start_method="forkserver")
 
     z_full = z.clone().requires_grad_(True)
     full = CombinedF1Loss(k)(z_full, y)

@@ -1,4 +1,6 @@
 """Training-memory estimates (``microact bench memory``, ``model.grad_checkpointing=auto``), checked without a GPU."""
+import functools
+
 import pytest
 import torch
 
@@ -27,8 +29,16 @@ def test_tracker_counts_live_storages_and_the_peak():
 
 
 def _step(batch, fake=True, ckpt=False, precision="fp32", world_size=1, fsdp=False):
+    if fake:  # a fake-tensor estimate is a pure function of its arguments and costs ~2 s: tests share them
+        return _fake_step(batch, ckpt, precision, world_size, fsdp)
     return _estimate(lambda: create_model(PRESET, **TINY), lambda m: build_loss(m.preset.loss, m.num_classes),
-                     batch, precision, ckpt, world_size, fsdp, fake=fake)
+                     batch, precision, ckpt, world_size, fsdp, fake=False)
+
+
+@functools.lru_cache(maxsize=None)
+def _fake_step(batch, ckpt, precision, world_size, fsdp):
+    return _estimate(lambda: create_model(PRESET, **TINY), lambda m: build_loss(m.preset.loss, m.num_classes),
+                     batch, precision, ckpt, world_size, fsdp, fake=True)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
@@ -85,10 +95,11 @@ def test_preset_estimate_and_cli(capsys):
     assert est.peak > 0 and est.precision == "bf16"
     assert main(["bench", "memory", "--preset", "nope"]) != 0
     assert "unknown preset; choose from:" in capsys.readouterr().err
+    # a budget of 0.1 GiB: the largest-batch search ends after a few estimates (1 without, 2 with checkpointing)
     assert main(["bench", "memory", "--preset", "videomae_tiny_timesformer", "--batch", "1", "2",
-                 "--gpu-mem-gib", "1"]) == 0
+                 "--gpu-mem-gib", "0.1"]) == 0
     out = capsys.readouterr().out
-    assert "largest micro-batch within 90% of 1 GiB" in out and "videomae_tiny_timesformer" in out
+    assert "largest micro-batch within 90% of 0.1 GiB" in out and "videomae_tiny_timesformer" in out
 
 
 def _cfg(**model):
@@ -101,10 +112,22 @@ def _cfg(**model):
     return cfg, estimate_config
 
 
-def test_checkpointing_decision_auto_and_warnings():
+def test_checkpointing_decision_auto_and_warnings(monkeypatch):
+    from microact.engine import memory
     from microact.engine.memory import checkpointing_decision
 
-    cfg, estimate_config = _cfg(grad_checkpointing="auto")
+    # Each decision below estimates the same one or two steps again (~2 s each, a dozen in all): the real
+    # estimate_config runs once per distinct call and its answer is handed back after that.
+    real, seen = memory.estimate_config, {}
+
+    def estimate_once(cfg, micro_batch=None, grad_checkpointing=None, world_size=1, precision=None):
+        key = (repr(cfg), micro_batch, grad_checkpointing, world_size, precision)
+        if key not in seen:
+            seen[key] = real(cfg, micro_batch, grad_checkpointing, world_size, precision)
+        return seen[key]
+
+    monkeypatch.setattr(memory, "estimate_config", estimate_once)
+    cfg, estimate_config = _cfg(grad_checkpointing="auto")  # (the memoising one: _cfg imports it now)
     off_est = estimate_config(cfg, grad_checkpointing=False)
     off = off_est.cuda_peak  # decisions plan with the CUDA-calibrated peak
     on = estimate_config(cfg, grad_checkpointing=True).cuda_peak

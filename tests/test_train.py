@@ -54,6 +54,13 @@ def run(args, out, *flags, timeout=240):
     return p
 
 
+def run_here(args, out, *flags):
+    """``microact train`` in this process (for runs not compared bit for bit and not killed); the exit code."""
+    from microact.cli import main
+
+    return main(cli(args)[3:] + ["--out", str(out), *flags])
+
+
 def weights(path):
     return load_file(str(path))
 
@@ -246,12 +253,14 @@ def test_the_loop_learns(tmp_path):
         (tmp_path / f"{split}.txt").write_text("\n".join(rows) + "\n")
     cfg = load_config(CONFIGS / "tiny_synth.yaml", [
         "model.preset=videomae_test_frame_coarse_tsn", f"data.root={tmp_path}", "data.train_lists=[train.txt]",
-        "data.val_list=val.txt", "data.clip_len=4", "data.img_size=32", "data.num_workers=0", "train.epochs=25",
-        "train.global_batch=4", "train.micro_batch=4", "train.val_every=25", "train.tensorboard=false",
+        "data.val_list=val.txt", "data.clip_len=4", "data.img_size=32", "data.num_workers=0", "train.epochs=8",
+        "train.global_batch=4", "train.micro_batch=4", "train.val_every=8", "train.tensorboard=false",
         "aug.color_jitter=false", "aug.erase_prob=0", "eval.resize_short=36", "eval.crop_height=40"])
     assert train(cfg, tmp_path / "run") == 0
     val = json.loads((tmp_path / "run" / "metrics.json").read_text())["val"][-1]
-    # chance: a constant prediction scores about 0.1 fine / 0.1 coarse macro, 0.25 micro
+    # chance: a constant prediction scores about 0.1 fine / 0.1 coarse macro, 0.25 micro. Validated after every
+    # epoch, this run scored 0.17, 0.62, then 1.0 from epoch 3 on (as did 12- and 25-epoch runs): 8 epochs leave
+    # a margin.
     assert val["f1_mean"] > 0.6, val
 
 
@@ -294,22 +303,23 @@ def test_empty_training_list_is_an_error(data_root, tmp_path):
     assert not (tmp_path / "run" / "model_final.safetensors").exists()
 
 
-def test_resume_with_changed_config(data_root, tmp_path):
+def test_resume_with_changed_config(data_root, tmp_path, capsys):
     """A mid-epoch checkpoint resumed on a shorter training list must stop with a clear error (it used to loop
     for ever on an epoch it could not finish); other changes are allowed and named."""
     (data_root / "train4.txt").write_text("".join((data_root / "train.txt").read_text().splitlines(True)[:4]))
     out = tmp_path / "run"
-    p = run(overrides(data_root, "train.max_steps=3"), out)
-    assert p.returncode == 0, p.stderr[-3000:]
+    # the runs that cannot hang run in this process; the one that used to hang in a subprocess with a timeout
+    assert run_here(overrides(data_root, "train.max_steps=3"), out) == 0
     try:
         p = run(overrides(data_root, "data.train_lists=[train4.txt]"), out, "--resume", timeout=120)
     except subprocess.TimeoutExpired:
         pytest.fail("the resumed run hung on an epoch shorter than the checkpoint's position")
     assert p.returncode != 0
     assert "state_00000003.pt" in p.stderr and "data.train_lists=['train4.txt']" in p.stderr
-    p = run(overrides(data_root, "train.max_steps=4", "optim.lr=2e-3"), out, "--resume")
-    assert p.returncode == 0, p.stderr[-3000:]
-    note = re.search(r"note: --resume with a config that differs from the checkpoint's in (.*);", p.stdout)
+    capsys.readouterr()
+    assert run_here(overrides(data_root, "train.max_steps=4", "optim.lr=2e-3"), out, "--resume") == 0
+    note = re.search(r"note: --resume with a config that differs from the checkpoint's in (.*);",
+                     capsys.readouterr().out)
     assert note and note.group(1) == "optim.lr, train.max_steps"
 
 

@@ -30,13 +30,17 @@ from microact.models.videomae import VideoMAE, create_backbone, flops_per_clip
 IMPLS = ("ours", "hf_sdpa", "hf_eager")
 
 
-def build_models(name: str, device: torch.device) -> dict[str, torch.nn.Module]:
-    """Our backbone and two HF ``VideoMAEModel`` copies (sdpa, eager) holding the same random weights."""
+def build_models(name: str, device: torch.device, num_frames: int = 16,
+                 img_size: int = 224) -> dict[str, torch.nn.Module]:
+    """Our backbone and two HF ``VideoMAEModel`` copies (sdpa, eager) holding the same random weights, for clips of
+    ``num_frames`` frames of ``img_size`` pixels."""
     try:
         from transformers import VideoMAEConfig, VideoMAEModel
     except ImportError as e:  # pragma: no cover - transformers is an optional extra
         raise MicroactError("bench backbone needs the 'transformers' package (pip install microact[hf])") from e
-    ours = create_backbone(name, output="map")
+    # HF builds the sinusoid table for its own token count (our "analytic" mode); at 16 x 224 both modes give that
+    # table, at other sizes our default resamples the 16 x 224 one and the two models would differ.
+    ours = create_backbone(name, output="map", num_frames=num_frames, img_size=img_size, pos_embed_mode="analytic")
     cfg = VideoMAEConfig(
         image_size=ours.img_size, patch_size=ours.patch_size, num_channels=3, num_frames=ours.num_frames,
         tubelet_size=ours.tubelet_size, hidden_size=ours.embed_dim, num_hidden_layers=ours.depth,
@@ -119,14 +123,17 @@ def paired_speedup(peer_s: list[float], ours_s: list[float], resamples: int = 20
 
 
 def run_benchmark(name: str, batches: list[int], precisions: list[str], repeats: int, device: torch.device,
-                  progress: bool = True) -> dict:
-    """Time forward and forward+backward of every implementation; returns the figures as a dict."""
+                  progress: bool = True, num_frames: int = 16, img_size: int = 224) -> dict:
+    """Time forward and forward+backward of every implementation; returns the figures as a dict.
+
+    ``num_frames`` / ``img_size`` set the clip (the default is the seed's 16 x 224; tests use smaller ones).
+    """
     for p in precisions:
         if p not in ("fp32", "bf16", "fp16"):
             raise MicroactError(f"--precision: unknown precision {p!r} (fp32, bf16, fp16)")
     if device.type == "cpu" and "fp16" in precisions:
         raise MicroactError("--precision fp16: not supported on CPU (use bf16)")
-    models = build_models(name, device)
+    models = build_models(name, device, num_frames=num_frames, img_size=img_size)
     parity = check_parity(models, device)
     ours: VideoMAE = models["ours"]
     cells = []
