@@ -763,6 +763,9 @@ def _cases() -> list[Case]:
     cases.append(Case("video-audio-only-predict", "video", "AAC audio-only .mp4", "microact predict --config",
                       _predict(lambda d: _video("audio-only", d / "bad.mp4")), "exit 2",
                       ("bad.mp4", "no video stream")))
+    cases.append(Case("predict-weights-as-video", "video", "the weights given as a video (no --checkpoint)",
+                      "microact predict WEIGHTS", _predict(lambda d: (d.mkdir(parents=True), _good_checkpoint(d))[1]),
+                      "exit 2", ("model.safetensors", "not a video", "--checkpoint WEIGHTS")))
     cases.append(Case("predict-top-k", "video", "--top-k 0", "microact predict --top-k 0",
                       _predict(lambda d: _write(d / "ok.mp4"), ("--top-k", "0")), "exit 2", ("--top-k", ">= 1")))
     cases.append(Case("predict-two-stream-window", "video", "a one-frame --window for a two-stream model",
