@@ -938,6 +938,9 @@ def _cases() -> list[Case]:
                       "microact test RUN CKPT", lambda d: cli(["test", _ckpt_run_folder_with_recipe(d),
                                                                d / "x.safetensors"]), "exit 2",
                       ("r4", "a folder, not a recipe", "r4/config.yaml")))
+    cases.append(Case("config-is-override", "config", "no recipe: an override first", "microact train KEY=VALUE",
+                      _creates_nothing(lambda d: cli(["train", "data.root=/data/x", "--out", d / "run"])), "exit 2",
+                      ("data.root=/data/x", "key=value override where the recipe goes", "microact train RECIPE")))
     cases.append(Case("config-unknown-preset", "config", "unknown model preset", "microact test RECIPE ...",
                       lambda d: cli(["test", _recipe(d), _good_checkpoint(d), *TINY, "model.preset=videomae_xl",
                                      f"data.root={_test_list(d).parent}"]),

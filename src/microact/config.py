@@ -417,6 +417,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         path = Path(path)
         _refuse_non_recipe(path)
         if not path.is_file():
+            if re.fullmatch(r"[A-Za-z_][\w.]*=.*", str(path)):  # `microact train data.root=X --out R`: no recipe given
+                raise ConfigError(f"{path}: a key=value override where the recipe goes: the recipe file comes first "
+                                  "(microact train RECIPE KEY=VALUE ... --out RUN; microact test RECIPE WEIGHTS KEY=VALUE ...)")
             raise ConfigError(f"{path}: config file not found")
         try:
             raw = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
