@@ -749,6 +749,10 @@ def check_compatible(results_list: Sequence[Results]) -> None:
         if len(r) != len(ref):
             raise ResultsError(f"{b} holds {len(r)} videos but {a} holds {len(ref)}: dumps of different lists?")
         if r.names != ref.names and not _placeholder_names(r):
+            others = [name for name in r.names if name not in set(ref.names)]
+            if others:  # not one list in two orders: e.g. a validation dump with a test dump
+                raise ResultsError(f"{b} and {a} are dumps of different lists: {len(others)} of the {len(r)} videos "
+                                   f"of {b} are not in {a} (e.g. {others[0]!r}); give dumps of one list (one split)")
             j = next(k for k, (x, y) in enumerate(zip(ref.names, r.names)) if x != y)
             raise ResultsError(f"video order differs at index {j}: {ref.names[j]!r} in {a}, {r.names[j]!r} in {b}")
         if r.labels is not None and ref.labels is not None and not np.array_equal(r.labels, ref.labels):
