@@ -579,6 +579,14 @@ def _ckpt_run_folder(d: Path) -> Path:
     return run
 
 
+def _ckpt_run_folder_with_recipe(d: Path) -> Path:
+    """A run folder (weights and the run's config.yaml) given where the recipe goes."""
+    d.mkdir(parents=True, exist_ok=True)
+    run = _ckpt_run_folder(d)
+    (run / "config.yaml").write_text("description: the run's recipe\n")
+    return run
+
+
 def _ckpt_training_state_file(d: Path) -> Path:
     """A run's ``checkpoints/state_<step>.pt`` (optimizer and counters) given where its weights belong."""
     import torch
@@ -733,6 +741,11 @@ def _submit(make: Callable[[Path], Path], extra: Callable[[Path], list] = lambda
     return run
 
 
+def _metrics_json(d: Path) -> Path:
+    (d / "metrics.json").write_text('{"f1_mean": 0.5}\n')
+    return d / "metrics.json"
+
+
 def _truncated_dump(d: Path) -> Path:
     pkl = _dump(d / "dump.pkl", ["v1.mp4", "v2.mp4"]).with_suffix(".pkl")
     data = pkl.read_bytes()
@@ -773,6 +786,9 @@ def _cases() -> list[Case]:
     cases.append(Case("video-audio-only-predict", "video", "AAC audio-only .mp4", "microact predict --config",
                       _predict(lambda d: _video("audio-only", d / "bad.mp4")), "exit 2",
                       ("bad.mp4", "no video stream")))
+    cases.append(Case("predict-weights-as-video", "video", "the weights given as a video (no --checkpoint)",
+                      "microact predict WEIGHTS", _predict(lambda d: (d.mkdir(parents=True), _good_checkpoint(d))[1]),
+                      "exit 2", ("model.safetensors", "not a video", "--checkpoint WEIGHTS")))
     cases.append(Case("predict-top-k", "video", "--top-k 0", "microact predict --top-k 0",
                       _predict(lambda d: _write(d / "ok.mp4"), ("--top-k", "0")), "exit 2", ("--top-k", ">= 1")))
     cases.append(Case("predict-two-stream-window", "video", "a one-frame --window for a two-stream model",
@@ -936,6 +952,18 @@ def _cases() -> list[Case]:
     cases.append(Case("config-missing-file", "config", "recipe file that does not exist", "microact test RECIPE ...",
                       lambda d: cli(["test", d / "nope.yaml", d / "x.safetensors"]), "exit 2",
                       ("nope.yaml", "not found")))
+    cases.append(Case("config-is-weights", "config", "the weights given where the recipe goes (arguments swapped)",
+                      "microact test CKPT RECIPE",
+                      lambda d: cli(["test", (d.mkdir(parents=True), _good_checkpoint(d))[1], _recipe(d)]), "exit 2",
+                      ("model.safetensors", "a safetensors weights file, not a YAML recipe",
+                       "microact test RECIPE WEIGHTS")))
+    cases.append(Case("config-is-run-folder", "config", "a training run folder given as the recipe",
+                      "microact test RUN CKPT", lambda d: cli(["test", _ckpt_run_folder_with_recipe(d),
+                                                               d / "x.safetensors"]), "exit 2",
+                      ("r4", "a folder, not a recipe", "r4/config.yaml")))
+    cases.append(Case("config-is-override", "config", "no recipe: an override first", "microact train KEY=VALUE",
+                      _creates_nothing(lambda d: cli(["train", "data.root=/data/x", "--out", d / "run"])), "exit 2",
+                      ("data.root=/data/x", "key=value override where the recipe goes", "microact train RECIPE")))
     cases.append(Case("config-unknown-preset", "config", "unknown model preset", "microact test RECIPE ...",
                       lambda d: cli(["test", _recipe(d), _good_checkpoint(d), *TINY, "model.preset=videomae_xl",
                                      f"data.root={_test_list(d).parent}"]),
@@ -955,6 +983,10 @@ def _cases() -> list[Case]:
         ("ckpt-code-pickle-module", "a .pth whose pickle calls os.mkdir", _ckpt_evil_module,
          ("evil_mkdir.pth", "refused to load", "nothing in it was executed")),
         ("ckpt-text", "a text file named .safetensors", _ckpt_garbage, ("notes.safetensors",)),
+        ("ckpt-recipe", "the recipe given where the weights go", lambda d: _recipe(d / "other"),
+         ("other/recipe.yaml", "a YAML file, not a weights file", "microact test RECIPE WEIGHTS")),
+        ("ckpt-video", "a video given where the weights go", lambda d: _video("1-frame", d / "clip.mp4"),
+         ("clip.mp4", "a video, not a weights file")),
         ("ckpt-missing", "a checkpoint path that does not exist", lambda d: d / "nope.safetensors",
          ("nope.safetensors", "not found")),
         ("ckpt-run-folder", "a training run folder instead of its weights", _ckpt_run_folder,
@@ -993,6 +1025,9 @@ def _cases() -> list[Case]:
         ("dump-order", "dumps with different video orders",
          lambda d: _dump(d / "model_b.pkl", ["v1.mp4", "v3.mp4", "v2.mp4"]), (),
          ("order differs at index 1", "v2.mp4", "v3.mp4")),
+        ("dump-other-list", "dumps of two lists (e.g. val and test)",
+         lambda d: _dump(d / "model_b.pkl", ["v1.mp4", "v2.mp4", "w9.mp4"]), (),
+         ("model_b.npz", "dumps of different lists", "1 of the 3 videos", "w9.mp4", "one split")),
         ("dump-count", "dumps of different lengths", lambda d: _dump(d / "model_b.pkl", ["v1.mp4", "v2.mp4"]), (),
          ("model_b", "2 videos", "3")),
         ("dump-classes", "dumps with 52 and 7 classes", lambda d: _dump(d / "model_b.pkl", ["v1.mp4", "v2.mp4",
@@ -1031,6 +1066,15 @@ def _cases() -> list[Case]:
     cases.append(Case("dump-submit-classes", "result dump", "a 7-class dump given to submit", "microact submit",
                       _submit(lambda d: _dump(d / "dump.pkl", ["v1.mp4", "v2.mp4"], k=7)), "exit 2",
                       ("dump.npz", "52", "7")))
+    cases.append(Case("dump-is-folder", "result dump", "the folder of a dump instead of the dump",
+                      "microact submit", _submit(lambda d: _dump(d / "test" / "results.pkl", ["v1.mp4"]).parent),
+                      "exit 2", ("test: a folder, not a result dump", "test/results.pkl", "test/results.npz")))
+    cases.append(Case("dump-is-report", "result dump", "the report's metrics.json instead of the dump",
+                      "microact submit", _submit(_metrics_json), "exit 2",
+                      ("metrics.json", "a JSON file, not a result dump", "--dump NAME.pkl")))
+    cases.append(Case("dump-is-weights", "result dump", "a weights file instead of a dump", "microact submit",
+                      _submit(_good_checkpoint), "exit 2",
+                      ("model.safetensors", "not a result dump", "microact test RECIPE WEIGHTS --dump NAME.pkl")))
     cases.append(Case("dump-truncated", "result dump", "a result pickle cut in half", "microact submit",
                       _submit(_truncated_dump), "exit 2", ("dump.pkl",)))
     cases.append(Case("dump-npz-foreign", "result dump", ".npz without microact's arrays", "microact submit",

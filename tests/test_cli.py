@@ -121,6 +121,22 @@ def test_unrecognised_arguments_show_the_subcommands_usage(argv, stray, capsys):
     assert f"microact {argv[0]}: error: unrecognized arguments: {stray}" in err
 
 
+@pytest.mark.parametrize("argv, missing", [
+    (["export", "w.safetensors"], "out"),
+    (["test", "r.yaml"], "checkpoint"),
+    (["train", "--out", "runs/x"], "config"),
+])
+def test_a_missing_argument_is_named_without_the_optional_overrides(argv, missing, capsys):
+    # the overrides are optional: argparse listed them as required next to the argument actually missing
+    with pytest.raises(SystemExit) as exit_info:
+        parse_command_line(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"microact {argv[0]}: error: the following arguments are required: {missing}\n" in err, err
+    assert parse_command_line(argv[:1] + ["a", "b"] + (["--out", "x"] if argv[0] == "train" else [])).overrides == \
+        (["b"] if argv[0] == "train" else [])
+
+
 def test_late_override_reaches_the_config(tmp_path, capsys):
     code = main(["train", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "run"), "train.epoch=1"])
     assert code == 2 and "nope.yaml: config file not found" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import zipfile
 
 from microact.cli import main
@@ -39,3 +40,10 @@ def test_demo_pipeline_small(tmp_path, capsys):
     assert (out / "timeline.png").is_file() and len(timeline["windows"]) == 7 and timeline["segments"]
     t = summary["timeline_windows"]
     assert t["windows"] == 7 and t["within_one_clip"] == 4 and 0.0 <= t["correct"] <= 1.0
+
+    # the "next" commands it prints run as printed, with this demo's files
+    assert summary["next"] and all(f"  {command}" in printed for command in summary["next"])
+    for command in summary["next"]:
+        words = shlex.split(command)
+        assert words[0] == "microact" and main(words[1:]) == 0, command
+    assert (out / "demo.onnx").is_file() and (run / "val_results" / "metrics.json").is_file()

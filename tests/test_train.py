@@ -6,6 +6,7 @@ block differently with another thread count).
 import os
 import random
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -193,6 +194,12 @@ def test_validation_and_run_directory(data_root, tmp_path, capsys):
     assert checkpoint_weights
     for path in [run_dir / "model_final.safetensors", run_dir / "model_best.safetensors", *checkpoint_weights]:
         assert recorded_recipe(path) == (run_dir / "config.yaml").read_text(), path
+    # the test command it suggests at the end runs as printed
+    (suggested,) = re.findall(r"next: (microact test .*? --split val)", out)
+    from microact.cli import main
+
+    assert main(shlex.split(suggested)[1:]) == 0
+    assert (run_dir / "val_results" / "metrics.json").is_file()
 
 
 RECIPES = sorted(CONFIGS.glob("*.yaml"))

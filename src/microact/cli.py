@@ -44,13 +44,20 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
     def _get_help_string(self, action: argparse.Action) -> str:
         help_text = action.help or ""
         # identity, not ==: a default of 0 (e.g. --workers 0 = all cores) is a value to show, not an off switch
-        if action.default is None or action.default is False or "default" in help_text.lower():
+        empty_list = isinstance(action.default, list) and not action.default  # overrides: none given
+        if action.default is None or action.default is False or empty_list or "default" in help_text.lower():
             return help_text
         return super()._get_help_string(action)
 
 
 def _sub(subparsers, name: str, help_text: str, description: str | None = None) -> argparse.ArgumentParser:
     return subparsers.add_parser(name, help=help_text, description=description or help_text, formatter_class=_Formatter)
+
+
+def _add_overrides(p: argparse.ArgumentParser, help_text: str) -> None:
+    # default=[]: argparse counts a "*" positional without a default as required, so a missing argument before it
+    # was reported as "the following arguments are required: out, overrides"
+    p.add_argument("overrides", nargs="*", default=[], help=help_text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
              "  torchrun --nproc_per_node=8 -m microact.cli train configs/videomae_b_k710_frame_coarse_tsn_trainval.yaml "
              "data.root=/data/ma52 --out runs/best")
     p.add_argument("config", help="YAML recipe (see configs/)")
-    p.add_argument("overrides", nargs="*", help="dotted overrides such as train.epochs=2 data.root=/data/ma52")
+    _add_overrides(p, "dotted overrides such as train.epochs=2 data.root=/data/ma52")
     p.add_argument("--out", required=True, help="run directory (checkpoints, logs, plots)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
 
@@ -149,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _sub(sub, "test", "multi-clip testing: averaged probabilities, metrics, dumps")
     p.add_argument("config", help="YAML recipe used for training (or any recipe with the same model)")
     p.add_argument("checkpoint", help="weights: a run's model_final.safetensors / model_best.safetensors, or a checkpoint")
-    p.add_argument("overrides", nargs="*", help="dotted overrides such as eval.test_clips=3")
+    _add_overrides(p, "dotted overrides such as eval.test_clips=3")
     p.add_argument("--split", default="test", choices=["test", "val"], help="which list to evaluate")
     p.add_argument("--list", default=None, help="evaluate this list file instead of the split's")
     p.add_argument("--dump", default=None, help="write the mmaction2-style result pickle here (a .npz copy is written beside it)")
@@ -249,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
              "  microact export model.safetensors model.onnx --config configs/tiny_synth.yaml --opset 17 --time")
     p.add_argument("weights", help="trained weights (.safetensors; a run's model_final / model_best)")
     p.add_argument("out", help="the .onnx file to write")
-    p.add_argument("overrides", nargs="*", help="dotted overrides such as data.clip_len=8")
+    _add_overrides(p, "dotted overrides such as data.clip_len=8")
     p.add_argument("--config", default=None,
                    help="recipe the weights were trained with (default: the recipe recorded in the weights file)")
     p.add_argument("--model", default=None, help="preset name (default: the recipe's)")

@@ -415,7 +415,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     raw: dict = {}
     if path is not None:
         path = Path(path)
+        _refuse_non_recipe(path)
         if not path.is_file():
+            if re.fullmatch(r"[A-Za-z_][\w.]*=.*", str(path)):  # `microact train data.root=X --out R`: no recipe given
+                raise ConfigError(f"{path}: a key=value override where the recipe goes: the recipe file comes first "
+                                  "(microact train RECIPE KEY=VALUE ... --out RUN; microact test RECIPE WEIGHTS KEY=VALUE ...)")
             raise ConfigError(f"{path}: config file not found")
         try:
             raw = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
@@ -428,6 +432,23 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(raw).__name__}")
     return _validated(raw, overrides, f"{path}: " if path is not None else "")
+
+
+def _refuse_non_recipe(path: Path) -> None:
+    """A folder, weights file, video ... where the recipe goes is named as such (swapped arguments are common:
+    ``microact test WEIGHTS RECIPE`` said the weights were "not valid UTF-8" and to save them as UTF-8)."""
+    from microact.filekind import BINARY_KINDS, FOLDER, ONNX, VIDEO, sniff
+
+    kind = sniff(path)
+    if kind == FOLDER:
+        run_recipe = path / "config.yaml"
+        hint = (f"; the recipe a run was trained with is {run_recipe}" if run_recipe.is_file() else
+                "; pass the recipe's .yaml file")
+        raise ConfigError(f"{path}: a folder, not a recipe{hint}")
+    if kind in BINARY_KINDS:
+        swapped = "" if kind in (VIDEO, ONNX) else " (microact test takes the recipe first: microact test RECIPE WEIGHTS)"
+        raise ConfigError(f"{path}: {kind}, not a YAML recipe: give the recipe's .yaml file here (configs/*.yaml, or "
+                          f"a run's config.yaml){swapped}")
 
 
 def config_from_yaml(text: str, source: str, overrides: list[str] | tuple[str, ...] = ()) -> Config:

@@ -68,6 +68,12 @@ def run_demo(out: str | Path, config: str | Path | None = None, num_classes: int
                           "--window", f"{clip_s:.3f}", "--stride", f"{clip_s / 2:.3f}",
                           "--timeline", str(out / "timeline.png"), "--json", str(out / "timeline.json")], log)
 
+    # what to try next, with this run's files: the weights record their recipe, so predict and export need no --config
+    next_steps = [
+        ["predict", str(example), "--checkpoint", str(weights)],
+        ["test", str(run_dir / "config.yaml"), str(weights), "--split", "val"],
+        ["export", str(weights), str(out / "demo.onnx")],
+    ]
     metrics = json.loads((test_dir / "metrics.json").read_text())
     chance = _chance_f1_mean(cropped)
     summary = {
@@ -78,6 +84,8 @@ def run_demo(out: str | Path, config: str | Path | None = None, num_classes: int
                                                    "top1", "top5")},
         "timeline_windows": _timeline_accuracy(out / "timeline.json", truth),
         "steps": log,
+        "weights": str(weights),
+        "next": ["microact " + " ".join(shlex.quote(a) for a in argv) for argv in next_steps],
         "files": {
             "synthetic data": str(raw),
             "cropped data (+ boxes.json, crop_preview.png)": str(cropped),
@@ -174,6 +182,12 @@ def _print_summary(summary: dict) -> None:
     print("where everything is:")
     for what, path in summary["files"].items():
         print(f"  {what:48s} {path}")
+    print(f"next: the trained weights are {summary['weights']}; they record their recipe, so predict and export "
+          "need no --config:")
+    for command in summary["next"]:
+        print(f"  {command}")
+    print("  your own videos and classes: README.md, 'Your own dataset' (microact train RECIPE data.root=... "
+          "data.classes=... --out RUN)")
 
 
 def cli_main(args) -> int:

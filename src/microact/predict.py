@@ -649,12 +649,24 @@ def _expand_videos(paths: list[Path]) -> list[Path]:
                 raise PredictError(f"{path}: no videos in this folder ({', '.join(VIDEO_EXTENSIONS)})")
             videos.extend(found)
         elif path.is_file():
+            _refuse_non_video(path)
             videos.append(path)
         else:
             missing.append(str(path))
     if missing:
         raise PredictError(f"video(s) not found: {', '.join(missing)}")
     return videos
+
+
+def _refuse_non_video(path: Path) -> None:
+    """Weights, a recipe or a dump among the videos (``microact predict WEIGHTS VIDEO`` without ``--checkpoint``)
+    is named as such: decoding it said only "not a readable video", after a warning about untrained weights."""
+    from microact.filekind import ONNX, PICKLE, SAFETENSORS, TEXT_SUFFIXES, ZIP, sniff
+
+    kind = sniff(path)
+    if kind in (SAFETENSORS, PICKLE, ZIP, ONNX) or (kind is not None and path.suffix.lower() in TEXT_SUFFIXES):
+        raise PredictError(f"{path}: {kind}, not a video: the videos come first, weights after --checkpoint and a "
+                           "recipe after --config (microact predict VIDEO --checkpoint WEIGHTS)")
 
 
 # file name endings that name a media file, never a folder: one of these that an option cannot write is refused

@@ -212,10 +212,14 @@ def save_results(results: Results, path: str | os.PathLike) -> tuple[Path | None
 # --------------------------------------------------------------------------------------------
 
 
+class _Refused(pickle.UnpicklingError):
+    """Content a result dump never holds (refused before anything ran), as opposed to a file that is no pickle."""
+
+
 def _safe_codecs_encode(text, encoding="utf-8", errors="strict"):
     # protocol-2 pickles store bytes as _codecs.encode(str, "latin1")
     if encoding not in ("latin1", "latin-1", "iso-8859-1") or not isinstance(text, str):
-        raise pickle.UnpicklingError(f"_codecs.encode with encoding {encoding!r} is not used by result dumps")
+        raise _Refused(f"_codecs.encode with encoding {encoding!r} is not used by result dumps")
     return text.encode("latin1", errors)
 
 
@@ -225,15 +229,15 @@ def _safe_load_from_bytes(data):
     import torch
 
     if not isinstance(data, (bytes, bytearray)):
-        raise pickle.UnpicklingError("tensor storage payload is not bytes")
+        raise _Refused("tensor storage payload is not bytes")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             storage = torch.load(io.BytesIO(bytes(data)), weights_only=True, map_location="cpu")
         except Exception as e:  # weights-only refusals and corrupt payloads alike
-            raise pickle.UnpicklingError(f"tensor storage refused by torch's weights-only loader: {e}") from None
+            raise _Refused(f"tensor storage refused by torch's weights-only loader: {e}") from None
     if not isinstance(storage, (torch.storage.TypedStorage, torch.UntypedStorage)):
-        raise pickle.UnpicklingError(f"tensor storage payload holds a {type(storage).__name__}, not a storage")
+        raise _Refused(f"tensor storage payload holds a {type(storage).__name__}, not a storage")
     return storage
 
 
@@ -243,11 +247,11 @@ def _safe_rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad
     from torch._utils import _rebuild_tensor_v2
 
     if not isinstance(storage, (torch.storage.TypedStorage, torch.UntypedStorage)):
-        raise pickle.UnpicklingError("tensor rebuilt from something that is not a storage")
+        raise _Refused("tensor rebuilt from something that is not a storage")
     if backward_hooks:
-        raise pickle.UnpicklingError("tensor carries backward hooks (callables); result dumps never do")
+        raise _Refused("tensor carries backward hooks (callables); result dumps never do")
     if metadata is not None and not isinstance(metadata, dict):
-        raise pickle.UnpicklingError("tensor metadata is not a dict")
+        raise _Refused("tensor metadata is not a dict")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return _rebuild_tensor_v2(storage, storage_offset, size, stride, False, OrderedDict(), metadata)
@@ -261,27 +265,27 @@ def _safe_rebuild_from_type_v2(func, new_type, args, state):
     import torch
 
     if new_type is not torch.Tensor or func not in (_safe_rebuild_tensor_v2, _safe_rebuild_tensor):
-        raise pickle.UnpicklingError("tensor subclass or custom rebuild function; result dumps hold plain tensors")
+        raise _Refused("tensor subclass or custom rebuild function; result dumps hold plain tensors")
     if state:
-        raise pickle.UnpicklingError("tensor with extra Python state; result dumps hold plain tensors")
+        raise _Refused("tensor with extra Python state; result dumps hold plain tensors")
     return func(*args)
 
 
 def _safe_np_reconstruct(cls, shape, dtype):
     if cls is not np.ndarray:
-        raise pickle.UnpicklingError("numpy array subclass; result dumps hold plain arrays")
+        raise _Refused("numpy array subclass; result dumps hold plain arrays")
     return np.ndarray.__new__(np.ndarray, shape, dtype)
 
 
 def _safe_np_scalar(dtype, data=None):
     if not isinstance(dtype, np.dtype) or dtype.hasobject:
-        raise pickle.UnpicklingError("numpy object scalar; result dumps hold numeric scalars")
+        raise _Refused("numpy object scalar; result dumps hold numeric scalars")
     return np.frombuffer(data, dtype=dtype, count=1)[0] if data is not None else dtype.type(0)
 
 
 def _safe_np_frombuffer(buf, dtype, shape, order):
     if not isinstance(dtype, np.dtype) or dtype.hasobject:
-        raise pickle.UnpicklingError("numpy object buffer; result dumps hold numeric arrays")
+        raise _Refused("numpy object buffer; result dumps hold numeric arrays")
     return np.frombuffer(buf, dtype=dtype).reshape(shape, order=order).copy()
 
 
@@ -291,7 +295,7 @@ def _torch_attr(name):
 
         value = getattr(torch, name)
         if not isinstance(value, torch.dtype) and value is not torch.Tensor:
-            raise pickle.UnpicklingError(f"torch.{name} is not allowed")
+            raise _Refused(f"torch.{name} is not allowed")
         return value
     return resolve
 
@@ -364,9 +368,9 @@ def restricted_load(path: str | os.PathLike) -> Any:
         raise
     except FileNotFoundError:
         raise ResultsError(f"{path}: result dump not found") from None
-    except pickle.UnpicklingError as e:
+    except _Refused as e:
         raise ResultsError(f"{path}: refused to load: {e}") from None
-    except Exception as e:  # truncated files, wrong formats, inconsistent tensor shapes
+    except Exception as e:  # not a pickle, truncated files, wrong formats, inconsistent tensor shapes
         raise ResultsError(f"{path}: not a readable result pickle ({type(e).__name__}: {e})") from None
 
 
@@ -534,6 +538,7 @@ def load_results(path: str | os.PathLike, *, list_file: str | os.PathLike | None
             from the recorded one.
     """
     path = Path(path)
+    _refuse_non_dump(path)
     if not path.is_file():
         raise ResultsError(f"{path}: result file not found")
     if path.suffix == ".npz":
@@ -577,6 +582,29 @@ def load_results(path: str | os.PathLike, *, list_file: str | os.PathLike | None
                 raise ResultsError(f"{list_file}: label of {names[i]} (index {i}) is {labels[i]} in the list but "
                                    f"{results.labels[i]} in {path}: wrong list for this dump?")
     return results
+
+
+def _refuse_non_dump(path: Path) -> None:
+    """A folder, weights file, report or video where a result dump goes is named as such, with the dumps to pass.
+
+    Unpickling them said "result file not found" (a folder) or "refused to load: invalid load key" (a JSON report,
+    safetensors weights), which read like a missing or unsafe dump.
+    """
+    from microact.filekind import FOLDER, ONNX, SAFETENSORS, TEXT_SUFFIXES, VIDEO, sniff
+
+    kind = sniff(path)
+    if kind == FOLDER:
+        dumps = sorted(p.name for p in path.iterdir() if p.suffix in (".pkl", ".pickle", ".npz") and p.is_file())
+        if dumps:
+            shown = ", ".join(str(path / name) for name in dumps[:4]) + (" ..." if len(dumps) > 4 else "")
+            raise ResultsError(f"{path}: a folder, not a result dump: pass a dump in it ({shown})")
+        raise ResultsError(f"{path}: a folder without result dumps; `microact test RECIPE WEIGHTS --dump NAME.pkl` "
+                           "writes one (NAME.pkl and NAME.npz)")
+    if kind in (SAFETENSORS, VIDEO, ONNX) or (kind is not None and path.suffix.lower() in TEXT_SUFFIXES):
+        made_by = ("; make a dump of these weights with `microact test RECIPE WEIGHTS --dump NAME.pkl`"
+                   if kind == SAFETENSORS else "")
+        raise ResultsError(f"{path}: {kind}, not a result dump: give the .pkl (or .npz) that `microact test ... --dump "
+                           f"NAME.pkl` or `microact ensemble` wrote{made_by}")
 
 
 def _with_taxonomy(results: Results, taxonomy: Taxonomy, source: str) -> Results:
@@ -721,6 +749,10 @@ def check_compatible(results_list: Sequence[Results]) -> None:
         if len(r) != len(ref):
             raise ResultsError(f"{b} holds {len(r)} videos but {a} holds {len(ref)}: dumps of different lists?")
         if r.names != ref.names and not _placeholder_names(r):
+            others = [name for name in r.names if name not in set(ref.names)]
+            if others:  # not one list in two orders: e.g. a validation dump with a test dump
+                raise ResultsError(f"{b} and {a} are dumps of different lists: {len(others)} of the {len(r)} videos "
+                                   f"of {b} are not in {a} (e.g. {others[0]!r}); give dumps of one list (one split)")
             j = next(k for k, (x, y) in enumerate(zip(ref.names, r.names)) if x != y)
             raise ResultsError(f"video order differs at index {j}: {ref.names[j]!r} in {a}, {r.names[j]!r} in {b}")
         if r.labels is not None and ref.labels is not None and not np.array_equal(r.labels, ref.labels):

@@ -30,9 +30,17 @@ def shard_model(model: nn.Module) -> nn.Module:
     Must run after ``model.to(device)`` and before the optimizer is built (the optimizer must see the sharded
     parameters). Needs an initialised process group.
     """
+    import warnings
+
     from torch.distributed.fsdp import fully_shard
 
     from microact.models.videomae import VideoMAE
+
+    # Newer torch warns once per process that the wrapped model returns views (the frame heads' [B, T', K] reshapes):
+    # an in-place op on one would skip FSDP's pre-backward hook. Nothing modifies the outputs in place (the losses
+    # are out of place; test_distributed compares FSDP with one process), so in a training log it only alarms.
+    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module \(.*\) returned a view tensor",
+                            category=UserWarning)
 
     for module in model.modules():
         if isinstance(module, VideoMAE):

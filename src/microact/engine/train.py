@@ -42,6 +42,7 @@ import math
 import os
 import platform
 import random
+import shlex
 import signal
 import subprocess
 import sys
@@ -715,6 +716,11 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo, taxonomy)
         except Exception as e:  # plots are a convenience; a plotting problem must not fail a finished run
             D.warn(f"could not draw the training plots: {e}")
         D.log(f"done: {run_dir / selected} (train.select={t.select})")
+        # what to run next on these weights (the run's recipe and its files; --split val where there is a val list)
+        split = "val" if cfg.data.val_list else "test"
+        weights_arg, recipe_arg = shlex.quote(str(run_dir / selected)), shlex.quote(str(run_dir / "config.yaml"))
+        D.log(f"next: microact test {recipe_arg} {weights_arg} --split {split}  (multi-clip test: metrics, dump)\n"
+              f"      microact predict VIDEO --checkpoint {weights_arg}  (any video; the weights record the recipe)")
     D.barrier()
     return 0
 

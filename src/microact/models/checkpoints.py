@@ -257,7 +257,24 @@ def read_checkpoint(path: PathLike) -> dict[str, torch.Tensor]:
         return _flatten_tensors(_torch_load(path), path)
     if path.suffix == ".safetensors" or is_safetensors:
         return _safetensors_load(path)
+    if not is_torch_file:
+        _refuse_non_checkpoint(path)
     return _flatten_tensors(_torch_load(path), path)
+
+
+def _refuse_non_checkpoint(path: Path) -> None:
+    """A recipe, video or ONNX graph where weights go is named as such: the safe loader's own refusal ("not a plain
+    weights file ... convert it in a trusted environment") reads like a security problem with a real checkpoint."""
+    from microact.filekind import ONNX, TEXT_SUFFIXES, VIDEO, sniff
+
+    kind = sniff(path)
+    # text counts only under a text suffix: an old protocol-0 pickle (.pth) is text too, and the safe loader's
+    # refusal is the right answer for it
+    if kind in (VIDEO, ONNX) or (kind is not None and path.suffix.lower() in TEXT_SUFFIXES):
+        swapped = (" (microact test takes the recipe first: microact test RECIPE WEIGHTS)"
+                   if path.suffix.lower() in (".yaml", ".yml") else "")
+        raise CheckpointError(f"{path}: {kind}, not a weights file: give the .safetensors a run wrote "
+                              f"(model_final / model_best) or a checkpoint file here{swapped}")
 
 
 # ----------------------------------------------------------------------------------------------------
