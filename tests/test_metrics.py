@@ -194,8 +194,8 @@ def test_f1_mean_interval_is_the_percentile_of_f1_mean_on_resampled_videos():
     labels = rng.integers(0, 52, 150)
     pred = np.where(rng.random(150) < 0.6, labels, rng.integers(0, 52, 150))
     for macro_labels in ("present", "all"):
-        got = metrics.f1_mean_interval(labels, pred, macro_labels=macro_labels, resamples=300, seed=4)
-        weights = np.concatenate(list(metrics.bootstrap_weights(labels.size, 300, seed=4)))
+        got = metrics.f1_mean_interval(labels, pred, macro_labels=macro_labels, resamples=120, seed=4)
+        weights = np.concatenate(list(metrics.bootstrap_weights(labels.size, 120, seed=4)))
         values = [_sk_f1_mean(np.repeat(labels, w.astype(int)), np.repeat(pred, w.astype(int)), macro_labels)["f1_mean"]
                   for w in weights]
         low, high = np.percentile(values, [2.5, 97.5])
