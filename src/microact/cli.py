@@ -299,7 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     q = _sub(bench_sub, "train", "full recognizer training step: clips/s, peak memory, MFU; HF VideoMAE as the peer")
     q.add_argument("--preset", default="videomae_b_k710_frame_coarse_tsn", help="model preset")
     q.add_argument("--batch", type=int, default=None, help="clips per step (default: a size that fits the device)")
-    q.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"])
+    q.add_argument("--precision", default=None, choices=["bf16", "fp16", "fp32"],
+                   help="autocast precision (default: bf16; fp32 on a CPU without hardware bf16, as microact train)")
     q.add_argument("--compile", action="store_true", help="torch.compile the model")
     q.add_argument("--grad-checkpointing", action="store_true", help="activation checkpointing")
     q.add_argument("--steps", type=int, default=5, help="timed steps")
