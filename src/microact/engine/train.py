@@ -149,9 +149,11 @@ def accumulation_steps(cfg: Config, world_size: int) -> int:
         fixes = [f"train.global_batch={per_step} ({world_size} x {t.micro_batch} clips per optimiser step)"]
         if t.global_batch % world_size == 0:
             fixes.append(f"train.micro_batch={t.global_batch // world_size} (keeps {t.global_batch} clips per step)")
-        raise ConfigError(f"train.global_batch ({t.global_batch}) must be a multiple of train.micro_batch "
-                          f"({t.micro_batch}) x world size ({world_size}) = {per_step}; for example "
-                          + " or ".join(fixes))
+        error = ConfigError(f"train.global_batch ({t.global_batch}) must be a multiple of train.micro_batch "
+                            f"({t.micro_batch}) x world size ({world_size}) = {per_step}; for example "
+                            + " or ".join(fixes))
+        error.same_on_every_rank = True  # every torchrun process computes it from the same recipe and world size
+        raise error
     return t.global_batch // per_step
 
 
