@@ -157,7 +157,8 @@ def default_precision(device: torch.device, native_bf16: Optional[bool] = None) 
 
 
 def bench_train(preset: str = "videomae_b_k710_frame_coarse_tsn", batch: Optional[int] = None,
-                precision: Optional[str] = None, compile: bool = False, grad_checkpointing: bool = False, steps: int = 5,
+                precision: Optional[str] = None, compile: bool = False, grad_checkpointing: bool = False,
+                steps: int = 5,
                 device: str = "auto", peer: bool = True, warmup: Optional[int] = None,
                 profile_dir: Optional[str] = None, sdpa_kernel: str = "auto",
                 **model_overrides: Any) -> dict[str, Any]:
