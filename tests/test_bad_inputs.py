@@ -482,6 +482,21 @@ def _ckpt_resnet(d: Path) -> Path:
     return d / "resnet50.pth"
 
 
+def _ckpt_twostream(d: Path) -> Path:
+    """A two-stream recognizer's weights (``backbone.rgb.*`` and ``backbone.flow.*``, the names train writes)."""
+    from microact.engine.state import save_weights
+
+    sd = {}
+    for k, v in _state_dict().items():
+        if k.startswith("backbone."):
+            sd["backbone.rgb." + k[len("backbone."):]] = v
+            sd["backbone.flow." + k[len("backbone."):]] = v.clone()
+        else:
+            sd[k] = v
+    save_weights(sd, d / "model_final.safetensors")
+    return d / "model_final.safetensors"
+
+
 def _ckpt_classes(d: Path) -> Path:
     from safetensors.torch import save_file
 
@@ -1004,6 +1019,9 @@ def _cases() -> list[Case]:
                       ("renamed.safetensors", "PyTorch checkpoint", "safe torch loader")))
     cases.append(Case("convert-resnet", "checkpoint", "a ResNet-50 state dict", "microact convert",
                       _convert(_ckpt_resnet), "exit 2", ("resnet50.pth",)))
+    cases.append(Case("convert-twostream", "checkpoint", "a two-stream recognizer's model_final.safetensors",
+                      "microact convert", _convert(_ckpt_twostream), "exit 2",
+                      ("model_final.safetensors", "backbone.rgb.*, backbone.flow.*", "two-stream recipe")))
     cases.append(Case("convert-code-pickle", "checkpoint", "a .pth whose pickle runs code", "microact convert",
                       _no_marker(_convert(_ckpt_evil)), "exit 2", ("evil.pth", "refused to load")))
     cases.append(Case("pretrained-wider-vit", "checkpoint", "wider ViT backbone into a smaller one",

@@ -238,3 +238,28 @@ def test_bench_train_frees_our_model_and_inputs_before_measuring_the_peer(monkey
                          warmup=0, num_frames=4, img_size=32)
     assert "hf" in res
     assert seen == [(True, 1), (False, 1)]  # ours measured with its model and inputs; the peer with neither
+
+
+def test_bench_train_default_precision_follows_the_cpus_bf16_hardware():
+    from microact.bench.train import default_precision
+
+    assert default_precision(torch.device("cpu"), native_bf16=True) == ("bf16", None)
+    used, note = default_precision(torch.device("cpu"), native_bf16=False)
+    assert used == "fp32" and "no hardware bf16" in note and "--precision bf16" in note
+    assert default_precision(torch.device("cuda"), native_bf16=False) == ("bf16", None)
+
+
+def test_bench_train_cli_without_precision_picks_fp32_on_a_cpu_without_hardware_bf16(capsys):
+    """Without --precision, ``bench train`` on a CPU measures what ``microact train`` would run there, and says so
+    in one line; an explicit --precision is honoured."""
+    from microact.cli import build_parser, main
+    from microact.engine.train import cpu_has_native_bf16
+
+    assert build_parser().parse_args(["bench", "train", "--precision", "bf16"]).precision == "bf16"
+    assert main(["bench", "train", "--preset", "videomae_test_frame_coarse_tsn", "--batch", "1", "--steps", "1",
+                 "--device", "cpu", "--no-peer"]) == 0
+    out = capsys.readouterr().out
+    native = cpu_has_native_bf16()
+    assert ("batch 1, bf16," if native else "batch 1, fp32,") in out
+    assert ("precision: fp32 (this CPU has no hardware bf16" in out) == (not native)
+    assert sum("hardware bf16" in line for line in out.splitlines()) == (0 if native else 1)

@@ -415,6 +415,44 @@ def test_microact_convert_command(tmp_path, capsys):
     assert "nothing in it was executed" in capsys.readouterr().err and not (tmp_path / "PWNED").exists()
 
 
+def test_convert_names_microacts_own_weights(tmp_path, capsys):
+    """A model_final written by microact train is microact's own layout (not mmaction2, whose prefixes it shares):
+    convert extracts the backbone; converting convert's output again copies it, and says so."""
+    from microact.cli import main
+    from microact.engine.state import save_weights
+    from microact.models import create_model
+
+    rec = create_model("videomae_test_frame_coarse_tsn", num_frames=T, img_size=S)
+    randomize(rec.backbone)
+    save_weights(rec, tmp_path / "model_final.safetensors", recipe="description: a run\n")
+    assert main(["convert", str(tmp_path / "model_final.safetensors"), str(tmp_path / "c1.safetensors"),
+                 "--keep-head"]) == 0
+    printed = capsys.readouterr().out
+    assert "layout microact," in printed and "mmaction2" not in printed
+    assert "microact's own (a recognizer's weights, as microact train writes them)" in printed
+    assert "already in the canonical layout, so convert only extracts it" in printed
+    c1 = load_file(str(tmp_path / "c1.safetensors"))
+    backbone = rec.backbone.state_dict()
+    assert set(c1) - {"head.weight"} == set(backbone) - {"pos_embed"}  # the backbone's tensors, not the other heads
+    assert all(torch.equal(c1[k], backbone[k]) for k in c1 if k != "head.weight")
+    assert torch.equal(c1["head.weight"], rec.state_dict()["cls_head.fc_cls.weight"])
+    with safe_open(str(tmp_path / "c1.safetensors"), "pt") as f:
+        assert f.metadata()["layout"] == "microact"
+    assert main(["convert", str(tmp_path / "c1.safetensors"), str(tmp_path / "c2.safetensors")]) == 0
+    printed = capsys.readouterr().out
+    assert "layout microact," in printed and "a microact convert output, converted from the microact layout" in printed
+    assert "the tensors are copied" in printed and "official" not in printed
+    c2 = load_file(str(tmp_path / "c2.safetensors"))
+    assert set(c2) == set(c1) - {"head.weight"} and all(torch.equal(c2[k], c1[k]) for k in c2)
+    # a converted mmaction2 file keeps naming its origin when converted again
+    torch.save({"state_dict": mmaction2_state_dict(source_model())}, tmp_path / "mma.pth")
+    assert main(["convert", str(tmp_path / "mma.pth"), str(tmp_path / "m1.safetensors")]) == 0
+    assert main(["convert", str(tmp_path / "m1.safetensors"), str(tmp_path / "m2.safetensors")]) == 0
+    assert "converted from the mmaction2 layout" in capsys.readouterr().out
+    with safe_open(str(tmp_path / "m2.safetensors"), "pt") as f:
+        assert f.metadata()["layout"] == "mmaction2"
+
+
 def _hf_folder(path, intermediate_size, hidden_size=64):
     from transformers import VideoMAEConfig, VideoMAEModel
 

@@ -321,13 +321,28 @@ def test_cli_crop_parallel_overwrite_and_missing_folder(tmp_path, capsys):
     dst = tmp_path / "out"
     args = ["crop", str(src), str(dst), "--detector", "none", "--workers", "2", "--preview", "0"]
     assert main(args) == 0
-    assert "cropped 2" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "cropped 2" in out and out.rstrip().endswith("; detector none")
     entry = json.loads((dst / "boxes.json").read_text())["0000_01_0001.mp4"]
     assert entry["box"] == [0, 0, 160, 96] and entry["detector"] == "none"
     assert main(args) == 0 and "skipped 2" in capsys.readouterr().out
     assert main(args + ["--overwrite"]) == 0 and "cropped 2" in capsys.readouterr().out
     assert main(["crop", str(tmp_path / "nope"), str(dst)]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_cli_crop_names_the_detector_auto_picked(tmp_path, capsys):
+    from microact.cli import main
+    from microact.data.crop.detectors import mediapipe_available
+
+    src = tmp_path / "in"
+    src.mkdir()
+    write_video(src / "0000_01_0001.mp4", np.full((4, 96, 160, 3), 90, np.uint8), fps=12)
+    assert main(["crop", str(src), str(tmp_path / "out"), "--workers", "1", "--preview", "0"]) == 0  # auto
+    used = json.loads((tmp_path / "out" / "boxes.json").read_text())["0000_01_0001.mp4"]["detector"]
+    assert used == ("mediapipe" if mediapipe_available() else "haar")
+    why = "mediapipe is installed" if used == "mediapipe" else "mediapipe is not installed"
+    assert f"; detector {used} (picked by --detector auto: {why})" in capsys.readouterr().out
 
 
 def test_mediapipe_native_logging_stays_out_of_the_terminal(carphone_path):

@@ -72,3 +72,31 @@ def test_flow_videos_are_checked_against_their_videos(tmp_path, make_video, caps
     assert f"{tmp_path / 'flow' / '0003_01_0001.mp4'}: 13 frames, but its video has 12" in out
     assert "val_list_videos.txt:1: flow video not found" in out  # 0003_01_0002's flow was moved away
     assert "2 of 4 present" in out
+
+
+def test_a_classes_file_in_the_folder_is_named_when_no_classes_are_given(tmp_path, make_video, capsys):
+    """Without --classes the labels are checked against MA-52: a classes file of another dataset beside the lists
+    gets a hint naming --classes FILE; MA-52's own label_name.txt (and a copy of it), list files and text that is no
+    classes file do not."""
+    from microact.ma52 import FINE_NAMES
+
+    _dataset(tmp_path, make_video)
+    ma52_names = "".join(f"{i}\t{n}\n" for i, n in enumerate(FINE_NAMES))
+    (tmp_path / "label_name.txt").write_text(ma52_names)
+    (tmp_path / "ma52_copy.txt").write_text(ma52_names)
+    (tmp_path / "notes.txt").write_text("recorded in March\n")
+    assert main(["data", "check", str(tmp_path), "--no-decode"]) == 0
+    assert "hint" not in capsys.readouterr().out  # a real MA-52 folder
+    (tmp_path / "my_classes.txt").write_text("".join(f"{i}\tgesture {i}\n" for i in range(80)))
+    with open(tmp_path / "val_list_videos.txt", "ab") as f:
+        f.write(b"\n0003_01_0000.mp4 77\n")  # a label MA-52 does not have
+    assert main(["data", "check", str(tmp_path), "--no-decode"]) == 1
+    out = capsys.readouterr().out
+    assert "label 77 is outside [0, 52)" in out
+    hints = [line for line in out.splitlines() if line.startswith("hint:")]
+    assert len(hints) == 1 and str(tmp_path / "my_classes.txt") in hints[0]
+    assert "80 classes without groups" in hints[0] and "run again with --classes my_classes.txt" in hints[0]
+    # given, the file is used and nothing is hinted (the duplicate line is the one problem left)
+    assert main(["data", "check", str(tmp_path), "--no-decode", "--classes", "my_classes.txt"]) == 1
+    out = capsys.readouterr().out
+    assert "hint" not in out and "outside" not in out and "1 problem(s)" in out

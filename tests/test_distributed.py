@@ -185,3 +185,27 @@ def test_fsdp_frame_head_views_raise_no_warning(tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "WARNINGS: []" in p.stdout, p.stdout
+
+
+def test_a_batch_that_does_not_divide_is_reported_once(data_root, tmp_path):
+    """The global-batch error follows from the recipe and the world size, so both ranks raise it: rank 0 prints it,
+    rank 1 exits quietly (it used to print the same line once per rank)."""
+    p = _torchrun([*_args(data_root, 2), "train.global_batch=6"], tmp_path / "run", timeout=120)
+    assert p.returncode != 0
+    assert p.stderr.count("train.global_batch (6) must be a multiple of train.micro_batch (2) x world size (2)") == 1
+
+
+def test_recipe_errors_are_printed_by_rank_0_only(monkeypatch, capsys):
+    """What torchrun's environment makes of an error every rank meets alike: printed on rank 0, exit 2 on all;
+    an error a rank can meet on its own (a missing recipe file) is printed wherever it happens."""
+    import microact.cli as cli
+
+    monkeypatch.setattr(cli, "_RANK0_GRACE_S", 0.0)  # no rank 0 to wait for here
+    bad = ["train", str(REPO / "configs" / "tiny_synth.yaml"), "train.epochs=-1", "--out", "x"]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank, printed in (("0", True), ("1", False)):
+        monkeypatch.setenv("RANK", rank)
+        assert main(bad) == 2
+        assert ("train.epochs" in capsys.readouterr().err) == printed
+    assert main(["train", "no_such_recipe.yaml", "--out", "x"]) == 2  # still rank 1
+    assert "no_such_recipe.yaml" in capsys.readouterr().err

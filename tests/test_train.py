@@ -182,6 +182,7 @@ def test_validation_and_run_directory(data_root, tmp_path, capsys):
     # With data.num_workers=0 the step decodes its own clips: the hint appears exactly when an epoch waited > 10 %
     assert ("note: the training step waited for the loader" in out) == (shares[0] > 10)
     assert "attention: SDPA's flash kernel (model.sdpa_kernel=auto)" in out  # the CPU's fused kernel
+    assert "model: videomae_test_frame_coarse_tsn initialised from scratch (model.pretrained is not set)\n" in out
     assert json.loads((run_dir / "env.json").read_text())["sdpa_kernel"] == "flash"
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["selected"] == "model_best.safetensors"
@@ -271,6 +272,22 @@ def test_the_loop_learns(tmp_path):
     assert val["f1_mean"] > 0.6, val
 
 
+def test_initialisation_note_names_the_seeds_checkpoint():
+    from microact.engine.train import initialisation_note
+    from microact.models.presets import get_preset
+
+    tiny = load_config(CONFIGS / "tiny_synth.yaml")
+    assert initialisation_note(tiny) == ("model: videomae_tiny_frame_coarse_tsn initialised from scratch "
+                                         "(model.pretrained is not set)")
+    best = load_config(CONFIGS / "videomae_b_k710_frame_coarse_tsn_trainval.yaml", ["model.pretrained=null"])
+    checkpoint = get_preset(best.model.preset).checkpoint
+    assert checkpoint == "vit_b_hybrid_pt_800e_k710_ft.pth"
+    assert initialisation_note(best) == (
+        "model: videomae_b_k710_frame_coarse_tsn initialised from scratch (model.pretrained is not set); the seed's "
+        f"numbers for this preset assume its checkpoint {checkpoint} (model.pretrained=/path/to/{checkpoint})")
+    assert initialisation_note(load_config(CONFIGS / "videomae_b_k710_frame_coarse_tsn_trainval.yaml")) is None
+
+
 def test_existing_run_needs_resume(data_root, tmp_path):
     from microact.engine.train import train
     from microact.errors import MicroactError
@@ -325,9 +342,10 @@ def test_resume_with_changed_config(data_root, tmp_path, capsys):
     assert "state_00000003.pt" in p.stderr and "data.train_lists=['train4.txt']" in p.stderr
     capsys.readouterr()
     assert run_here(overrides(data_root, "train.max_steps=4", "optim.lr=2e-3"), out, "--resume") == 0
-    note = re.search(r"note: --resume with a config that differs from the checkpoint's in (.*);",
-                     capsys.readouterr().out)
+    resumed = capsys.readouterr().out
+    note = re.search(r"note: --resume with a config that differs from the checkpoint's in (.*);", resumed)
     assert note and note.group(1) == "optim.lr, train.max_steps"
+    assert "initialised from scratch" not in resumed  # its weights come from the checkpoint
 
 
 def test_step_with_only_unreadable_clips_is_skipped(data_root, tmp_path, monkeypatch):

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import time
 
 from microact import __version__
 from microact.errors import MicroactError
@@ -299,7 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     q = _sub(bench_sub, "train", "full recognizer training step: clips/s, peak memory, MFU; HF VideoMAE as the peer")
     q.add_argument("--preset", default="videomae_b_k710_frame_coarse_tsn", help="model preset")
     q.add_argument("--batch", type=int, default=None, help="clips per step (default: a size that fits the device)")
-    q.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"])
+    q.add_argument("--precision", default=None, choices=["bf16", "fp16", "fp32"],
+                   help="autocast precision (default: bf16; fp32 on a CPU without hardware bf16, as microact train)")
     q.add_argument("--compile", action="store_true", help="torch.compile the model")
     q.add_argument("--grad-checkpointing", action="store_true", help="activation checkpointing")
     q.add_argument("--steps", type=int, default=5, help="timed steps")
@@ -429,8 +432,26 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except MicroactError as e:
+        if e.same_on_every_rank and _torchrun_rank() > 0:
+            # Rank 0 prints it (one line per process would repeat it N times). torchrun stops every worker within
+            # 0.1 s of the first failure, so this rank waits for rank 0 to fail first and print: ranks start up
+            # seconds apart (importing torch). torchrun ends this wait when rank 0 exits.
+            time.sleep(_RANK0_GRACE_S)
+            return 2
         print(f"microact {key}: error: {e}", file=sys.stderr)
         return 2
+
+
+_RANK0_GRACE_S = 10.0  # how long a rank other than 0 waits for rank 0 to report an error they share
+
+
+def _torchrun_rank() -> int:
+    """This process's rank under torchrun (``RANK`` when ``WORLD_SIZE`` > 1, as ``engine.distributed`` reads
+    them), 0 otherwise."""
+    try:
+        return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
+    except ValueError:
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

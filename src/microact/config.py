@@ -431,7 +431,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise ConfigError(f"{path}: not valid YAML: {e}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(raw).__name__}")
-    return _validated(raw, overrides, f"{path}: " if path is not None else "")
+    try:
+        return _validated(raw, overrides, f"{path}: " if path is not None else "")
+    except ConfigError as e:
+        e.same_on_every_rank = True  # the recipe's text and the overrides alone: every torchrun process fails alike
+        raise
 
 
 def _refuse_non_recipe(path: Path) -> None:

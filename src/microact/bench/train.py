@@ -141,8 +141,24 @@ def _result(name: str, timing: dict, batch: int, flops_per_clip: float, peak: Op
             "tflops": achieved / 1e12, "mfu": achieved / peak if peak else None, **timing}
 
 
+def default_precision(device: torch.device, native_bf16: Optional[bool] = None) -> tuple[str, Optional[str]]:
+    """The precision ``bench train`` measures when none is given, and a one-line note when it is not bf16.
+
+    bf16 autocast on GPUs; fp32 on a CPU without hardware bf16 (AVX512-BF16 or AMX), where bf16 matmuls are
+    emulated and tens of times slower, as ``microact train`` runs there. ``native_bf16`` defaults to
+    :func:`microact.engine.train.cpu_has_native_bf16`.
+    """
+    from microact.engine.train import cpu_has_native_bf16
+
+    if device.type != "cpu" or (cpu_has_native_bf16() if native_bf16 is None else native_bf16):
+        return "bf16", None
+    return "fp32", ("precision: fp32 (this CPU has no hardware bf16 (AVX512-BF16 or AMX), so bf16 would be emulated "
+                    "and tens of times slower, and microact train runs fp32 here; --precision bf16 measures it anyway)")
+
+
 def bench_train(preset: str = "videomae_b_k710_frame_coarse_tsn", batch: Optional[int] = None,
-                precision: str = "bf16", compile: bool = False, grad_checkpointing: bool = False, steps: int = 5,
+                precision: Optional[str] = None, compile: bool = False, grad_checkpointing: bool = False,
+                steps: int = 5,
                 device: str = "auto", peer: bool = True, warmup: Optional[int] = None,
                 profile_dir: Optional[str] = None, sdpa_kernel: str = "auto",
                 **model_overrides: Any) -> dict[str, Any]:
@@ -151,7 +167,8 @@ def bench_train(preset: str = "videomae_b_k710_frame_coarse_tsn", batch: Optiona
     Args:
         preset: model preset (see ``microact.models.list_models()``).
         batch: clips per step (default: a size that fits the device, see ``_DEFAULT_BATCH``).
-        precision: ``"bf16"``, ``"fp16"`` (with GradScaler) or ``"fp32"``.
+        precision: ``"bf16"``, ``"fp16"`` (with GradScaler) or ``"fp32"``; None: :func:`default_precision` (bf16,
+            or fp32 on a CPU without hardware bf16; the settings then carry ``"precision_note"``).
         compile: ``torch.compile`` both models.
         grad_checkpointing: activation checkpointing in both models.
         steps: timed steps (the median step time is reported).
@@ -173,11 +190,14 @@ def bench_train(preset: str = "videomae_b_k710_frame_coarse_tsn", batch: Optiona
     from microact.models import create_model
     from microact.models.videomae import attention_kernel_of, forward_macs
 
-    if precision not in PRECISION_DTYPES:
+    if precision is not None and precision not in PRECISION_DTYPES:
         raise MicroactError(f"--precision: {precision!r} is not valid; choose bf16, fp16 or fp32")
     if steps < 1:
         raise MicroactError(f"--steps: must be >= 1, got {steps}")
     dev = resolve_device(device)
+    precision_note = None
+    if precision is None:
+        precision, precision_note = default_precision(dev)
     if warmup is None:
         warmup = (3 if dev.type == "cuda" else 1) + (2 if compile else 0)
     torch.manual_seed(0)
@@ -210,6 +230,8 @@ def bench_train(preset: str = "videomae_b_k710_frame_coarse_tsn", batch: Optiona
                 "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_name(),
                 "torch": torch.__version__, "flops_per_clip_train": ours_flops, "loss": p.loss,
                 "sdpa_kernel": sdpa_kernel}
+    if precision_note:
+        settings["precision_note"] = precision_note
     settings["sdpa_kernel_in_use"] = attention_kernel_of(model, dev, PRECISION_DTYPES[precision])
     settings["sdpa_kernel_default"] = attention_kernel_of(model, dev, PRECISION_DTYPES[precision],
                                                           preference="auto")  # the peer's
@@ -345,6 +367,8 @@ def format_report(res: dict) -> str:
     if "ratio" in res:
         lines.append(f"  microact / HF clips/s: {res['ratio']:.2f}x  (HF: same ViT, SDPA, plain CE, no assisting "
                      "heads)")
+    if s.get("precision_note"):
+        lines.append(f"  note: {s['precision_note']}")
     if s["device"] == "cpu" and s["precision"] != "fp32" and not s.get("cpu_native_bf16", True):
         lines.append("  note: this CPU has no hardware bf16 (AVX512-BF16 or AMX): its bf16 matmuls are emulated and "
                      "tens of times slower than fp32 (microact train runs fp32 here)")

@@ -37,6 +37,32 @@ def _stats(values: list[float]) -> Optional[dict]:
     return {"min": min(values), "median": statistics.median(values), "max": max(values)}
 
 
+_CLASSES_FILE_MAX_BYTES = 1 << 20  # a classes file of thousands of classes is tens of KB; larger files are skipped
+
+
+def find_classes_files(root: Path, exclude: set[Path] = frozenset()) -> list[tuple[Path, object]]:
+    """The ``*.txt`` files directly in ``root`` that read as a classes file other than MA-52's, with their taxonomy.
+
+    List files (``*_list_videos.txt`` and ``exclude``) and MA-52's ``label_name.txt`` are not looked at, nor files
+    over 1 MiB; a file that names MA-52's 52 classes (e.g. a copy of ``label_name.txt``) is no news either.
+    """
+    from microact.data.annotations import AnnotationError
+    from microact.taxonomy import MA52, load_classes
+
+    found = []
+    for path in sorted(root.glob("*.txt")):
+        if (path.name == "label_name.txt" or path.name.endswith("_list_videos.txt") or path in exclude
+                or not path.is_file() or path.stat().st_size > _CLASSES_FILE_MAX_BYTES):
+            continue
+        try:
+            taxonomy = load_classes(path)
+        except AnnotationError:
+            continue
+        if taxonomy.fine_names != MA52.fine_names:
+            found.append((path, taxonomy))
+    return found
+
+
 def check_dataset(root: str | os.PathLike, lists: Optional[list[str]] = None, video_dir: str = "",
                   num_classes: Optional[int] = None, decoder: str = "pyav", decode: bool = True, workers: int = 0,
                   progress: bool = True, classes: Optional[str | os.PathLike] = None,
@@ -97,6 +123,12 @@ def check_dataset(root: str | os.PathLike, lists: Optional[list[str]] = None, vi
         records += [r for r in recs if (videos_root / r.path).is_file()]
         per_list[lf.name] = {"lines": len(recs), "missing_videos": len(missing), "problems": len(probs),
                              "class_counts": dict(sorted(Counter(r.label for r in recs).items()))}
+    hints = []
+    if classes is None:  # MA-52 assumed: say so when the folder holds a classes file of its own
+        for path, found in find_classes_files(root, exclude=set(list_files)):
+            hints.append(f"no --classes given, so the labels were checked against MA-52's 52 classes, but {path} "
+                         f"reads as a classes file ({found.describe(with_source=False)}): if it is this dataset's, "
+                         f"run again with --classes {path.name}")
     flow_root = None if flow_dir is None else root / flow_dir
     flow_missing = [] if flow_root is None else [r for r in records if not (flow_root / r.path).is_file()]
     problems += [f"{r.source}: flow video not found: {flow_root / r.path} (write the flow videos with "
@@ -152,6 +184,7 @@ def check_dataset(root: str | os.PathLike, lists: Optional[list[str]] = None, vi
         "resolutions": dict(Counter(f"{v['width']}x{v['height']}" for v in good).most_common()),
         "rotated": sum(1 for v in good if v["rotation"]),
         "problems": problems,
+        "hints": hints,
     }
     if flow_root is not None:
         report["flow"] = {"dir": str(flow_root), "listed": len(records), "missing": len(flow_missing),
@@ -192,6 +225,7 @@ def format_report(report: dict, max_problems: int = 50) -> str:
         out.append(f"flow videos ({f['dir']}): {f['listed'] - f['missing']} of {f['listed']} present"
                    + (f", {f['checked']} checked, {f['bad']} bad, {f['frame_count_mismatch']} with a frame count "
                       "other than their video's minus one" if f["checked"] else ""))
+    out += [f"hint: {h}" for h in report.get("hints", [])]
     problems = report["problems"]
     if problems:
         out.append(f"{len(problems)} problem(s):")

@@ -123,6 +123,24 @@ def resolve_precision(precision: str, device: torch.device,
     return precision, None
 
 
+def initialisation_note(cfg: Config) -> Optional[str]:
+    """The line saying a run's model starts from random weights (``model.pretrained`` unset), else None.
+
+    For a preset the seed started from a checkpoint (``Preset.checkpoint``) the line names it: the seed's numbers
+    for that preset assume it.
+    """
+    if cfg.model.pretrained:
+        return None
+    from microact.models.presets import get_preset
+
+    line = f"model: {cfg.model.preset} initialised from scratch (model.pretrained is not set)"
+    checkpoint = get_preset(cfg.model.preset).checkpoint
+    if checkpoint:
+        line += (f"; the seed's numbers for this preset assume its checkpoint {checkpoint} (model.pretrained="
+                 f"/path/to/{checkpoint})")
+    return line
+
+
 def accumulation_steps(cfg: Config, world_size: int) -> int:
     """``global_batch / (micro_batch x world_size)``; an error names the keys when it does not divide."""
     t = cfg.train
@@ -131,9 +149,11 @@ def accumulation_steps(cfg: Config, world_size: int) -> int:
         fixes = [f"train.global_batch={per_step} ({world_size} x {t.micro_batch} clips per optimiser step)"]
         if t.global_batch % world_size == 0:
             fixes.append(f"train.micro_batch={t.global_batch // world_size} (keeps {t.global_batch} clips per step)")
-        raise ConfigError(f"train.global_batch ({t.global_batch}) must be a multiple of train.micro_batch "
-                          f"({t.micro_batch}) x world size ({world_size}) = {per_step}; for example "
-                          + " or ".join(fixes))
+        error = ConfigError(f"train.global_batch ({t.global_batch}) must be a multiple of train.micro_batch "
+                            f"({t.micro_batch}) x world size ({world_size}) = {per_step}; for example "
+                            + " or ".join(fixes))
+        error.same_on_every_rank = True  # every torchrun process computes it from the same recipe and world size
+        raise error
     return t.global_batch // per_step
 
 
@@ -445,6 +465,9 @@ def _train(cfg: Config, run_dir: Path, resume: bool, info: D.DistInfo, taxonomy)
               + ("" if taxonomy.has_coarse else f"; F1_mean averages {FLAT_F1_MEAN_OF}"))
         D.log(f"model {cfg.model.preset}: {sum(p.numel() for p in raw_model.parameters()):,d} parameters; "
               f"parameter groups:\n{describe_groups(groups)}")
+        init_note = initialisation_note(cfg) if resumed_rng is None else None  # a resumed run has its weights
+        if init_note:
+            D.log(init_note)
         D.log(f"{len(dataset)} training clips; {info.world_size} process(es) x micro-batch {t.micro_batch} x "
               f"{accum} accumulation step(s) = {t.global_batch} clips per step; {steps_per_epoch} steps per epoch; "
               f"{t.epochs} epochs; {precision} on {device}"

@@ -313,7 +313,8 @@ class Conversion:
     Attributes:
         backbone: canonical backbone tensors (official names, may hold ``norm.*`` and/or ``fc_norm.*``).
         head: ``head.weight`` / ``head.bias`` of the stock classifier, if the file has one.
-        layout: "official", "official-pretrain", "mmaction2", "hf" or "hf-v5".
+        layout: "official", "official-pretrain", "mmaction2", "hf", "hf-v5" or "microact" (the weights
+            ``microact train`` writes: a recognizer whose backbone already has the canonical names).
         rules: how many tensors each mapping rule touched.
         dropped: names (as found) that were dropped, with the reason.
         notes: warnings (e.g. a stored position table that differs from the analytic one).
@@ -338,10 +339,20 @@ def _strip_wrappers(sd: Mapping[str, torch.Tensor], rules: Counter) -> dict[str,
     return out
 
 
+# A microact recognizer's state dict (the weights `microact train` writes): the official backbone names under
+# `backbone.` (two-stream: `backbone.rgb.` / `backbone.flow.`) beside microact's heads (`cls_head.fc_cls`,
+# `fc_frame.` ...). mmaction2 shares the `backbone.` / `cls_head.` prefixes but never these backbone names: its
+# patch embedding is `patch_embed.projection` and its MLP `mlp.layers.*`.
+_MICROACT_KEY = re.compile(r"backbone\.(?:(?:rgb|flow)\.)?(?:patch_embed\.proj\.|blocks\.\d+\.attn\.qkv\.weight)")
+
+
 def _detect_layout(keys: list[str]) -> str:
     if any(".encoder.layer." in f".{k}" or "patch_embeddings.projection" in k for k in keys):
         return "hf-v5" if any(k.endswith("attention.attention.query.bias") for k in keys) else "hf"
-    if any("patch_embed.projection." in k or ".mlp.layers.0.0." in k or k.startswith("cls_head.") for k in keys):
+    mmaction2 = any("patch_embed.projection." in k or ".mlp.layers.0.0." in k for k in keys)
+    if not mmaction2 and any(_MICROACT_KEY.match(k) for k in keys):
+        return "microact"
+    if mmaction2 or any(k.startswith("cls_head.") for k in keys):
         return "mmaction2"
     if any("patch_embed.proj." in k or ".attn.qkv.weight" in k for k in keys):
         if any(k.startswith("encoder.") for k in keys) and any(k.startswith(_DROP_PREFIXES) for k in keys):
@@ -458,7 +469,8 @@ def _convert(sd: Mapping[str, torch.Tensor]) -> Conversion:
         body = _rename(body, _MMA_RULES, rules)
     body = _split_qkv_bias(body, rules)
     q_biases = [v for k, v in body.items() if k.endswith("attn.q_bias")]
-    if q_biases and all(v.abs().max().item() == 0 for v in q_biases):
+    # microact's own weights never went through transformers (a model trained from scratch starts at zero biases)
+    if layout != "microact" and q_biases and all(v.abs().max().item() == 0 for v in q_biases):
         notes.append("every q_bias is exactly zero: the file may come from a transformers-5 save that lost the "
                      "q/v biases (VIDEOMAE.md §3.7); convert from the original weights if possible")
     return Conversion(body, head, layout, rules, dropped, notes)
@@ -787,6 +799,37 @@ def _guess_backbone(body: Mapping[str, torch.Tensor], mlp_ratio: Optional[float]
     return None
 
 
+def _safetensors_metadata(path: Path) -> dict[str, str]:
+    """The metadata of a safetensors file (read from its header only); empty for anything else."""
+    if not path.is_file():
+        return {}
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            return dict(f.metadata() or {})
+    except Exception:  # not safetensors (a .pth, a folder's file): the reader proper reports real problems
+        return {}
+
+
+def _describe_layout(conv: Conversion, metadata: Mapping[str, str]) -> tuple[str, Optional[str]]:
+    """The layout ``microact convert`` records for a file, and a line saying so when the file is microact's own.
+
+    A ``convert`` output (metadata ``format: microact-videomae``) is already the canonical layout and is copied; it
+    keeps the layout it was converted from. A recognizer's weights (``microact train``'s ``model_final`` ...) hold
+    the canonical backbone under ``backbone.``, which convert extracts.
+    """
+    if metadata.get("format") == "microact-videomae":
+        origin = metadata.get("layout", "unknown")
+        return origin, (f"microact's own (a microact convert output, converted from the {origin} layout): already "
+                        "the canonical layout, so the tensors are copied")
+    if conv.layout == "microact":
+        return "microact", ("microact's own (a recognizer's weights, as microact train writes them): the backbone is "
+                            "already in the canonical layout, so convert only extracts it (backbone.* without the "
+                            "prefix) and drops microact's heads (cls_head.fc_cls is kept as head with --keep-head)")
+    return conv.layout, None
+
+
 def cli_convert(args) -> int:
     """``microact convert IN OUT.safetensors [--backbone NAME] [--keep-head]``.
 
@@ -804,6 +847,16 @@ def cli_convert(args) -> int:
     except CheckpointError as e:
         message = str(e)
         raise CheckpointError(message if message.startswith(str(src)) else f"{src}: {message}") from None
+    if conv.layout == "microact" and not conv.backbone:
+        # two-stream recognizers keep their backbones under backbone.rgb. / backbone.flow., which are no backbone
+        # names after the prefix is stripped: the conversion would write nothing
+        streams = [s for s in ("rgb", "flow") if any(k.startswith(f"backbone.{s}.") for k in conv.dropped)]
+        raise CheckpointError(
+            f"{src}: a two-stream recognizer's weights ({', '.join(f'backbone.{s}.*' for s in streams)}): convert "
+            "extracts the backbone of a one-stream recognizer only; use these weights with the two-stream recipe "
+            "they were trained with (microact test / predict)")
+    metadata_in = _safetensors_metadata(src)
+    layout, own = _describe_layout(conv, metadata_in)
     tensors = dict(conv.backbone)
     if args.keep_head:
         tensors.update(conv.head)
@@ -833,14 +886,16 @@ def cli_convert(args) -> int:
                 f"{f' (and {len(misfits) - 1} more)' if len(misfits) > 1 else ''}; {fix}")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    metadata = {"format": "microact-videomae", "layout": conv.layout, "source": src.name, "backbone": name or "unknown"}
+    metadata = {"format": "microact-videomae", "layout": layout, "source": src.name, "backbone": name or "unknown"}
     if ratio_text:
         metadata["mlp_ratio"] = ratio_text
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
     tmp.replace(out)
     with_ratio = f" with mlp_ratio {ratio_text}" if ratio_text and name else ""
-    print(f"{src} -> {out}: layout {conv.layout}, backbone {name or 'unknown'}{with_ratio}"
+    print(f"{src} -> {out}: layout {'microact' if own else layout}, backbone {name or 'unknown'}{with_ratio}"
           f"{' (guessed)' if name and not args.backbone else ''}, {len(tensors)} tensors written")
+    if own:
+        print(f"  layout: {own}")
     if guess:
         print(f"  backbone: every shape fits {guess}{with_ratio} ({sizes})")
     elif not name:
@@ -865,5 +920,7 @@ def cli_convert(args) -> int:
     for k in list(conv.dropped)[:10]:
         print(f"         - {k}")
     for note in conv.notes:
+        if own and "q_bias" in note:  # microact's files never went through transformers; zero biases are its own
+            continue
         print(f"  note: {note}")
     return 0

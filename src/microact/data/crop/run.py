@@ -207,7 +207,8 @@ def run_crop(in_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: CropCon
     """Crop every video of ``in_dir`` into ``out_dir`` (see the module docstring).
 
     Returns:
-        ``{"done": n, "skipped": n, "failed": n, "no_person": [names], "errors": [messages]}``.
+        ``{"done": n, "skipped": n, "failed": n, "no_person": [names], "errors": [messages], "detector": name}``
+        (the detector used: what ``auto`` resolved to).
 
     Raises:
         CropError: ``in_dir`` is missing or holds no videos.
@@ -223,8 +224,11 @@ def run_crop(in_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: CropCon
     if not videos:
         raise CropError(f"{in_dir}: no videos ({', '.join(VIDEO_EXTENSIONS)})")
     out_dir.mkdir(parents=True, exist_ok=True)
-    # Fail early (bad detector name, missing weights or package) before forking workers.
-    create_detector(cfg.detector, cfg.weights).close()
+    # Fail early (bad detector name, missing weights or package) before forking workers; the probe also names the
+    # detector that "auto" resolves to (the workers resolve it the same way).
+    probe = create_detector(cfg.detector, cfg.weights)
+    detector_name = probe.name
+    probe.close()
 
     for f in in_dir.iterdir():  # list files and class names travel with the videos
         if f.is_file() and (f.name.endswith("_list_videos.txt") or f.name == "label_name.txt"):
@@ -233,7 +237,8 @@ def run_crop(in_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: CropCon
     boxes = {} if overwrite else _load_boxes(out_dir)
     tasks = [_Task(str(v), str(out_dir / v.name)) for v in videos
              if overwrite or v.name not in boxes or not (out_dir / v.name).exists()]
-    summary = {"done": 0, "skipped": len(videos) - len(tasks), "failed": 0, "no_person": [], "errors": []}
+    summary = {"done": 0, "skipped": len(videos) - len(tasks), "failed": 0, "no_person": [], "errors": [],
+               "detector": detector_name}
     journal_path = out_dir / _JOURNAL
     if overwrite and journal_path.exists():
         journal_path.unlink()
@@ -299,6 +304,14 @@ def _write_preview(in_dir: Path, out_dir: Path, boxes: dict, count: int) -> Opti
     return plot_crop_preview(items, out_dir / "crop_preview.png") if items else None
 
 
+def _detector_text(name: str, cfg: CropConfig) -> str:
+    """The detector used, and why when ``--detector auto`` chose it."""
+    if cfg.detector != "auto":
+        return name
+    why = "mediapipe is installed" if name == "mediapipe" else "mediapipe is not installed"
+    return f"{name} (picked by --detector auto: {why})"
+
+
 def cli_main(args) -> int:
     """``microact crop IN_DIR OUT_DIR ...``."""
     cfg = CropConfig(detector=args.detector, margins=tuple(args.margins), min_aspect=args.min_aspect,
@@ -307,7 +320,7 @@ def cli_main(args) -> int:
     cfg.validate()
     s = run_crop(args.in_dir, args.out_dir, cfg, workers=args.workers, preview=args.preview, overwrite=args.overwrite)
     print(f"cropped {s['done']}, skipped {s['skipped']} (already done), failed {s['failed']}, "
-          f"no person found in {len(s['no_person'])} -> {args.out_dir}")
+          f"no person found in {len(s['no_person'])} -> {args.out_dir}; detector {_detector_text(s['detector'], cfg)}")
     for e in s["errors"]:
         print(f"  failed: {e}")
     return 1 if s["failed"] else 0
