@@ -19,6 +19,9 @@ def test_demo_pipeline_small(tmp_path, capsys):
     summary = json.loads((out / "demo_summary.json").read_text())
     assert [s["exit"] for s in summary["steps"]] == [0] * 7
     assert 0.0 <= summary["test_f1_mean"] <= 1.0 and 0.0 <= summary["chance_f1_mean"] <= 1.0
+    interval = summary["test_f1_mean_interval"]  # the test report's, as printed
+    assert interval["low"] <= summary["test_f1_mean"] <= interval["high"]
+    assert f"95 % bootstrap interval {interval['low']:.2f}-{interval['high']:.2f}" in printed
 
     cropped = out / "data_cropped"
     boxes = json.loads((cropped / "boxes.json").read_text())

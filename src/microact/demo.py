@@ -79,6 +79,7 @@ def run_demo(out: str | Path, config: str | Path | None = None, num_classes: int
     summary = {
         "minutes": round((time.perf_counter() - start) / 60, 2),
         "test_f1_mean": metrics.get("f1_mean"),
+        "test_f1_mean_interval": metrics.get("f1_mean_interval"),
         "chance_f1_mean": chance,
         "metrics": {k: metrics.get(k) for k in ("f1_mean", "fine_macro", "fine_micro", "coarse_macro", "coarse_micro",
                                                    "top1", "top5")},
@@ -172,7 +173,10 @@ def _chance_f1_mean(root: Path) -> float:
 def _print_summary(summary: dict) -> None:
     print("\n" + "=" * 72)
     f1, chance = summary["test_f1_mean"], summary["chance_f1_mean"]
-    print(f"demo finished in {summary['minutes']} min: test F1_mean {f1:.4f} (majority-class baseline {chance:.4f})")
+    interval = summary.get("test_f1_mean_interval")
+    spread = f", 95 % bootstrap interval {interval['low']:.2f}-{interval['high']:.2f}" if interval else ""
+    print(f"demo finished in {summary['minutes']} min: test F1_mean {f1:.4f}{spread} "
+          f"(majority-class baseline {chance:.4f})")
     for k, v in summary["metrics"].items():
         if v is not None:
             print(f"  {k:13s} {v:.4f}")
