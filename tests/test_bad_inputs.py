@@ -743,6 +743,20 @@ def _compare_unlabelled(d: Path) -> Outcome:
     return cli(["compare", d / "a.npz", d / "b.npz"])
 
 
+def _compare_by_subject_without_names(d: Path) -> Outcome:
+    """mmaction2 dumps (a list of {pred_score, gt_label}: no video names) compared by subject without --list."""
+    import torch
+
+    d.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        scores = rng.random((3, 52)).astype(np.float32)
+        with open(d / f"mm_{name}.pkl", "wb") as f:
+            pickle.dump([{"pred_score": torch.from_numpy(s / s.sum()), "gt_label": torch.tensor(i)}
+                         for i, s in enumerate(scores)], f)
+    return cli(["compare", d / "mm_a.pkl", d / "mm_b.pkl", "--resample-by", "subject", "--resamples", "10"])
+
+
 def _evil_dump(d: Path) -> Path:
     with open(d / "evil.pkl", "wb") as f:
         pickle.dump([{"pred_score": _RunsCode(d / "PWNED")}], f, protocol=2)
@@ -1075,6 +1089,9 @@ def _cases() -> list[Case]:
     cases.append(Case("dump-compare-unlabelled", "result dump", "test-list dumps (no labels) given to compare",
                       "microact compare", _compare_unlabelled, "exit 2",
                       ("a.npz", "no labels", "labelled list")))
+    cases.append(Case("dump-compare-subject-no-names", "result dump",
+                      "mmaction2 dumps (no video names) compared by subject", "microact compare",
+                      _compare_by_subject_without_names, "exit 2", ("by subject", "names", "--list")))
     cases.append(Case("dump-submit-other-52", "result dump", "a dump of 52 classes that are not MA-52's",
                       "microact submit", _submit(lambda d: _dump(d / "dump.pkl", ["v1.mp4", "v2.mp4"],
                                                                  taxonomy=_own_classes(52))), "exit 2",

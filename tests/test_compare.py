@@ -8,7 +8,7 @@ import pytest
 from scipy.stats import binomtest
 
 from microact.cli import main
-from microact.compare import Predictions, bootstrap_differences, compare, mcnemar, resample_scores
+from microact.compare import Predictions, bootstrap_differences, compare, format_report, mcnemar, resample_scores
 from microact.metrics import f1_mean
 from microact.results import Results, ResultsError, save_results
 from microact.taxonomy import MA52, Taxonomy
@@ -157,3 +157,45 @@ def test_cli_compare_prints_and_writes(tmp_path, capsys):
     assert main(["compare", *map(str, flat), "--resamples", "0"]) == 0
     text = capsys.readouterr().out
     assert "fine macro" in text and "group macro" not in text and "no bootstrap" in text
+
+
+def test_subject_resampling_draws_whole_subjects_and_widens_correlated_intervals():
+    from microact.compare import subject_of
+    from microact.metrics import bootstrap_weights
+
+    assert subject_of("0003_01_0005.mp4") == "0003" and subject_of("a/b/0193_02_0001.mp4") == "0193"
+    assert subject_of("clip.mp4") == "clip.mp4"
+    # one cluster per item is the plain video bootstrap, draw for draw (cluster ids sorted: item i is cluster 29 - i)
+    plain = np.concatenate(list(bootstrap_weights(30, 300, seed=2)))
+    assert np.array_equal(np.concatenate(list(bootstrap_weights(30, 300, seed=2, clusters=np.arange(30)[::-1]))),
+                          plain[:, ::-1])
+    # 40 subjects x 10 videos; the better model is right or wrong on a whole subject at once
+    subjects, per = 40, 10
+    names = [f"{s:04d}_01_{v:04d}.mp4" for s in range(subjects) for v in range(per)]
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 52, subjects * per)
+    base_right = np.repeat(rng.random(subjects) < 0.5, per)
+    other_right = np.repeat(rng.random(subjects) < 0.6, per)
+
+    def results(right):
+        pred = np.where(right, labels, (labels + 1) % 52)
+        scores = np.full((labels.size, 52), 0.1 / 51, dtype=np.float32)
+        scores[np.arange(labels.size), pred] = 0.9
+        return Results(names, scores, labels)
+
+    clusters = [subject_of(n) for n in names]
+    weights = np.concatenate(list(bootstrap_weights(len(names), 500, seed=1, clusters=clusters)))
+    assert np.all(weights.reshape(500, subjects, per).std(axis=2) == 0)  # a subject's videos are drawn together
+    assert np.all(weights.sum(axis=1) % per == 0) and weights.sum(axis=1).mean() == pytest.approx(400, rel=0.02)
+    a, b = Predictions.of(results(base_right)), Predictions.of(results(other_right))
+    by_subject = bootstrap_differences(a, [b], MA52, resamples=3000, seed=3, clusters=clusters)[0]["fine_micro"]
+    by_video = bootstrap_differences(a, [b], MA52, resamples=3000, seed=3)[0]["fine_micro"]
+    # equal cluster sizes: accuracy is the mean of the subjects' means, whose spread is sqrt(var / subjects)
+    d = (other_right.astype(float) - base_right).reshape(subjects, per).mean(axis=1)
+    assert by_subject.std() == pytest.approx(np.sqrt(d.var() / subjects), rel=0.08)
+    assert by_subject.std() > 2 * by_video.std()  # ten correlated videos count as one draw, not ten
+    report = compare([results(base_right), results(other_right)], ["a", "b"], resamples=200, resample_by="subject")
+    assert report["resample_by"] == "subject" and report["num_subjects"] == subjects
+    assert "resamples of the 40 subjects" in format_report(report)
+    with pytest.raises(ResultsError, match="'video', 'subject'"):
+        compare([results(base_right), results(other_right)], ["a", "b"], resample_by="person")

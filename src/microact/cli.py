@@ -193,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
                                             "first is the baseline")
     p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (0: no intervals)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed: the same seed draws the same resamples")
+    p.add_argument("--resample-by", choices=["video", "subject"], default="video",
+                   help="bootstrap unit: single videos, or subjects (MA-52's SSSS_VV_NNNN names: all clips of one "
+                        "person drawn together, since they are not independent; wider, more honest intervals)")
     p.add_argument("--macro-labels", choices=["present", "all"], default="present",
                    help="label set of the macro F1 terms (metric.macro_labels; present = the seed's)")
     p.add_argument("--coarse-rule", choices=["map_top1", "sum_probs", "coarse_head"], default=None,

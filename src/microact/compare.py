@@ -68,20 +68,29 @@ def resample_scores(predictions: Predictions, weights: np.ndarray, taxonomy: Tax
 
 
 def bootstrap_differences(base: Predictions, others: Sequence[Predictions], taxonomy: Taxonomy, *,
-                          resamples: int = 2000, seed: int = 0, macro_labels: MacroLabels = "present"
-                          ) -> list[dict[str, np.ndarray]]:
+                          resamples: int = 2000, seed: int = 0, macro_labels: MacroLabels = "present",
+                          clusters: np.ndarray | None = None) -> list[dict[str, np.ndarray]]:
     """Paired bootstrap: for each of ``others``, its metric minus the baseline's on the same ``resamples`` draws.
+
+    ``clusters``: a cluster id per video (:func:`subject_of` the names): whole clusters are resampled.
 
     Returns:
         One dict per other model: metric name -> ``[resamples]`` differences (fractions, not points).
     """
     diffs: list[dict[str, list]] = [{} for _ in others]
-    for weights in bootstrap_weights(base.true_fine.size, resamples, seed):
+    for weights in bootstrap_weights(base.true_fine.size, resamples, seed, clusters=clusters):
         ref = resample_scores(base, weights, taxonomy, macro_labels)
         for d, other in zip(diffs, others):
             for key, values in resample_scores(other, weights, taxonomy, macro_labels).items():
                 d.setdefault(key, []).append(values - ref[key])
     return [{k: np.concatenate(v) for k, v in d.items()} for d in diffs]
+
+
+def subject_of(name: str) -> str:
+    """The subject of an MA-52 video name ``SSSS_VV_NNNN.mp4`` (SEED.md §11: ``SSSS`` is the participant): the part
+    of the file name before its first ``_``; a name without one is its own subject."""
+    stem = os.path.basename(str(name))
+    return stem.split("_", 1)[0] if "_" in stem else stem
 
 
 def mcnemar(base_correct: np.ndarray, other_correct: np.ndarray) -> dict:
@@ -102,7 +111,8 @@ def mcnemar(base_correct: np.ndarray, other_correct: np.ndarray) -> dict:
 
 
 def compare(results: Sequence[Results], names: Sequence[str], *, resamples: int = 2000, seed: int = 0,
-            macro_labels: MacroLabels = "present", coarse_rules: Sequence[str] | None = None) -> dict:
+            macro_labels: MacroLabels = "present", coarse_rules: Sequence[str] | None = None,
+            resample_by: str = "video") -> dict:
     """Score each result and compare each with the first (the baseline).
 
     Args:
@@ -112,6 +122,9 @@ def compare(results: Sequence[Results], names: Sequence[str], *, resamples: int 
         seed: bootstrap seed (the same seed draws the same resamples).
         macro_labels: label set of the macro F1 terms (as ``metric.macro_labels``).
         coarse_rules: the group rule of each result (default ``map_top1``, the seed's).
+        resample_by: ``"video"`` (each video drawn on its own) or ``"subject"`` (all videos of a subject together,
+            :func:`subject_of`: one person's clips are not independent, so intervals by subject are honest for
+            MA-52 and wider).
 
     Returns:
         ``{"num_videos", "resamples", "macro_labels", "models": [{name, f1_mean, parts..., top1}], "differences":
@@ -122,6 +135,8 @@ def compare(results: Sequence[Results], names: Sequence[str], *, resamples: int 
     """
     if len(results) < 2:
         raise ResultsError("compare needs at least two result dumps (the first is the baseline)")
+    if resample_by not in ("video", "subject"):
+        raise ResultsError(f"resample_by: {resample_by!r} is not one of 'video', 'subject'")
     check_compatible(results)
     taxonomy = results[0].require_taxonomy()
     rules = list(coarse_rules) if coarse_rules is not None else ["map_top1"] * len(results)
@@ -131,8 +146,14 @@ def compare(results: Sequence[Results], names: Sequence[str], *, resamples: int 
         scores = f1_mean(p.true_fine, p.pred_fine, macro_labels, coarse_pred=p.pred_coarse,
                          num_classes=taxonomy.num_fine, taxonomy=taxonomy)
         models.append({"name": str(name), **scores, "top1": float(np.mean(p.true_fine == p.pred_fine))})
+    named = next((r for r in results if r.meta.get("names_from") != "index"), None)
+    if resample_by == "subject" and named is None:
+        raise ResultsError("resampling by subject needs the videos' names, which these dumps do not carry "
+                           "(mmaction2's): pass the list file they were computed on (--list)")
+    clusters = [subject_of(n) for n in named.names] if resample_by == "subject" else None
     boot = (bootstrap_differences(preds[0], preds[1:], taxonomy, resamples=resamples, seed=seed,
-                                  macro_labels=macro_labels) if resamples > 0 else [None] * (len(results) - 1))
+                                  macro_labels=macro_labels, clusters=clusters)
+            if resamples > 0 else [None] * (len(results) - 1))
     base_correct = preds[0].true_fine == preds[0].pred_fine
     label_set = np.arange(taxonomy.num_fine)
     _, base_f1 = per_class_f1(preds[0].true_fine, preds[0].pred_fine, label_set)
@@ -155,6 +176,7 @@ def compare(results: Sequence[Results], names: Sequence[str], *, resamples: int 
                               for i in label_set if support[i] or base_f1[i] or f1[i]]
         differences.append(entry)
     return {"num_videos": int(preds[0].true_fine.size), "resamples": int(resamples), "seed": int(seed),
+            "resample_by": resample_by, "num_subjects": len(set(clusters)) if clusters is not None else None,
             "macro_labels": macro_labels, "taxonomy": taxonomy.describe(), "models": models,
             "differences": differences}
 
@@ -184,8 +206,10 @@ def format_report(report: dict, top_classes: int = 5) -> str:
     for m in report["models"]:
         lines.append(m["name"].ljust(width) + "".join(f"{100 * m[key]:13.2f}" for key, _ in columns))
     if report["resamples"]:
+        what = ("the videos" if report.get("resample_by", "video") == "video"
+                else f"the {report['num_subjects']} subjects (all videos of a subject together)")
         lines.append(f"\ndifferences to {report['models'][0]['name']} (points), paired bootstrap 95 % interval over "
-                     f"{report['resamples']} resamples of the videos (seed {report['seed']}), and the share of "
+                     f"{report['resamples']} resamples of {what} (seed {report['seed']}), and the share of "
                      "resamples in which the model is ahead:")
     else:
         lines.append(f"\ndifferences to {report['models'][0]['name']} (points; no bootstrap):")
@@ -241,7 +265,7 @@ def cli_main(args) -> int:
     if results[0].taxonomy is not None and not results[0].taxonomy.has_coarse:
         rules = ["map_top1"] * len(results)  # a flat taxonomy has no groups to predict
     report = compare(results, [str(p) for p in args.dumps], resamples=args.resamples, seed=args.seed,
-                     macro_labels=args.macro_labels, coarse_rules=rules)
+                     macro_labels=args.macro_labels, coarse_rules=rules, resample_by=args.resample_by)
     print(format_report(report, top_classes=args.top_classes))
     if args.out:
         out = Path(args.out)

@@ -180,17 +180,31 @@ def f1_mean(y_true, y_pred, macro_labels: MacroLabels = "present", *, coarse_pre
 # each video, so the per-class counts of a block of resamples are one matrix product.
 
 
-def bootstrap_weights(n: int, resamples: int, seed: int = 0, block: int = 250) -> Iterator[np.ndarray]:
+def bootstrap_weights(n: int, resamples: int, seed: int = 0, block: int = 250,
+                      clusters: Sequence[int] | np.ndarray | None = None) -> Iterator[np.ndarray]:
     """Bootstrap resamples of ``n`` items, in blocks of rows ``[R, n]``: how often each resample drew each item.
 
     The same ``seed`` draws the same resamples, so models scored on them are compared on the same videos.
+
+    Args:
+        clusters: a cluster id per item (e.g. MA-52's subject: the videos of one person are not independent draws);
+            each resample then draws as many clusters as there are, with replacement, and takes every item of each
+            drawn cluster. ``None``: items are drawn one by one.
     """
+    if clusters is None:
+        cluster_of, num_clusters = np.arange(n), n
+    else:
+        _, cluster_of = np.unique(np.asarray(clusters), return_inverse=True)
+        if cluster_of.size != n:
+            raise MetricError(f"{cluster_of.size} cluster ids for {n} items")
+        num_clusters = int(cluster_of.max()) + 1 if n else 0
     rng = np.random.default_rng(seed)
     done = 0
     while done < resamples:
         count = min(block, resamples - done)
-        drawn = rng.integers(0, n, size=(count, n)) + n * np.arange(count)[:, None]
-        yield np.bincount(drawn.ravel(), minlength=count * n).reshape(count, n).astype(np.float64)
+        drawn = rng.integers(0, num_clusters, size=(count, num_clusters)) + num_clusters * np.arange(count)[:, None]
+        times = np.bincount(drawn.ravel(), minlength=count * num_clusters).reshape(count, num_clusters)
+        yield times[:, cluster_of].astype(np.float64)  # an item counts as often as its cluster was drawn
         done += count
 
 
