@@ -394,7 +394,7 @@ def taxonomy_of(model, taxonomy: Optional[Taxonomy] = None) -> Taxonomy:
 def read_recorded_taxonomy(path: str | os.PathLike) -> Optional[Taxonomy]:
     """The taxonomy a microact weights file records (:data:`TAXONOMY_METADATA_KEY`), or ``None`` (older runs,
     converted or foreign files). A recorded value that is not a taxonomy raises :class:`TaxonomyError`."""
-    from microact.engine.state import weights_metadata
+    from microact.models.checkpoints import weights_metadata
 
     text = (weights_metadata(path) or {}).get(TAXONOMY_METADATA_KEY)
     if text is None:

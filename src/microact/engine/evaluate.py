@@ -304,7 +304,8 @@ def recorded_recipe(path: str | os.PathLike) -> Optional[str]:
     """The recipe YAML a microact weights file records (:data:`microact.engine.state.RECIPE_METADATA_KEY`), or
     ``None``: older runs, converted or foreign files, folders, ``.pth`` files. Reads the header only; a file that
     cannot be read gives ``None`` here and its error when the weights are loaded."""
-    from microact.engine.state import RECIPE_METADATA_KEY, weights_metadata
+    from microact.engine.state import RECIPE_METADATA_KEY
+    from microact.models.checkpoints import weights_metadata
 
     return (weights_metadata(path) or {}).get(RECIPE_METADATA_KEY)
 

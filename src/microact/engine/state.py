@@ -159,22 +159,6 @@ def _plain_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
 
 
-def weights_metadata(path: str | os.PathLike) -> Optional[dict[str, str]]:
-    """The safetensors metadata of a weights file (header only), or ``None`` when it is not a readable safetensors
-    file (missing, a folder, a ``.pth``, corrupt): loading the weights is what reports those."""
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            if f.read(9)[8:9] != b"{":  # not a safetensors header
-                return None
-        from safetensors import safe_open
-
-        with safe_open(str(path), "pt") as f:
-            return dict(f.metadata() or {})
-    except Exception:
-        return None
-
-
 def save_weights(model_or_state, path: Path, recipe: Optional[str] = None, taxonomy=None) -> None:
     """Atomically write a safetensors file of a model's (or a state dict's) tensors.
 

@@ -799,17 +799,19 @@ def _guess_backbone(body: Mapping[str, torch.Tensor], mlp_ratio: Optional[float]
     return None
 
 
-def _safetensors_metadata(path: Path) -> dict[str, str]:
-    """The metadata of a safetensors file (read from its header only); empty for anything else."""
-    if not path.is_file():
-        return {}
+def weights_metadata(path: PathLike) -> Optional[dict[str, str]]:
+    """The safetensors metadata of a weights file (header only), or ``None`` when it is not a readable safetensors
+    file (missing, a folder, a ``.pth``, corrupt): loading the weights is what reports those."""
     try:
+        with open(path, "rb") as f:
+            if f.read(9)[8:9] != b"{":  # not a safetensors header
+                return None
         from safetensors import safe_open
 
         with safe_open(str(path), "pt") as f:
             return dict(f.metadata() or {})
-    except Exception:  # not safetensors (a .pth, a folder's file): the reader proper reports real problems
-        return {}
+    except Exception:
+        return None
 
 
 def _describe_layout(conv: Conversion, metadata: Mapping[str, str]) -> tuple[str, Optional[str]]:
@@ -855,7 +857,7 @@ def cli_convert(args) -> int:
             f"{src}: a two-stream recognizer's weights ({', '.join(f'backbone.{s}.*' for s in streams)}): convert "
             "extracts the backbone of a one-stream recognizer only; use these weights with the two-stream recipe "
             "they were trained with (microact test / predict)")
-    metadata_in = _safetensors_metadata(src)
+    metadata_in = weights_metadata(src) or {}
     layout, own = _describe_layout(conv, metadata_in)
     tensors = dict(conv.backbone)
     if args.keep_head:
