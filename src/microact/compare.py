@@ -1,14 +1,15 @@
 """Is model B better than model A, or is the difference noise? Paired comparisons of result dumps.
 
 Recipes of the seed table differ by a few tenths of an F1_mean point (SEED.md §7: 72.33, 72.58, 72.70 on
-validation), about what another draw of 5,586 validation videos would move a score. ``microact compare`` scores
+validation), small enough that the choice of validation videos may explain them. ``microact compare`` scores
 several dumps of one labelled list and puts each difference to the first dump (the baseline) next to
 
 - a **paired bootstrap** 95 % interval: the videos are resampled with replacement many times, every model is
   scored on the same resample, and the spread of the differences says how much of the gap the choice of videos
   explains. F1_mean is not a mean over videos (its macro terms average per-class F1), so no closed-form interval
   exists; the bootstrap re-runs the whole metric, with the classes present in each resample as sklearn would count
-  them;
+  them. Resampling by subject (all clips of one MA-52 participant together) accounts for clips of one person not
+  being independent draws;
 - **McNemar's exact test** on top-1 correctness: of the videos exactly one model gets right, how lopsided the split
   is (a two-sided binomial test against a fair coin);
 - the per-class F1 changes, largest first, as a table and a plot.
@@ -29,7 +30,7 @@ import numpy as np
 
 from microact.metrics import (MacroLabels, bootstrap_weights, f1_mean, per_class_f1, predict_coarse,
                               resampled_f1_mean)
-from microact.results import Results, ResultsError, check_compatible, load_results
+from microact.results import Results, ResultsError, check_compatible, load_results, video_names
 from microact.taxonomy import Taxonomy
 
 # F1_mean's parts, in the order reports print them
@@ -42,8 +43,8 @@ class Predictions:
 
     true_fine: np.ndarray
     pred_fine: np.ndarray
-    true_coarse: np.ndarray | None
-    pred_coarse: np.ndarray | None
+    true_coarse: np.ndarray | None = None  # None: the taxonomy's groups of the fine ids (the seed's rule)
+    pred_coarse: np.ndarray | None = None
 
     @classmethod
     def of(cls, results: Results, coarse_rule: str = "map_top1") -> "Predictions":
@@ -89,8 +90,14 @@ def bootstrap_differences(base: Predictions, others: Sequence[Predictions], taxo
 def subject_of(name: str) -> str:
     """The subject of an MA-52 video name ``SSSS_VV_NNNN.mp4`` (SEED.md §11: ``SSSS`` is the participant): the part
     of the file name before its first ``_``; a name without one is its own subject."""
-    stem = os.path.basename(str(name))
-    return stem.split("_", 1)[0] if "_" in stem else stem
+    return os.path.basename(str(name)).split("_", 1)[0]
+
+
+def difference_summary(diff: float, samples: np.ndarray) -> dict:
+    """A difference with its bootstrap distribution: ``{"diff", "low", "high", "p_better"}`` (the 95 % percentile
+    interval and the share of resamples above zero)."""
+    low, high = np.percentile(samples, [2.5, 97.5])
+    return {"diff": float(diff), "low": float(low), "high": float(high), "p_better": float(np.mean(samples > 0))}
 
 
 def mcnemar(base_correct: np.ndarray, other_correct: np.ndarray) -> dict:
@@ -146,11 +153,13 @@ def compare(results: Sequence[Results], names: Sequence[str], *, resamples: int 
         scores = f1_mean(p.true_fine, p.pred_fine, macro_labels, coarse_pred=p.pred_coarse,
                          num_classes=taxonomy.num_fine, taxonomy=taxonomy)
         models.append({"name": str(name), **scores, "top1": float(np.mean(p.true_fine == p.pred_fine))})
-    named = next((r for r in results if r.meta.get("names_from") != "index"), None)
-    if resample_by == "subject" and named is None:
-        raise ResultsError("resampling by subject needs the videos' names, which these dumps do not carry "
-                           "(mmaction2's): pass the list file they were computed on (--list)")
-    clusters = [subject_of(n) for n in named.names] if resample_by == "subject" else None
+    clusters = None
+    if resample_by == "subject":
+        names_of_videos = video_names(results)
+        if names_of_videos is None:
+            raise ResultsError("resampling by subject needs the videos' names, which these dumps do not carry "
+                               "(mmaction2's): pass the list file they were computed on (--list)")
+        clusters = [subject_of(n) for n in names_of_videos]
     boot = (bootstrap_differences(preds[0], preds[1:], taxonomy, resamples=resamples, seed=seed,
                                   macro_labels=macro_labels, clusters=clusters)
             if resamples > 0 else [None] * (len(results) - 1))
@@ -164,11 +173,8 @@ def compare(results: Sequence[Results], names: Sequence[str], *, resamples: int 
         for key in PARTS:
             if key not in model:
                 continue
-            d = {"diff": model[key] - models[0][key]}
-            if b is not None:
-                low, high = np.percentile(b[key], [2.5, 97.5])
-                d.update(low=float(low), high=float(high), p_better=float(np.mean(b[key] > 0)))
-            entry[key] = d
+            diff = model[key] - models[0][key]
+            entry[key] = {"diff": diff} if b is None else difference_summary(diff, b[key])
         entry["mcnemar"] = mcnemar(base_correct, p.true_fine == p.pred_fine)
         _, f1 = per_class_f1(p.true_fine, p.pred_fine, label_set)
         entry["per_class"] = [{"id": int(i), "name": taxonomy.fine_names[i], "support": int(support[i]),
@@ -253,17 +259,12 @@ def cli_main(args) -> int:
 
     taxonomy = load_classes(args.classes) if args.classes else None
     results = [load_results(p, list_file=args.list, taxonomy=taxonomy) for p in args.dumps]
-    for path, r in zip(args.dumps, results):
-        r.meta.setdefault("source", str(path))
-    check_compatible(results)
     rules = [args.coarse_rule or dump_provenance(p, r).get("coarse_rule", "map_top1")
              for p, r in zip(args.dumps, results)]
     if args.coarse_rule is None and len(set(rules)) > 1:
         print("note: the dumps were scored with different coarse rules (" + ", ".join(
             f"{p}: {rule}" for p, rule in zip(args.dumps, rules)) + "); each is compared under its own",
               file=sys.stderr)
-    if results[0].taxonomy is not None and not results[0].taxonomy.has_coarse:
-        rules = ["map_top1"] * len(results)  # a flat taxonomy has no groups to predict
     report = compare(results, [str(p) for p in args.dumps], resamples=args.resamples, seed=args.seed,
                      macro_labels=args.macro_labels, coarse_rules=rules, resample_by=args.resample_by)
     print(format_report(report, top_classes=args.top_classes))

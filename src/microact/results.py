@@ -728,6 +728,13 @@ def _named_reference(results_list: Sequence[Results]) -> tuple[int, Results]:
     return next(((i, r) for i, r in enumerate(results_list) if not _placeholder_names(r)), (0, results_list[0]))
 
 
+def video_names(results_list: Sequence[Results]) -> list[str] | None:
+    """The video names of results of one list, from a dump that carries them; ``None`` when none does (mmaction2
+    dumps, whose names are row indexes)."""
+    _, ref = _named_reference(results_list)
+    return None if _placeholder_names(ref) else list(ref.names)
+
+
 def check_compatible(results_list: Sequence[Results]) -> None:
     """Raise :class:`ResultsError` unless all results cover the same videos in the same order with the same K.
 
@@ -749,7 +756,8 @@ def check_compatible(results_list: Sequence[Results]) -> None:
         if len(r) != len(ref):
             raise ResultsError(f"{b} holds {len(r)} videos but {a} holds {len(ref)}: dumps of different lists?")
         if r.names != ref.names and not _placeholder_names(r):
-            others = [name for name in r.names if name not in set(ref.names)]
+            listed = set(ref.names)
+            others = [name for name in r.names if name not in listed]
             if others:  # not one list in two orders: e.g. a validation dump with a test dump
                 raise ResultsError(f"{b} and {a} are dumps of different lists: {len(others)} of the {len(r)} videos "
                                    f"of {b} are not in {a} (e.g. {others[0]!r}); give dumps of one list (one split)")
@@ -891,7 +899,7 @@ def cross_validate_search(val_results_list: Sequence[Results], grid: Sequence[fl
     Raises:
         ResultsError: as :func:`search_weights`, or fewer than two videos per fold.
     """
-    from microact.metrics import bootstrap_weights, resampled_f1_mean
+    from microact.compare import Predictions, bootstrap_differences, difference_summary
 
     check_compatible(val_results_list)
     ref = val_results_list[0]
@@ -916,14 +924,10 @@ def cross_validate_search(val_results_list: Sequence[Results], grid: Sequence[fl
     equal = np.argmax(stack.sum(axis=0), axis=1)
     scores = {name: f1_mean(labels, pred, macro_labels, taxonomy=taxonomy)["f1_mean"]
               for name, pred in (("equal", equal), ("searched", searched))}
-    gains = np.concatenate([
-        resampled_f1_mean(labels, searched, w, macro_labels=macro_labels, taxonomy=taxonomy)["f1_mean"]
-        - resampled_f1_mean(labels, equal, w, macro_labels=macro_labels, taxonomy=taxonomy)["f1_mean"]
-        for w in bootstrap_weights(n, resamples, seed)])
-    low, high = np.percentile(gains, [2.5, 97.5])
-    return {"folds": folds, **scores,
-            "gain": {"diff": scores["searched"] - scores["equal"], "low": float(low), "high": float(high),
-                     "p_better": float(np.mean(gains > 0))},
+    [gains] = bootstrap_differences(Predictions(labels, equal), [Predictions(labels, searched)], taxonomy,
+                                    resamples=resamples, seed=seed, macro_labels=macro_labels)
+    return {"folds": folds, **scores, "gain": difference_summary(scores["searched"] - scores["equal"],
+                                                                  gains["f1_mean"]),
             "fold_weights": fold_weights}
 
 

@@ -145,15 +145,16 @@ def default_precision(device: torch.device, native_bf16: Optional[bool] = None) 
     """The precision ``bench train`` measures when none is given, and a one-line note when it is not bf16.
 
     bf16 autocast on GPUs; fp32 on a CPU without hardware bf16 (AVX512-BF16 or AMX), where bf16 matmuls are
-    emulated and tens of times slower, as ``microact train`` runs there. ``native_bf16`` defaults to
-    :func:`microact.engine.train.cpu_has_native_bf16`.
+    emulated and tens of times slower: what :func:`microact.engine.train.resolve_precision` makes of bf16 there.
     """
-    from microact.engine.train import cpu_has_native_bf16
+    from microact.engine.train import resolve_precision
 
-    if device.type != "cpu" or (cpu_has_native_bf16() if native_bf16 is None else native_bf16):
-        return "bf16", None
-    return "fp32", ("precision: fp32 (this CPU has no hardware bf16 (AVX512-BF16 or AMX), so bf16 would be emulated "
-                    "and tens of times slower, and microact train runs fp32 here; --precision bf16 measures it anyway)")
+    precision, changed = resolve_precision("bf16", device, native_bf16)  # what microact train would run
+    if changed is None:
+        return precision, None
+    return precision, (f"precision: {precision} (this CPU has no hardware bf16 (AVX512-BF16 or AMX), so bf16 would "
+                       "be emulated and tens of times slower, and microact train runs fp32 here; --precision bf16 "
+                       "measures it anyway)")
 
 
 def bench_train(preset: str = "videomae_b_k710_frame_coarse_tsn", batch: Optional[int] = None,

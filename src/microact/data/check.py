@@ -16,6 +16,7 @@ from typing import Optional
 
 from microact.data.annotations import scan_list
 from microact.data.decode import VideoDecodeError, probe_video, read_frames
+from microact.errors import MicroactError
 
 
 def _probe_one(job: tuple[str, str]) -> dict:
@@ -46,7 +47,6 @@ def find_classes_files(root: Path, exclude: set[Path] = frozenset()) -> list[tup
     List files (``*_list_videos.txt`` and ``exclude``) and MA-52's ``label_name.txt`` are not looked at, nor files
     over 1 MiB; a file that names MA-52's 52 classes (e.g. a copy of ``label_name.txt``) is no news either.
     """
-    from microact.data.annotations import AnnotationError
     from microact.taxonomy import MA52, load_classes
 
     found = []
@@ -56,7 +56,7 @@ def find_classes_files(root: Path, exclude: set[Path] = frozenset()) -> list[tup
             continue
         try:
             taxonomy = load_classes(path)
-        except AnnotationError:
+        except MicroactError:  # any text file may sit here: one that is no classes file is no hint, never a failure
             continue
         if taxonomy.fine_names != MA52.fine_names:
             found.append((path, taxonomy))
